@@ -1,0 +1,123 @@
+"""The protocol's error hierarchy: one root, one subclass per thing a caller can act on."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignature",
+    "ClockSkew",
+    "DecryptionError",
+    "Expired",
+    "InvalidDeviceId",
+    "ProtocolError",
+    "Replayed",
+    "SchemaError",
+    "TooLarge",
+    "TopicError",
+    "TopicMismatch",
+    "Unauthorized",
+    "UnknownKey",
+]
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by `amora_protocol`."""
+
+
+class SchemaError(ProtocolError, ValueError):
+    """Bytes or values that do not fit the message schema (wrong type, missing field, range)."""
+
+
+class InvalidDeviceId(SchemaError):  # noqa: N818 - the name says what is wrong
+    """A device id outside ``[A-Za-z0-9][A-Za-z0-9_-]{0,63}``.
+
+    Attributes:
+        device_id: The offending value, as given.
+    """
+
+    def __init__(self, device_id: object) -> None:
+        """Build the error for ``device_id``."""
+        self.device_id = device_id
+        super().__init__(
+            f"invalid device id {device_id!r}: expected 1-64 characters of [A-Za-z0-9_-], "
+            "starting with a letter or digit"
+        )
+
+
+class TopicError(SchemaError):
+    """A topic string that is not one of Amora's device topics.
+
+    Attributes:
+        topic: The offending topic.
+    """
+
+    def __init__(self, topic: str, why: str) -> None:
+        """Build the error for ``topic``."""
+        self.topic = topic
+        super().__init__(f"not an Amora device topic: {topic!r} ({why})")
+
+
+class TooLarge(ProtocolError):  # noqa: N818
+    """A payload over the size limit; refused before any parsing.
+
+    Attributes:
+        size: The payload size in bytes.
+        limit: The limit in force.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        """Build the error."""
+        self.size = size
+        self.limit = limit
+        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class BadSignature(ProtocolError):  # noqa: N818
+    """The signature does not verify for this topic, header, body and key."""
+
+
+class UnknownKey(ProtocolError):  # noqa: N818
+    """The envelope names a key id the verifier does not trust.
+
+    Attributes:
+        kid: The key id from the envelope.
+    """
+
+    def __init__(self, kid: str, what: str = "signing key") -> None:
+        """Build the error for key id ``kid``."""
+        self.kid = kid
+        super().__init__(f"unknown {what} id {kid!r}")
+
+
+class TopicMismatch(ProtocolError):  # noqa: N818
+    """A message that does not belong on the topic it arrived on (type or device differs)."""
+
+
+class Expired(ProtocolError):  # noqa: N818
+    """A message, command or grant past its expiry.
+
+    Attributes:
+        expired_at_ms: When it expired (ms since the Unix epoch).
+        now_ms: The verification time used.
+    """
+
+    def __init__(self, what: str, expired_at_ms: int, now_ms: int) -> None:
+        """Build the error."""
+        self.expired_at_ms = expired_at_ms
+        self.now_ms = now_ms
+        super().__init__(f"{what} expired at {expired_at_ms} (now {now_ms})")
+
+
+class ClockSkew(ProtocolError):  # noqa: N818
+    """A timestamp further in the future than the allowed clock skew."""
+
+
+class Replayed(ProtocolError):  # noqa: N818
+    """A command id or (sender, epoch, seq) that was already seen, or too old to tell."""
+
+
+class Unauthorized(ProtocolError):  # noqa: N818
+    """A command whose grant is missing, untrusted, or does not cover this device or right."""
+
+
+class DecryptionError(ProtocolError):
+    """A sealed body that cannot be opened with the given key."""

@@ -1,0 +1,321 @@
+"""Message schemas (DESIGN.md section 3): frozen msgspec Structs, times in ms since the Unix epoch.
+
+Unknown fields are ignored on decode, so newer senders can add fields; a missing
+required field, a wrong type or a value out of range is a `SchemaError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, ClassVar, Final
+
+import msgspec
+
+from amora_protocol._topics import DEVICE_ID_PATTERN
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "ChangeVolume",
+    "Command",
+    "CommandResponse",
+    "CommandStatus",
+    "ConnectionStatus",
+    "DeviceState",
+    "Grant",
+    "Message",
+    "MessageType",
+    "Next",
+    "Pause",
+    "Ping",
+    "Play",
+    "PlayQueueItem",
+    "PlaybackStatus",
+    "PlayerOptions",
+    "Previous",
+    "RejectReason",
+    "Right",
+    "Seek",
+    "SetVolume",
+    "SingleMode",
+    "Song",
+    "Stop",
+    "Toggle",
+    "is_critical",
+]
+
+DeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN)]
+TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Volume = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every message value: immutable, keyword-built, defaults left off the wire."""
+
+
+class PlaybackStatus(enum.StrEnum):
+    """MPD's player state."""
+
+    PLAY = "play"
+    PAUSE = "pause"
+    STOP = "stop"
+
+
+class SingleMode(enum.StrEnum):
+    """MPD's ``single`` option."""
+
+    OFF = "off"
+    ON = "on"
+    ONESHOT = "oneshot"
+
+
+class Song(_Frozen, frozen=True):
+    """The current song as MPD describes it."""
+
+    file: ShortText
+    id: NonNegative | None = None
+    position: NonNegative | None = None
+    title: ShortText | None = None
+    artist: ShortText | None = None
+    album: ShortText | None = None
+    duration_ms: NonNegative | None = None
+
+
+class PlayerOptions(_Frozen, frozen=True):
+    """Playback options."""
+
+    repeat: bool = False
+    random: bool = False
+    single: SingleMode = SingleMode.OFF
+    consume: bool = False
+
+
+class DeviceState(_Frozen, frozen=True):
+    """A player's whole state at one instant.
+
+    ``elapsed_ms`` was read at ``sampled_at_ms``; while playing, clients add the time since
+    (see `position_at`) instead of waiting for more messages. ``version`` strictly increases
+    for a device, across agent restarts; a state whose version is not newer than the one a
+    client holds is ignored (retained re-delivery and bridge duplicates are normal).
+    """
+
+    device_id: DeviceId
+    version: NonNegative
+    status: PlaybackStatus
+    sampled_at_ms: TimestampMs
+    elapsed_ms: NonNegative | None = None
+    song: Song | None = None
+    volume: Volume | None = None
+    options: PlayerOptions = PlayerOptions()
+    queue_length: NonNegative = 0
+    queue_version: NonNegative = 0
+    error: ShortText | None = None
+
+    def position_at(self, now_ms: int) -> int | None:
+        """Return the playback position at ``now_ms``, interpolated while playing.
+
+        Capped at the song's duration when it is known; ``None`` when nothing is loaded.
+        """
+        if self.elapsed_ms is None:
+            return None
+        if self.status is not PlaybackStatus.PLAY:
+            return self.elapsed_ms
+        position = self.elapsed_ms + max(0, now_ms - self.sampled_at_ms)
+        if self.song is not None and self.song.duration_ms is not None:
+            position = min(position, self.song.duration_ms)
+        return position
+
+
+class _Action(_Frozen, frozen=True, tag_field="type"):
+    """Base of the command actions (a tagged union on ``type``)."""
+
+    # Actions whose repetition changes the outcome; sent with QoS 2 by default.
+    critical: ClassVar[bool] = False
+
+
+class Play(_Action, frozen=True, tag="play"):
+    """Start or resume playback."""
+
+
+class Pause(_Action, frozen=True, tag="pause"):
+    """Pause playback (no effect when already paused or stopped)."""
+
+
+class Toggle(_Action, frozen=True, tag="toggle"):
+    """Play if paused or stopped, pause if playing."""
+
+    critical = True
+
+
+class Stop(_Action, frozen=True, tag="stop"):
+    """Stop playback."""
+
+
+class Next(_Action, frozen=True, tag="next"):
+    """Skip to the next song in the queue."""
+
+    critical = True
+
+
+class Previous(_Action, frozen=True, tag="previous"):
+    """Go back to the previous song in the queue."""
+
+    critical = True
+
+
+class Seek(_Action, frozen=True, tag="seek"):
+    """Seek within the current song."""
+
+    position_ms: NonNegative
+
+
+class SetVolume(_Action, frozen=True, tag="set_volume"):
+    """Set the volume (0-100)."""
+
+    volume: Volume
+
+
+class ChangeVolume(_Action, frozen=True, tag="change_volume"):
+    """Change the volume by a delta, clamped to 0-100."""
+
+    delta: Annotated[int, msgspec.Meta(ge=-100, le=100)]
+
+    critical = True
+
+
+class PlayQueueItem(_Action, frozen=True, tag="play_queue_item"):
+    """Play the queue entry at ``position`` (0-based)."""
+
+    position: NonNegative
+
+
+class Ping(_Action, frozen=True, tag="ping"):
+    """A harmless command: the device answers without touching the player."""
+
+
+Action = (
+    Play
+    | Pause
+    | Toggle
+    | Stop
+    | Next
+    | Previous
+    | Seek
+    | SetVolume
+    | ChangeVolume
+    | PlayQueueItem
+    | Ping
+)
+ACTIONS: Final[tuple[type[_Action], ...]] = (
+    Play,
+    Pause,
+    Toggle,
+    Stop,
+    Next,
+    Previous,
+    Seek,
+    SetVolume,
+    ChangeVolume,
+    PlayQueueItem,
+    Ping,
+)
+
+
+def is_critical(action: Action) -> bool:
+    """Whether repeating ``action`` would change the outcome (so it deserves QoS 2)."""
+    return action.critical
+
+
+class Command(_Frozen, frozen=True):
+    """An instruction for one device; executed at most once per ``id``.
+
+    ``if_version``: apply only if the device's state version still equals it.
+    """
+
+    id: Identifier
+    issued_at_ms: TimestampMs
+    expires_at_ms: TimestampMs
+    action: Action
+    if_version: NonNegative | None = None
+
+
+class CommandStatus(enum.StrEnum):
+    """How a device answered a command."""
+
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+class RejectReason(enum.StrEnum):
+    """Why a command was rejected."""
+
+    UNAUTHORIZED = "unauthorized"
+    EXPIRED = "expired"
+    VERSION_MISMATCH = "version-mismatch"
+    INVALID = "invalid"
+    UNSUPPORTED = "unsupported"
+
+
+class CommandResponse(_Frozen, frozen=True):
+    """A device's answer to one command (``command_id`` is also the MQTT correlation data)."""
+
+    command_id: Identifier
+    device_id: DeviceId
+    status: CommandStatus
+    at_ms: TimestampMs
+    reason: RejectReason | None = None
+    message: ShortText | None = None
+    state_version: NonNegative | None = None
+
+
+class ConnectionStatus(_Frozen, frozen=True):
+    """Whether a device is connected; the offline form is its Last Will."""
+
+    device_id: DeviceId
+    online: bool
+    at_ms: TimestampMs
+    agent_version: ShortText | None = None
+    reason: ShortText | None = None
+
+
+class Right(enum.StrEnum):
+    """What a grant lets a session do with its devices."""
+
+    WATCH = "watch"
+    CONTROL = "control"
+
+
+class Grant(_Frozen, frozen=True):
+    """The authz service's statement that a session may use some devices.
+
+    Signed by the authz service (see `issue_grant`); devices check it before executing
+    a command signed with ``signing_key``.
+    """
+
+    grant_id: Identifier
+    subject: ShortText
+    session_id: Identifier
+    signing_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    devices: tuple[DeviceId, ...]
+    rights: tuple[Right, ...]
+    issued_at_ms: TimestampMs
+    expires_at_ms: TimestampMs
+    encryption_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)] | None = None
+
+
+class MessageType(enum.StrEnum):
+    """The ``type`` of an envelope's header; it names the body's schema."""
+
+    STATE = "state"
+    COMMAND = "command"
+    RESPONSE = "response"
+    CONNECTION = "connection"
+
+
+Message = DeviceState | Command | CommandResponse | ConnectionStatus

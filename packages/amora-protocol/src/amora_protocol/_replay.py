@@ -1,0 +1,173 @@
+"""Replay protection for commands and ordering for states, with bounded memory."""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from amora_protocol._errors import ClockSkew, Expired, Replayed, SchemaError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from amora_protocol._envelope import Header
+    from amora_protocol._messages import Command
+
+__all__ = ["CommandGuard", "Freshness", "StateTracker"]
+
+
+class _SeqWindow:
+    """Sliding window over one (sender, epoch)'s sequence numbers (like IPsec's anti-replay)."""
+
+    __slots__ = ("bits", "highest")
+
+    def __init__(self, seq: int) -> None:
+        self.highest = seq
+        self.bits = 1  # bit i set: seq (highest - i) was seen
+
+    def accept(self, seq: int, size: int) -> bool:
+        if seq > self.highest:
+            shift = seq - self.highest
+            self.bits = ((self.bits << shift) | 1) & ((1 << size) - 1) if shift < size else 1
+            self.highest = seq
+            return True
+        offset = self.highest - seq
+        if offset >= size or self.bits >> offset & 1:
+            return False
+        self.bits |= 1 << offset
+        return True
+
+
+class CommandGuard:
+    """Rejects expired, future-dated and replayed commands; remembers what it accepted.
+
+    Memory is bounded: at most ``max_ids`` command ids (each forgotten once its command has
+    expired, oldest first when full) and ``max_senders`` sequence windows (least recently
+    used evicted). Command lifetimes are capped at ``max_ttl_ms`` so an id never needs to be
+    remembered longer than that.
+
+    Args:
+        max_skew_ms: How far in the future a timestamp may be.
+        max_ttl_ms: The longest allowed ``expires_at_ms - issued_at_ms``.
+        max_ids: How many command ids to remember.
+        max_senders: How many (sender, epoch) windows to keep.
+        window: How many sequence numbers below the highest seen are still accepted once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_skew_ms: int = 30_000,
+        max_ttl_ms: int = 10 * 60_000,
+        max_ids: int = 100_000,
+        max_senders: int = 10_000,
+        window: int = 1024,
+    ) -> None:
+        """Create an empty guard."""
+        self.max_skew_ms = max_skew_ms
+        self.max_ttl_ms = max_ttl_ms
+        self.max_ids = max_ids
+        self.max_senders = max_senders
+        self.window = window
+        self._ids: OrderedDict[str, int] = OrderedDict()  # command id -> forget after (ms)
+        self._windows: OrderedDict[tuple[str, int], _SeqWindow] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many command ids are remembered."""
+        return len(self._ids)
+
+    def seen(self, command_id: str) -> bool:
+        """Whether ``command_id`` was accepted before (and is still remembered)."""
+        return command_id in self._ids
+
+    def remember(self, ids: Iterable[tuple[str, int]]) -> None:
+        """Load (command id, expires_at_ms) pairs, e.g. persisted across a restart."""
+        for command_id, expires_at_ms in ids:
+            self._remember(command_id, expires_at_ms)
+
+    def remembered(self) -> list[tuple[str, int]]:
+        """The (command id, expires_at_ms) pairs held, oldest first, for persisting."""
+        return [(cid, until - self.max_skew_ms) for cid, until in self._ids.items()]
+
+    def check(self, header: Header, command: Command, *, now_ms: int) -> None:
+        """Accept the command once, or raise.
+
+        Raises:
+            Expired: ``now_ms`` is at or past the command's (or envelope's) expiry.
+            ClockSkew: Issued further in the future than ``max_skew_ms``.
+            SchemaError: A lifetime longer than ``max_ttl_ms``.
+            Replayed: The command id, or (sender, epoch, seq), was seen before.
+        """
+        self._forget_expired(now_ms)
+        if now_ms >= command.expires_at_ms:
+            raise Expired(f"command {command.id}", command.expires_at_ms, now_ms)
+        if header.exp_ms is not None and now_ms >= header.exp_ms:
+            raise Expired(f"command {command.id}", header.exp_ms, now_ms)
+        latest = max(command.issued_at_ms, header.ts_ms)
+        if latest > now_ms + self.max_skew_ms:
+            raise ClockSkew(f"command {command.id} is dated {latest - now_ms} ms in the future")
+        if command.expires_at_ms - command.issued_at_ms > self.max_ttl_ms:
+            raise SchemaError(f"command {command.id} lives longer than {self.max_ttl_ms} ms")
+        if command.id in self._ids:
+            raise Replayed(f"command id {command.id} was already seen")
+        key = (header.sender, header.epoch)
+        window = self._windows.get(key)
+        if window is None:
+            self._windows[key] = _SeqWindow(header.seq)
+            while len(self._windows) > self.max_senders:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(key)
+            if not window.accept(header.seq, self.window):
+                who = f"{header.sender}/{header.epoch}"
+                raise Replayed(f"sequence {header.seq} of {who} was already seen or is too old")
+        self._remember(command.id, command.expires_at_ms)
+
+    def _remember(self, command_id: str, expires_at_ms: int) -> None:
+        self._ids[command_id] = expires_at_ms + self.max_skew_ms
+        while len(self._ids) > self.max_ids:
+            self._ids.popitem(last=False)
+
+    def _forget_expired(self, now_ms: int) -> None:
+        # Ids arrive roughly in expiry order; stop at the first one still needed.
+        ids = self._ids
+        while ids:
+            first = next(iter(ids))
+            if ids[first] > now_ms:
+                break
+            del ids[first]
+
+
+class Freshness(enum.StrEnum):
+    """How a state's version compares with the newest one held."""
+
+    NEWER = "newer"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+class StateTracker:
+    """Keeps the newest state version per device; says whether another one is worth delivering."""
+
+    __slots__ = ("_versions",)
+
+    def __init__(self) -> None:
+        """Create an empty tracker."""
+        self._versions: dict[str, int] = {}
+
+    def observe(self, device_id: str, version: int) -> Freshness:
+        """Record ``version`` for ``device_id`` if newer, and say how it compares."""
+        held = self._versions.get(device_id)
+        if held is None or version > held:
+            self._versions[device_id] = version
+            return Freshness.NEWER
+        return Freshness.DUPLICATE if version == held else Freshness.STALE
+
+    def current(self, device_id: str) -> int | None:
+        """The newest version seen for ``device_id``, if any."""
+        return self._versions.get(device_id)
+
+    def forget(self, device_id: str) -> None:
+        """Drop what is held for ``device_id`` (e.g. when access to it ends)."""
+        self._versions.pop(device_id, None)

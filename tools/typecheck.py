@@ -1,0 +1,46 @@
+"""Run mypy (strict, settings from the root pyproject.toml) over every workspace member.
+
+Each member is checked on its own, from its own folder, so that the `tests`
+packages of different members do not collide as one module name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def members() -> list[tuple[Path, list[str], str]]:
+    """Return (folder, targets, mypy path) for each member that has Python code."""
+    found: list[tuple[Path, list[str], str]] = []
+    for pkg in sorted((ROOT / "packages").iterdir()):
+        if (pkg / "src").is_dir():
+            targets = [t for t in ("src", "tests") if (pkg / t).is_dir()]
+            found.append((pkg, targets, "src"))
+    tools = ROOT / "tools"
+    targets = [t for t in ("amora_devtools", "bench", "tests", "typecheck.py") if (tools / t).exists()]
+    found.append((tools, targets, ".:bench"))
+    integ = ROOT / "tests-integration"
+    if any(integ.glob("**/*.py")):
+        found.append((integ, ["."], "."))
+    return found
+
+
+def main() -> int:
+    """Check every member; return non-zero if any fails."""
+    failed = 0
+    config = str(ROOT / "pyproject.toml")
+    for folder, targets, mypy_path in members():
+        print(f"mypy: {folder.relative_to(ROOT)}", flush=True)
+        env = {**os.environ, "MYPYPATH": mypy_path}
+        cmd = [sys.executable, "-m", "mypy", "--config-file", config, *targets]
+        failed |= subprocess.call(cmd, cwd=folder, env=env)  # noqa: S603 - fixed argv
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
