@@ -38,7 +38,7 @@ from amora_protocol._errors import (
     Unauthorized,
     UnknownKey,
 )
-from amora_protocol._grants import KeyRing, issue_grant, keyring, verify_grant
+from amora_protocol._grants import GRANT_DOMAIN, KeyRing, issue_grant, keyring, verify_grant
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey, key_id
 from amora_protocol._messages import (
     ACTIONS,
@@ -95,6 +95,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "ACTIONS",
     "DEFAULT_MAX_SIZE",
+    "GRANT_DOMAIN",
     "PROTOCOL_VERSION",
     "TOPIC_PREFIX",
     "Action",

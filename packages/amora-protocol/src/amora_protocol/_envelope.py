@@ -330,7 +330,10 @@ def parse_envelope(
             outer = _JSON_OUTER.decode(payload)
             header_bytes, body, signature = outer.header, outer.body, outer.sig
         header = _HEADER_DECODERS[codec](header_bytes)
-    except msgspec.DecodeError as exc:
+    except (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+    ) as exc:  # msgspec raises the latter for bad UTF-8
         raise SchemaError(f"malformed envelope: {exc}") from exc
     if len(signature) != SIGNATURE_SIZE:
         raise SchemaError(f"signature must be {SIGNATURE_SIZE} bytes, not {len(signature)}")
@@ -357,7 +360,10 @@ def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> 
         return _BODY_DECODERS[env.codec, env.header.type](body)
     except msgspec.ValidationError as exc:
         raise SchemaError(f"invalid {env.header.type.value}: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+    ) as exc:  # msgspec raises the latter for bad UTF-8
         raise SchemaError(f"malformed {env.header.type.value} body: {exc}") from exc
 
 

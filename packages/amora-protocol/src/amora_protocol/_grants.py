@@ -68,7 +68,10 @@ def verify_grant(
         raise SchemaError(f"grant of {len(token)} bytes exceeds {MAX_GRANT_SIZE}")
     try:
         body, kid, signature = _token_decoder.decode(token)
-    except msgspec.DecodeError as exc:
+    except (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+    ) as exc:  # msgspec raises the latter for bad UTF-8
         raise SchemaError(f"malformed grant token: {exc}") from exc
     key = trusted_keys.get(kid)
     if key is None:
@@ -77,7 +80,10 @@ def verify_grant(
         raise BadSignature("grant signature does not verify")
     try:
         grant = _grant_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+    ) as exc:  # msgspec raises the latter for bad UTF-8
         raise SchemaError(f"malformed grant: {exc}") from exc
     if now_ms >= grant.expires_at_ms:
         raise Expired("grant", grant.expires_at_ms, now_ms)
