@@ -1,0 +1,1 @@
+"""Amora benchmarks: each scenario prints figures and ratios against a baseline measured in the same run."""
