@@ -29,9 +29,7 @@ def test_state_round_trip(device_key: ap.SigningKey, codec: ap.Codec):
     sender = ap.Sender(DEV, device_key, epoch=99)
     topic = ap.state_topic(DEV)
     payload = sender.encode(topic, _state(), now_ms=NOW, codec=codec)
-    verified = ap.verify_envelope(
-        payload, topic=topic, content_type=codec.value, key=device_key.public_key, now_ms=NOW
-    )
+    verified = ap.verify_envelope(payload, topic=topic, content_type=codec.value, key=device_key.public_key, now_ms=NOW)
     assert verified.message == _state()
     assert verified.header.sender == DEV
     assert verified.header.epoch == 99
@@ -43,9 +41,7 @@ def test_state_round_trip(device_key: ap.SigningKey, codec: ap.Codec):
 def test_missing_content_type_means_msgpack_and_unknown_is_refused(device_key: ap.SigningKey):
     topic = ap.state_topic(DEV)
     payload = ap.Sender(DEV, device_key, epoch=1).encode(topic, _state(), now_ms=NOW)
-    got = ap.verify_envelope(
-        payload, topic=topic, content_type=None, key=device_key.public_key, now_ms=NOW
-    )
+    got = ap.verify_envelope(payload, topic=topic, content_type=None, key=device_key.public_key, now_ms=NOW)
     assert got.message == _state()
     with pytest.raises(ap.SchemaError, match="content type"):
         ap.parse_envelope(payload, content_type="text/plain")
@@ -59,17 +55,13 @@ def test_every_flipped_byte_is_refused(device_key: ap.SigningKey):
     for i in range(len(payload)):
         bad = payload[:i] + bytes([payload[i] ^ 0x40]) + payload[i + 1 :]
         with pytest.raises(ap.ProtocolError):
-            ap.verify_envelope(
-                bad, topic=topic, content_type=None, key=device_key.public_key, now_ms=NOW
-            )
+            ap.verify_envelope(bad, topic=topic, content_type=None, key=device_key.public_key, now_ms=NOW)
 
 
 def test_topic_is_bound_into_the_signature(device_key: ap.SigningKey):
     # A device's own valid state, replayed onto another device's topic with a matching body.
     other = "player-2"
-    payload = ap.Sender(other, device_key, epoch=1).encode(
-        ap.state_topic(other), _state(device_id=other), now_ms=NOW
-    )
+    payload = ap.Sender(other, device_key, epoch=1).encode(ap.state_topic(other), _state(device_id=other), now_ms=NOW)
     with pytest.raises(ap.BadSignature):
         ap.verify_envelope(
             payload,
@@ -101,14 +93,9 @@ def test_key_ring_lookup_and_unknown_key(device_key: ap.SigningKey):
     payload = ap.Sender(DEV, device_key, epoch=1).encode(topic, _state(), now_ms=NOW)
     other = ap.SigningKey.generate().public_key
     ring = ap.keyring([other, device_key.public_key])
-    assert (
-        ap.verify_envelope(payload, topic=topic, content_type=None, key=ring, now_ms=NOW).message
-        == _state()
-    )
+    assert ap.verify_envelope(payload, topic=topic, content_type=None, key=ring, now_ms=NOW).message == _state()
     with pytest.raises(ap.UnknownKey) as info:
-        ap.verify_envelope(
-            payload, topic=topic, content_type=None, key=ap.keyring([other]), now_ms=NOW
-        )
+        ap.verify_envelope(payload, topic=topic, content_type=None, key=ap.keyring([other]), now_ms=NOW)
     assert info.value.kid == device_key.kid
 
 
@@ -120,14 +107,9 @@ def test_size_limit_is_checked_before_parsing():
 
 def test_envelope_expiry(device_key: ap.SigningKey):
     topic = ap.state_topic(DEV)
-    payload = ap.Sender(DEV, device_key, epoch=1).encode(
-        topic, _state(), now_ms=NOW, expires_at_ms=NOW + 10
-    )
+    payload = ap.Sender(DEV, device_key, epoch=1).encode(topic, _state(), now_ms=NOW, expires_at_ms=NOW + 10)
     key = device_key.public_key
-    assert (
-        ap.verify_envelope(payload, topic=topic, content_type=None, key=key, now_ms=NOW + 9).message
-        == _state()
-    )
+    assert ap.verify_envelope(payload, topic=topic, content_type=None, key=key, now_ms=NOW + 9).message == _state()
     with pytest.raises(ap.Expired) as info:
         ap.verify_envelope(payload, topic=topic, content_type=None, key=key, now_ms=NOW + 10)
     assert info.value.expired_at_ms == NOW + 10
@@ -152,9 +134,7 @@ class TestCommands:
         return authz, session, device_enc, grant
 
     def _cmd(self, action: ap.Action | None = None) -> ap.Command:
-        return ap.Command(
-            id="c1", issued_at_ms=NOW, expires_at_ms=NOW + 5_000, action=action or ap.Pause()
-        )
+        return ap.Command(id="c1", issued_at_ms=NOW, expires_at_ms=NOW + 5_000, action=action or ap.Pause())
 
     def test_round_trip_plain_and_sealed(self, setup):
         authz, session, device_enc, grant = setup
@@ -163,9 +143,7 @@ class TestCommands:
         sender = ap.Sender("s1", session, epoch=3)
         trusted = ap.keyring([authz.public_key])
         for seal in (None, device_enc.public_key):
-            payload = sender.encode(
-                topic, self._cmd(ap.SetVolume(volume=7)), now_ms=NOW, grant=token, seal_to=seal
-            )
+            payload = sender.encode(topic, self._cmd(ap.SetVolume(volume=7)), now_ms=NOW, grant=token, seal_to=seal)
             got = ap.verify_command(
                 payload,
                 topic=topic,
@@ -181,9 +159,7 @@ class TestCommands:
     def test_sealed_body_hides_the_plaintext_and_needs_the_right_key(self, setup):
         authz, session, device_enc, grant = setup
         topic = ap.commands_topic(DEV)
-        cmd = ap.Command(
-            id="secret-cmd-id", issued_at_ms=NOW, expires_at_ms=NOW + 5_000, action=ap.Play()
-        )
+        cmd = ap.Command(id="secret-cmd-id", issued_at_ms=NOW, expires_at_ms=NOW + 5_000, action=ap.Play())
         payload = ap.Sender("s1", session, epoch=3).encode(
             topic,
             cmd,
@@ -194,9 +170,7 @@ class TestCommands:
         assert b"secret-cmd-id" not in payload
         trusted = ap.keyring([authz.public_key])
         with pytest.raises(ap.DecryptionError):
-            ap.verify_command(
-                payload, topic=topic, content_type=None, trusted_keys=trusted, now_ms=NOW
-            )
+            ap.verify_command(payload, topic=topic, content_type=None, trusted_keys=trusted, now_ms=NOW)
         with pytest.raises(ap.UnknownKey):
             ap.verify_command(
                 payload,
@@ -213,14 +187,10 @@ class TestCommands:
         token = ap.issue_grant(grant, authz)
         sender = ap.Sender("s1", session, epoch=3)
         first = ap.parse_envelope(
-            sender.encode(
-                topic, self._cmd(), now_ms=NOW, grant=token, seal_to=device_enc.public_key
-            )
+            sender.encode(topic, self._cmd(), now_ms=NOW, grant=token, seal_to=device_enc.public_key)
         )
         second = ap.parse_envelope(
-            sender.encode(
-                topic, self._cmd(), now_ms=NOW, grant=token, seal_to=device_enc.public_key
-            )
+            sender.encode(topic, self._cmd(), now_ms=NOW, grant=token, seal_to=device_enc.public_key)
         )
         # The session re-signs the first ciphertext under the second header: HPKE's info differs.
         spliced = msgspec.msgpack.encode(
@@ -261,12 +231,8 @@ class TestCommands:
             signer = ap.SigningKey.generate()
         token = None if problem == "no-grant" else ap.issue_grant(grant, issuer)
         topic = ap.commands_topic(DEV)
-        payload = ap.Sender(sender_id, signer, epoch=1).encode(
-            topic, self._cmd(), now_ms=NOW, grant=token
-        )
-        expected = {"untrusted": ap.UnknownKey, "other-key": ap.UnknownKey}.get(
-            problem, ap.Unauthorized
-        )
+        payload = ap.Sender(sender_id, signer, epoch=1).encode(topic, self._cmd(), now_ms=NOW, grant=token)
+        expected = {"untrusted": ap.UnknownKey, "other-key": ap.UnknownKey}.get(problem, ap.Unauthorized)
         with pytest.raises(expected):
             ap.verify_command(
                 payload,
@@ -283,6 +249,4 @@ class TestCommands:
             topic, self._cmd(), now_ms=NOW, grant=ap.issue_grant(grant, authz)
         )
         with pytest.raises(ap.TopicMismatch):
-            ap.verify_envelope(
-                payload, topic=topic, content_type=None, key=session.public_key, now_ms=NOW
-            )
+            ap.verify_envelope(payload, topic=topic, content_type=None, key=session.public_key, now_ms=NOW)

@@ -49,9 +49,7 @@ def test_expiry_device_and_right():
 def test_tampered_and_malformed_tokens():
     issuer = ap.SigningKey.generate()
     trusted = ap.keyring([issuer.public_key])
-    _, kid, sig = msgspec.msgpack.decode(
-        ap.issue_grant(_grant(), issuer), type=tuple[bytes, str, bytes]
-    )
+    _, kid, sig = msgspec.msgpack.decode(ap.issue_grant(_grant(), issuer), type=tuple[bytes, str, bytes])
     widened = msgspec.msgpack.encode(_grant(devices=("p1", "p2", "p3")))
     with pytest.raises(ap.BadSignature):
         ap.verify_grant(msgspec.msgpack.encode((widened, kid, sig)), trusted, now_ms=NOW)

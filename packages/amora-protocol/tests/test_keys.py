@@ -22,10 +22,7 @@ def test_kid_is_stable_for_a_known_key():
     key = ap.SigningKey.from_raw(bytes(32))
     # Fixed here so a change to the derivation is noticed: other implementations depend on it.
     assert key.kid == "Vq-Z4Agd38174aiItSZlUA"
-    assert (
-        key.public_key.raw.hex()
-        == "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
-    )
+    assert key.public_key.raw.hex() == "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
 
 
 def test_encryption_key_serialisations_round_trip():

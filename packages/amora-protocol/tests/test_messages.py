@@ -105,9 +105,7 @@ def test_every_message_round_trips_in_both_codecs(message: msgspec.Struct):
 
 
 def test_messages_are_frozen():
-    state = ap.DeviceState(
-        device_id="p1", version=1, status=ap.PlaybackStatus.STOP, sampled_at_ms=0
-    )
+    state = ap.DeviceState(device_id="p1", version=1, status=ap.PlaybackStatus.STOP, sampled_at_ms=0)
     with pytest.raises(AttributeError):
         state.version = 2  # type: ignore[misc]
 
@@ -129,9 +127,7 @@ def test_wrong_type_in_a_body_is_a_schema_error_after_verification():
         now_ms=0,
     )
     env = ap.parse_envelope(good)
-    bad_body = msgspec.msgpack.encode(
-        {"device_id": "p1", "version": "one", "status": "stop", "sampled_at_ms": 0}
-    )
+    bad_body = msgspec.msgpack.encode({"device_id": "p1", "version": "one", "status": "stop", "sampled_at_ms": 0})
     payload = msgspec.msgpack.encode(
         (env.header_bytes, bad_body, key.sign(ap.signed_bytes(topic, env.header_bytes, bad_body)))
     )
@@ -169,9 +165,7 @@ def test_position_interpolates_only_while_playing():
     assert playing.position_at(500) == 2_000  # a clock behind the sample never goes backwards
     paused = msgspec.structs.replace(playing, status=ap.PlaybackStatus.PAUSE)
     assert paused.position_at(5_000) == 2_000
-    empty = ap.DeviceState(
-        device_id="p1", version=1, status=ap.PlaybackStatus.STOP, sampled_at_ms=0
-    )
+    empty = ap.DeviceState(device_id="p1", version=1, status=ap.PlaybackStatus.STOP, sampled_at_ms=0)
     assert empty.position_at(5) is None
 
 

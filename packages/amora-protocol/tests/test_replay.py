@@ -8,9 +8,7 @@ NOW = 1_800_000_000_000
 
 
 def _header(seq: int, *, sender: str = "s1", epoch: int = 1, ts: int = NOW) -> ap.Header:
-    return ap.Header(
-        v=1, type=ap.MessageType.COMMAND, sender=sender, kid="k", epoch=epoch, seq=seq, ts_ms=ts
-    )
+    return ap.Header(v=1, type=ap.MessageType.COMMAND, sender=sender, kid="k", epoch=epoch, seq=seq, ts_ms=ts)
 
 
 def _cmd(cid: str, *, issued: int = NOW, ttl: int = 10_000) -> ap.Command:

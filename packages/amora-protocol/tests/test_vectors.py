@@ -17,9 +17,7 @@ VECTORS: list[dict[str, Any]] = json.loads((VECTORS_DIR / "envelopes.json").read
 
 
 def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "amora_vectors_generate", VECTORS_DIR / "generate.py"
-    )
+    spec = importlib.util.spec_from_file_location("amora_vectors_generate", VECTORS_DIR / "generate.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -94,15 +92,11 @@ def test_vector_verifies_as_expected(vector: dict[str, Any]):
 
 def test_sealed_vector_opens_to_its_plaintext():
     vector = next(v for v in VECTORS if v["name"] == "command-sealed")
-    env = ap.parse_envelope(
-        bytes.fromhex(vector["envelope_hex"]), content_type=vector["content_type"]
-    )
+    env = ap.parse_envelope(bytes.fromhex(vector["envelope_hex"]), content_type=vector["content_type"])
     assert env.header.sealed_to is not None
     assert bytes.fromhex(vector["plaintext_hex"]) not in env.body
     key = ap.EncryptionKey.from_raw(bytes.fromhex(vector["recipient_private_key_hex"]))
-    assert _verify(vector) == msgspec.msgpack.decode(
-        bytes.fromhex(vector["plaintext_hex"]), type=ap.Command
-    )
+    assert _verify(vector) == msgspec.msgpack.decode(bytes.fromhex(vector["plaintext_hex"]), type=ap.Command)
     assert key.kid == env.header.sealed_to
 
 

@@ -219,9 +219,7 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
         )
 
     sealed_cmd = _command(ap.SetVolume(volume=20), 100)
-    sealed_env = _envelope(
-        cmd_t, sealed_cmd, SESSION_KEY, SESSION, seq=100, grant=grant, seal_to=DEVICE_ENC.public_key
-    )
+    sealed_env = _envelope(cmd_t, sealed_cmd, SESSION_KEY, SESSION, seq=100, grant=grant, seal_to=DEVICE_ENC.public_key)
     out.append(
         _vector(
             "command-sealed",
@@ -256,18 +254,12 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
             "BadSignature",
         )
     )
-    out.append(
-        _vector("wrong-topic", ap.state_topic("player-0002"), state_env, DEVICE_KEY, "BadSignature")
-    )
+    out.append(_vector("wrong-topic", ap.state_topic("player-0002"), state_env, DEVICE_KEY, "BadSignature"))
     out.append(_vector("type-not-for-topic", conn_t, state_env, DEVICE_KEY, "TopicMismatch"))
     # Signed by another key that claims the device's key id: the signature cannot verify.
-    forged = ap.encode_envelope(
-        state_t, state, signing_key=OTHER_KEY, sender=DEVICE, epoch=1, seq=1, now_ms=NOW - 100
-    )
+    forged = ap.encode_envelope(state_t, state, signing_key=OTHER_KEY, sender=DEVICE, epoch=1, seq=1, now_ms=NOW - 100)
     parsed = ap.parse_envelope(forged)
-    forged_header = msgspec.msgpack.encode(
-        msgspec.structs.replace(parsed.header, kid=DEVICE_KEY.kid)
-    )
+    forged_header = msgspec.msgpack.encode(msgspec.structs.replace(parsed.header, kid=DEVICE_KEY.kid))
     forged = msgspec.msgpack.encode(
         (
             forged_header,
@@ -287,9 +279,7 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     )
     expired = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=6, expires_at_ms=NOW - 1)
     out.append(_vector("expired-state", state_t, expired, DEVICE_KEY, "Expired"))
-    old_cmd = ap.Command(
-        id="old-1", issued_at_ms=NOW - 60_000, expires_at_ms=NOW - 30_000, action=ap.Pause()
-    )
+    old_cmd = ap.Command(id="old-1", issued_at_ms=NOW - 60_000, expires_at_ms=NOW - 30_000, action=ap.Pause())
     out.append(
         _vector(
             "expired-command",
@@ -301,13 +291,9 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
         )
     )
     no_grant = _envelope(cmd_t, _command(ap.Pause(), 300), SESSION_KEY, SESSION, seq=300)
-    out.append(
-        _vector("command-without-grant", cmd_t, no_grant, SESSION_KEY, "Unauthorized", **authz)
-    )
+    out.append(_vector("command-without-grant", cmd_t, no_grant, SESSION_KEY, "Unauthorized", **authz))
     other_dev_t = ap.commands_topic("player-0002")
-    other_dev = _envelope(
-        other_dev_t, _command(ap.Pause(), 301), SESSION_KEY, SESSION, seq=301, grant=grant
-    )
+    other_dev = _envelope(other_dev_t, _command(ap.Pause(), 301), SESSION_KEY, SESSION, seq=301, grant=grant)
     out.append(
         _vector(
             "command-device-not-in-grant",
@@ -328,9 +314,7 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     big = _envelope(state_t, oversize, DEVICE_KEY, DEVICE, seq=7)
     big = big + b"\x00" * (ap.DEFAULT_MAX_SIZE + 1 - len(big))
     out.append(_vector("oversize", state_t, big, DEVICE_KEY, "TooLarge"))
-    out.append(
-        _vector("truncated", state_t, state_env[: len(state_env) // 2], DEVICE_KEY, "SchemaError")
-    )
+    out.append(_vector("truncated", state_t, state_env[: len(state_env) // 2], DEVICE_KEY, "SchemaError"))
     wrong_type = msgspec.msgpack.encode({**msgspec.to_builtins(state), "version": "forty-two"})
     parsed = ap.parse_envelope(state_env)
     wt = msgspec.msgpack.encode(

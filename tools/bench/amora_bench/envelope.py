@@ -15,15 +15,17 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
 import amora_protocol as ap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOW = 1_800_000_000_000
 DEVICE = "player-0001"
@@ -137,16 +139,26 @@ def report(result: dict[str, Any]) -> str:
     ops = result["ops_per_s"]
     lines = [
         f"envelope: {result['payload_bytes']} B msgpack envelope, {result['jws_bytes']} B JWS",
-        f"  sign+encode   ours {ops['ours_encode']:>8,}/s   floor {ops['floor_sign']:>8,}/s"
-        f"   jws {ops['jws_encode']:>8,}/s",
-        f"  decode+verify ours {ops['ours_decode']:>8,}/s   floor {ops['floor_verify']:>8,}/s"
-        f"   jws {ops['jws_decode']:>8,}/s",
-        f"  vs floor (x slower; target <= 1.3): encode {result['encode_vs_floor']}"
-        f", decode {result['decode_vs_floor']}",
-        f"  vs JWS (x faster; target >= 1.5):   encode {result['encode_speedup_vs_jws']}"
-        f", decode {result['decode_speedup_vs_jws']}",
-        f"  (ceiling: the bare-Ed25519 floor itself is {result['floor_speedup_vs_jws_encode']}x / "
-        f"{result['floor_speedup_vs_jws_decode']}x faster than JWS)",
+        (
+            f"  sign+encode   ours {ops['ours_encode']:>8,}/s   floor {ops['floor_sign']:>8,}/s"
+            f"   jws {ops['jws_encode']:>8,}/s"
+        ),
+        (
+            f"  decode+verify ours {ops['ours_decode']:>8,}/s   floor {ops['floor_verify']:>8,}/s"
+            f"   jws {ops['jws_decode']:>8,}/s"
+        ),
+        (
+            f"  vs floor (x slower; target <= 1.3): encode {result['encode_vs_floor']}"
+            f", decode {result['decode_vs_floor']}"
+        ),
+        (
+            f"  vs JWS (x faster; target >= 1.5):   encode {result['encode_speedup_vs_jws']}"
+            f", decode {result['decode_speedup_vs_jws']}"
+        ),
+        (
+            f"  (ceiling: the bare-Ed25519 floor itself is {result['floor_speedup_vs_jws_encode']}x / "
+            f"{result['floor_speedup_vs_jws_decode']}x faster than JWS)"
+        ),
     ]
     return "\n".join(lines)
 

@@ -258,9 +258,7 @@ class Sender:
 
     __slots__ = ("_key", "_seq", "epoch", "sender_id")
 
-    def __init__(
-        self, sender_id: str, signing_key: SigningKey, *, epoch: int, first_seq: int = 0
-    ) -> None:
+    def __init__(self, sender_id: str, signing_key: SigningKey, *, epoch: int, first_seq: int = 0) -> None:
         """Create a sender."""
         if not 0 <= epoch <= _U63_MAX:
             raise SchemaError("epoch must be in [0, 2**63)")
@@ -311,9 +309,7 @@ class Sender:
         )
 
 
-def parse_envelope(
-    payload: bytes, *, content_type: str | None = None, max_size: int = DEFAULT_MAX_SIZE
-) -> Envelope:
+def parse_envelope(payload: bytes, *, content_type: str | None = None, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
     """Split an envelope into header, body and signature without verifying anything.
 
     Raises:
@@ -347,9 +343,7 @@ def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> 
     sealed_to = env.header.sealed_to
     if sealed_to is not None:
         if decrypt_key is None:
-            raise DecryptionError(
-                f"the body is sealed to key {sealed_to!r} and no decryption key was given"
-            )
+            raise DecryptionError(f"the body is sealed to key {sealed_to!r} and no decryption key was given")
         if decrypt_key.kid != sealed_to:
             raise UnknownKey(sealed_to, "encryption key")
         try:
@@ -457,13 +451,9 @@ def verify_command(  # noqa: PLR0913
         raise TopicMismatch(f"a {env.header.type.value} envelope does not belong on {topic!r}")
     if env.header.grant is None:
         raise Unauthorized("the command carries no grant")
-    grant = verify_grant(
-        env.header.grant, trusted_keys, now_ms=now_ms, device_id=device_id, right=Right.CONTROL
-    )
+    grant = verify_grant(env.header.grant, trusted_keys, now_ms=now_ms, device_id=device_id, right=Right.CONTROL)
     if grant.session_id != env.header.sender:
-        raise Unauthorized(
-            f"grant is for session {grant.session_id!r}, not sender {env.header.sender!r}"
-        )
+        raise Unauthorized(f"grant is for session {grant.session_id!r}, not sender {env.header.sender!r}")
     session_key = VerifyKey.from_raw(grant.signing_key)
     if session_key.kid != env.header.kid:
         raise UnknownKey(env.header.kid, "session key")

@@ -49,9 +49,7 @@ class VerifyKey:
     def __init__(self, key: Ed25519PublicKey) -> None:
         """Wrap a cryptography public key."""
         self._key = key
-        self.raw: bytes = key.public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        self.raw: bytes = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.kid: str = key_id(self.raw)
 
     @classmethod
@@ -80,9 +78,7 @@ class VerifyKey:
 
     def to_pem(self) -> bytes:
         """Serialise as a SubjectPublicKeyInfo PEM."""
-        return self._key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self._key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Return whether ``signature`` is valid for ``data``."""
@@ -159,13 +155,9 @@ class SigningKey:
     def to_pem(self, password: bytes | None = None) -> bytes:
         """Serialise as PKCS#8 PEM, encrypted when a password is given."""
         encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(password)
-            if password
-            else serialization.NoEncryption()
+            serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
         )
-        return self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
     @property
     def kid(self) -> str:
@@ -189,9 +181,7 @@ class EncryptionPublicKey:
     def __init__(self, key: X25519PublicKey) -> None:
         """Wrap a cryptography public key."""
         self.key = key
-        self.raw: bytes = key.public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        self.raw: bytes = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.kid: str = key_id(self.raw)
 
     @classmethod
@@ -220,9 +210,7 @@ class EncryptionPublicKey:
 
     def to_pem(self) -> bytes:
         """Serialise as a SubjectPublicKeyInfo PEM."""
-        return self.key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def __eq__(self, other: object) -> bool:
         """Keys are equal when their raw bytes are."""
@@ -287,13 +275,9 @@ class EncryptionKey:
     def to_pem(self, password: bytes | None = None) -> bytes:
         """Serialise as PKCS#8 PEM, encrypted when a password is given."""
         encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(password)
-            if password
-            else serialization.NoEncryption()
+            serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
         )
-        return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
     @property
     def kid(self) -> str:

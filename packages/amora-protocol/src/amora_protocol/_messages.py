@@ -196,19 +196,7 @@ class Ping(_Action, frozen=True, tag="ping"):
     """A harmless command: the device answers without touching the player."""
 
 
-Action = (
-    Play
-    | Pause
-    | Toggle
-    | Stop
-    | Next
-    | Previous
-    | Seek
-    | SetVolume
-    | ChangeVolume
-    | PlayQueueItem
-    | Ping
-)
+Action = Play | Pause | Toggle | Stop | Next | Previous | Seek | SetVolume | ChangeVolume | PlayQueueItem | Ping
 ACTIONS: Final[tuple[type[_Action], ...]] = (
     Play,
     Pause,
