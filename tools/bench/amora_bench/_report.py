@@ -1,0 +1,152 @@
+"""Turn benchmark results into PNG plots and a Markdown summary with the targets marked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["summary_markdown", "write_plots"]
+
+
+def _latency_sets(results: dict[str, Any]) -> dict[str, list[float]]:
+    """Every latency sample list in the results, by a label."""
+    sets: dict[str, list[float]] = {}
+    for name, figures in results["scenarios"].items():
+        for level in figures.get("levels", []):
+            samples = level.get("latency", {}).get("samples_ms")
+            if samples:
+                sets[f"{name}: broker pub->sub with {level['connections']:,} conns held"] = samples
+        for path, block in figures.get("latency_sets", {}).items():
+            if block:
+                sets[f"{name}: {path}"] = block
+    return sets
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write the plots that the results allow; return their paths."""
+    import matplotlib as mpl  # noqa: PLC0415 - plotting is optional for running scenarios
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written: list[Path] = []
+    sets = _latency_sets(results)
+    if sets:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for label, samples in sets.items():
+            ordered = sorted(samples)
+            n = len(ordered)
+            ax.plot(ordered, [(i + 1) / n for i in range(n)], label=f"{label} (n={n:,})")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("fraction of messages (CDF)")
+        ax.set_title(f"Latency distribution ({results['mode']} run)")
+        ax.grid(visible=True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        path = out / "latency_distribution.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    levels = results["scenarios"].get("connections", {}).get("levels", [])
+    if levels:
+        counts = [lv["connections"] for lv in levels]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+            ax.plot(counts, [lv["latency"][key] for lv in levels], marker="o", label=f"pub->sub {label}")
+        ax.set_xlabel("concurrent TLS connections held")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax2 = ax.twinx()
+        ax2.plot(counts, [lv["broker_rss_mb"] for lv in levels], color="grey", linestyle="--", marker="s")
+        ax2.set_ylabel("broker RSS (MiB, dashed)")
+        ax.set_title("Latency and broker memory against connection count")
+        ax.grid(visible=True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+        path = out / "latency_vs_connections.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _mark(ok: bool) -> str:  # noqa: FBT001 - a tiny formatter
+    return "met" if ok else "**missed**"
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
+    m = results["machine"]
+    lines = [
+        f"# Amora benchmarks — {results['mode']} run, {results['started_at']}",
+        "",
+        (
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+            f"kernel {m['kernel']}, open-file limit {m['open_files_limit']}."
+        ),
+        "",
+    ]
+    scenarios = results["scenarios"]
+    env = scenarios.get("envelope")
+    if env and env["status"] == "ok":
+        ops = env["ops_per_s"]
+        lines += [
+            "## Envelope (sign+encode, decode+verify)",
+            "",
+            "| path | ours/s | bare Ed25519/s | JWS/s | x floor (<= 1.3) | x JWS (>= 1.5) |",
+            "|---|---|---|---|---|---|",
+            (
+                f"| sign+encode | {ops['ours_encode']:,} | {ops['floor_sign']:,} | {ops['jws_encode']:,} | "
+                f"{env['encode_vs_floor']} ({_mark(env['encode_vs_floor'] <= 1.3)}) | "
+                f"{env['encode_speedup_vs_jws']} ({_mark(env['encode_speedup_vs_jws'] >= 1.5)}) |"
+            ),
+            (
+                f"| decode+verify | {ops['ours_decode']:,} | {ops['floor_verify']:,} | {ops['jws_decode']:,} | "
+                f"{env['decode_vs_floor']} ({_mark(env['decode_vs_floor'] <= 1.3)}) | "
+                f"{env['decode_speedup_vs_jws']} ({_mark(env['decode_speedup_vs_jws'] >= 1.5)}) |"
+            ),
+            "",
+            (
+                f"The bare-Ed25519 floor itself is only {env['floor_speedup_vs_jws_encode']}x / "
+                f"{env['floor_speedup_vs_jws_decode']}x faster than JWS: no Ed25519 envelope can beat JWS by more."
+            ),
+            "",
+        ]
+    conns = scenarios.get("connections")
+    if conns and conns["status"] == "ok":
+        lines += [
+            "## Connections (TLS, held; then a broker restart)",
+            "",
+            (
+                "| conns | connect all (s) | connect p99 (ms) | broker RSS (MiB) | client KiB/conn "
+                "| pub->sub p50/p99 (ms) | storm: all back (s) |"
+            ),
+            "|---|---|---|---|---|---|---|",
+        ]
+        for lv in conns["levels"]:
+            note = " (capped)" if "capped_by" in lv else ""
+            lines.append(
+                f"| {lv['connections']:,}{note} | {lv['connect_all_s']} | {lv['connect']['p99_ms']} | "
+                f"{lv['broker_rss_mb']} | {lv['client_rss_per_conn_kb']} | "
+                f"{lv['latency']['p50_ms']}/{lv['latency']['p99_ms']} | {lv['storm']['all_back_s']} |"
+            )
+        for lv in conns["levels"]:
+            if lv["connections"] >= 10_000:
+                lines.append(
+                    f"\nReconnect storm at {lv['connections']:,}: {lv['storm']['all_back_s']} s "
+                    f"(target <= 30 s: {_mark(lv['storm']['all_back_s'] <= 30)})."
+                )
+            if "capped_by" in lv:
+                lines.append(f"\n{lv['requested']:,} requested, {lv['connections']:,} run: {lv['capped_by']}.")
+        lines.append("")
+    for name, figures in scenarios.items():
+        if figures["status"] != "ok":
+            lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
+        elif name not in {"envelope", "connections"} and "summary" in figures:
+            lines += [f"## {name}", "", figures["summary"], ""]
+    durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
+    lines += [f"Durations: {durations}.", ""]
+    return "\n".join(lines)
