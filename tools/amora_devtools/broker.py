@@ -1,0 +1,844 @@
+"""Start mosquitto with the Amora configuration (infra/mosquitto) for tests and manual work.
+
+Each broker gets free loopback ports, its own state directory, a dynamic-security state
+file with one admin account (and deny-by-default ACL access), and is only handed back
+once a TLS connection with that admin account gets a CONNACK and a dynsec command has
+demonstrably been saved to disk by the broker's user. `BrokerProcess.close` (or leaving
+its ``with`` block) stops it and removes its state.
+
+Run as root, mosquitto drops to the user ``mosquitto``; its state directory (which also
+holds copies of the TLS files, since the CRL is re-read after the privilege drop) is
+then made under the system temporary directory, owned by that user, because pytest's
+own temporary directories are private to root.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import string
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self
+
+from amora_devtools._errors import DevtoolsError, DynsecError, MqttError, ServiceStartError
+from amora_devtools._mqtt import MqttClient, client_ssl_context
+from amora_devtools._proc import (
+    ManagedProcess,
+    chown_tree,
+    free_port,
+    is_root,
+    remove_at_exit,
+    tail,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable, Mapping, Sequence
+    from types import TracebackType
+
+    from amora_devtools.pki import DevPKI
+
+__all__ = [
+    "ADMIN_USERNAME",
+    "DYNSEC_TOPIC",
+    "BrokerProcess",
+    "create_device_client",
+    "create_session_client",
+    "delete_device_client",
+    "delete_session_client",
+    "dynsec",
+    "start_broker",
+    "start_broker_pair",
+    "template_dir",
+]
+
+ADMIN_USERNAME: Final = "amora-admin"
+DYNSEC_TOPIC: Final = "$CONTROL/dynamic-security/v1"
+_BROKER_USER: Final = "mosquitto"
+_START_TIMEOUT: Final = 15.0
+_START_ATTEMPTS: Final = 3
+_PROBE_ROLE: Final = "amora-harness-write-probe"
+# The admin may publish here (and nowhere else): the harness's end-to-end bridge probe.
+_PROBE_TOPIC_PREFIX: Final = "amora/harness"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def template_dir() -> Path:
+    """Where the mosquitto configuration templates are.
+
+    ``AMORA_MOSQUITTO_TEMPLATES`` if set, else the copy inside an installed wheel, else
+    the repository's ``infra/mosquitto``.
+    """
+    override = os.environ.get("AMORA_MOSQUITTO_TEMPLATES")
+    if override:
+        return Path(override)
+    packaged = Path(__file__).resolve().parent / "mosquitto"
+    if (packaged / "mosquitto.conf.template").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "infra" / "mosquitto"
+
+
+def _dynsec_plugin() -> str:
+    override = os.environ.get("AMORA_MOSQUITTO_DYNSEC_PLUGIN")
+    if override:
+        return override
+    name = "mosquitto_dynamic_security.so"
+    found = [
+        *sorted(Path("/usr/lib").glob(f"*/{name}")),
+        *[p for p in (Path("/usr/lib") / name, Path("/usr/local/lib") / name) if p.exists()],
+    ]
+    if not found:
+        raise ServiceStartError("mosquitto", "mosquitto_dynamic_security.so not found (apt-get install mosquitto)")
+    return str(found[0])
+
+
+def _broker_user() -> str | None:
+    """The user mosquitto will run as after dropping privileges (None: this user)."""
+    if not is_root():
+        return None
+    try:
+        pwd.getpwnam(_BROKER_USER)
+    except KeyError as exc:
+        raise ServiceStartError(
+            "mosquitto", f"running as root but there is no user {_BROKER_USER!r} to drop to"
+        ) from exc
+    return _BROKER_USER
+
+
+def _hash_password(password: str) -> dict[str, Any]:
+    """A dynsec password entry (PBKDF2-SHA512, as mosquitto_ctrl writes it)."""
+    salt = secrets.token_bytes(12)
+    iterations = 101
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": iterations,
+    }
+
+
+def _acl(acltype: str, topic: str, *, allow: bool = True) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": allow}
+
+
+def _initial_dynsec(admin_password: str) -> dict[str, Any]:
+    """Dynsec state: one admin (dynsec control, read everything), deny by default."""
+    control = "$CONTROL/dynamic-security/#"
+    return {
+        "defaultACLAccess": [
+            {"acltype": "publishClientSend", "allow": False},
+            {"acltype": "publishClientReceive", "allow": False},
+            {"acltype": "subscribe", "allow": False},
+            {"acltype": "unsubscribe", "allow": False},
+        ],
+        "clients": [
+            {
+                "username": ADMIN_USERNAME,
+                "textname": "Amora harness admin (development only)",
+                "roles": [{"rolename": "admin"}],
+                **_hash_password(admin_password),
+            }
+        ],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": "admin",
+                "textname": "dynsec administration; reads every topic, writes amora/harness/#",
+                "acls": [
+                    _acl("publishClientSend", control),
+                    _acl("publishClientReceive", control),
+                    _acl("subscribePattern", control),
+                    _acl("unsubscribePattern", control),
+                    _acl("publishClientReceive", "$SYS/#"),
+                    _acl("subscribePattern", "$SYS/#"),
+                    _acl("unsubscribePattern", "$SYS/#"),
+                    _acl("publishClientReceive", "#"),
+                    _acl("subscribePattern", "#"),
+                    _acl("unsubscribePattern", "#"),
+                    _acl("publishClientSend", f"{_PROBE_TOPIC_PREFIX}/#"),
+                ],
+            }
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Bridge:
+    name: str
+    address: str
+    username: str
+    password: str
+
+
+@dataclass(eq=False)
+class BrokerProcess:
+    """A running mosquitto started by `start_broker`.
+
+    Attributes:
+        name: Label (``"primary"``, ``"standby"``); also its directory name.
+        host: ``127.0.0.1``.
+        device_port: mTLS listener (client certificate, CN = username = client id).
+        app_port: TLS listener with username/password.
+        ws_port: TLS websockets listener (``wss://host:ws_port/mqtt``), same accounts.
+        ca_file: CA that signed the broker's certificate (trust it as a client).
+        admin_username: Dynsec admin account (works on app_port and ws_port).
+        admin_password: Its password.
+        workdir: Holds ``mosquitto.log``.
+        state_dir: Owned by the broker's user: persistence, dynsec file, TLS copies.
+        pki: The development PKI whose CRL `reload` installs.
+        bridge_name: Bridge connection name when this broker is a standby, else None.
+        bridge_peer: The primary this standby bridges to, else None.
+    """
+
+    name: str
+    host: str
+    device_port: int
+    app_port: int
+    ws_port: int
+    ca_file: Path
+    admin_username: str
+    admin_password: str
+    workdir: Path
+    state_dir: Path
+    pki: DevPKI
+    bridge_name: str | None = None
+    bridge_peer: BrokerProcess | None = field(default=None, repr=False)
+    _argv: list[str] = field(default_factory=list, repr=False)
+    _proc: ManagedProcess | None = field(default=None, repr=False)
+    _owns_state_dir: bool = field(default=False, repr=False)
+
+    # -- files -----------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        """The rendered mosquitto.conf (in `state_dir`: the broker re-reads it on SIGHUP)."""
+        return self.state_dir / "mosquitto.conf"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's log (its stdout and stderr)."""
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def dynsec_file(self) -> Path:
+        """The dynamic-security state file the broker rewrites on every change."""
+        return self.state_dir / "dynamic-security.json"
+
+    @property
+    def pid(self) -> int:
+        """PID of the running mosquitto.
+
+        Raises:
+            DevtoolsError: The broker is not running.
+        """
+        if self._proc is None:
+            raise DevtoolsError(f"broker {self.name} is not running")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the mosquitto process is alive."""
+        return self._proc is not None and self._proc.alive()
+
+    def log_text(self) -> str:
+        """Everything mosquitto logged so far."""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS client context trusting this broker's CA (no client certificate)."""
+        return client_ssl_context(self.ca_file)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        self._proc = ManagedProcess("mosquitto", self._argv, log_file=self.log_file)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait until the admin gets a CONNACK over TLS on the app listener."""
+        proc = self._proc
+        assert proc is not None  # noqa: S101 - set by _spawn just before
+        ctx = client_ssl_context(self.ca_file)
+
+        def probe() -> bool | None:
+            try:
+                with MqttClient.connect(
+                    self.host,
+                    self.app_port,
+                    ssl_context=ctx,
+                    client_id=f"amora-harness-ready-{uuid.uuid4().hex[:8]}",
+                    username=self.admin_username,
+                    password=self.admin_password,
+                    timeout=2.0,
+                ):
+                    return True
+            except MqttError:
+                return None
+
+        if wait_until(probe, timeout=timeout, alive=proc.alive) is None:
+            why = "exited" if not proc.alive() else f"accepted no TLS connection within {timeout:.0f}s"
+            log = tail(self.log_file)
+            proc.stop()
+            raise ServiceStartError("mosquitto", f"broker {self.name} {why}", log_tail=log)
+
+    def _check_dynsec_saved(self) -> None:
+        """Prove the broker's user can save the dynsec file (dynsec says OK regardless)."""
+        # check=False: after a crash the probe role may still exist; the file decides.
+        dynsec(self, [{"command": "createRole", "rolename": _PROBE_ROLE}], check=False)
+        try:
+            saved = json.loads(self.dynsec_file.read_text())
+            names = {role.get("rolename") for role in saved.get("roles", [])}
+        except (OSError, ValueError) as exc:
+            names = set()
+            reason = repr(exc)
+        else:
+            reason = "the change did not reach the file"
+        if _PROBE_ROLE not in names:
+            log = tail(self.log_file)
+            self.stop()
+            raise ServiceStartError(
+                "mosquitto",
+                f"dynsec state {self.dynsec_file} is not writable by the broker's user "
+                f"({_broker_user() or 'current user'}): {reason}",
+                log_tail=log,
+            )
+        dynsec(self, [{"command": "deleteRole", "rolename": _PROBE_ROLE}])
+
+    def wait_bridged(self, *, timeout: float = _START_TIMEOUT) -> None:
+        """Wait until the bridge carries messages from the primary to this standby.
+
+        End to end: the primary's admin publishes a probe on ``amora/harness/...`` until
+        this broker's admin receives it (the bridge's ``$SYS`` notification is retained
+        and persisted, so after a restart it may still say "1" before the bridge is up).
+
+        Raises:
+            DevtoolsError: This broker is not a standby.
+            ServiceStartError: Nothing came across within ``timeout`` seconds.
+        """
+        primary = self.bridge_peer
+        if primary is None:
+            raise DevtoolsError(f"broker {self.name} has no bridge")
+        topic = f"{_PROBE_TOPIC_PREFIX}/bridge/{uuid.uuid4().hex}"
+        try:
+            with self.admin_client() as sub, primary.admin_client() as pub:
+                sub.subscribe(topic)
+
+                def probe() -> bool | None:
+                    pub.publish(topic, b"probe", qos=1)
+                    message = sub.receive(timeout=0.25)
+                    return True if message is not None and message.topic == topic else None
+
+                arrived = wait_until(probe, timeout=timeout, interval=0, alive=lambda: self.running)
+        except MqttError as exc:
+            raise ServiceStartError("mosquitto", f"bridge check failed: {exc}") from exc
+        if arrived is None:
+            raise ServiceStartError(
+                "mosquitto", f"bridge {self.bridge_name} carried nothing", log_tail=tail(self.log_file)
+            )
+
+    def _start(self, *, timeout: float) -> None:
+        self._spawn()
+        self._wait_ready(timeout)
+        self._check_dynsec_saved()
+        if self.bridge_peer is not None:
+            try:
+                self.wait_bridged(timeout=timeout)
+            except ServiceStartError:
+                self.stop()
+                raise
+
+    def admin_client(self, *, client_id: str | None = None, timeout: float = 5.0) -> MqttClient:
+        """Connect as the dynsec admin on the app listener (the harness's own MQTT client).
+
+        Raises:
+            MqttError: The connection failed.
+        """
+        return MqttClient.connect(
+            self.host,
+            self.app_port,
+            ssl_context=client_ssl_context(self.ca_file),
+            client_id=client_id or f"{self.admin_username}-{uuid.uuid4().hex[:12]}",
+            username=self.admin_username,
+            password=self.admin_password,
+            timeout=timeout,
+        )
+
+    def reload(self, *, timeout: float = 10.0) -> None:
+        """Install the PKI's current CRL and SIGHUP the broker; return once it reloaded.
+
+        New TLS handshakes then see the new CRL; connected clients stay connected.
+
+        Raises:
+            DevtoolsError: The broker is not running or did not log the reload in time.
+        """
+        if not self.running:
+            raise DevtoolsError(f"broker {self.name} is not running")
+        shutil.copyfile(self.pki.crl_file, self.state_dir / "tls" / ".crl.pem.tmp")
+        (self.state_dir / "tls" / ".crl.pem.tmp").replace(self.state_dir / "tls" / "crl.pem")
+        user = _broker_user()
+        if user is not None:
+            chown_tree(self.state_dir / "tls", user)
+        # mosquitto logs the line, then reloads (config, certificates, CRL) in the same
+        # loop iteration, and clears its reload flag at the end: a SIGHUP that arrives
+        # during a reload is lost. So: resend if the line does not come, and return only
+        # after a CONNACK, which the loop can only send once the reload is finished.
+        deadline = time.monotonic() + timeout
+        before = self.log_text().count("Reloading config.")
+        seen = None
+        while seen is None and time.monotonic() < deadline:
+            self.signal(signal.SIGHUP)
+            seen = wait_until(
+                lambda: True if self.log_text().count("Reloading config.") > before else None,
+                timeout=min(2.0, max(deadline - time.monotonic(), 0.0)),
+                alive=lambda: self.running,
+            )
+            if self._proc is None or not self._proc.alive():
+                break
+        if seen is None:
+            raise DevtoolsError(f"broker {self.name} did not reload within {timeout}s")
+        try:
+            self.admin_client(timeout=max(deadline - time.monotonic(), 1.0)).disconnect()
+        except MqttError as exc:
+            raise DevtoolsError(f"broker {self.name} unreachable after reload: {exc}") from exc
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send a signal to the broker process (only)."""
+        if self._proc is not None:
+            self._proc.signal(signum)
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM: persistence is saved). Idempotent."""
+        if self._proc is not None:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        """Kill abruptly (SIGKILL: as a crash; nothing is saved). Idempotent."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    def restart(self, *, timeout: float = _START_TIMEOUT) -> None:
+        """Stop (if running) and start again on the same ports with the same state.
+
+        Raises:
+            ServiceStartError: It did not come back (e.g. a port was taken meanwhile).
+        """
+        self.stop()
+        self._start(timeout=timeout)
+
+    def close(self) -> None:
+        """Stop and delete the broker's state directory. Idempotent."""
+        self.stop()
+        if self._owns_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            remove_at_exit(self.state_dir, keep=True)
+
+    def __enter__(self) -> Self:
+        """Return self."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """`close` the broker."""
+        self.close()
+
+
+def _render(template: str, values: Mapping[str, str]) -> str:
+    """Fill ``${name}`` placeholders; comment lines are copied as they are."""
+    out = []
+    try:
+        for line in template.splitlines():
+            keep = line.lstrip().startswith("#")
+            out.append(line if keep else string.Template(line).substitute(values))
+    except (KeyError, ValueError) as exc:
+        raise ServiceStartError("mosquitto", f"bad configuration template: {exc!r}") from exc
+    return "\n".join(out) + "\n"
+
+
+def _prepare_state_dir(workdir: Path, name: str, pki: DevPKI) -> tuple[Path, bool]:
+    """Make the state dir (see module doc) with copies of the TLS files."""
+    if is_root():
+        state_dir = Path(tempfile.mkdtemp(prefix=f"amora-mosquitto-{name}-"))
+        remove_at_exit(state_dir)
+        owned = True
+    else:
+        state_dir = workdir / "state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        owned = False
+    tls = state_dir / "tls"
+    tls.mkdir(exist_ok=True)
+    for src, dst in (
+        (pki.ca_file, "ca.pem"),
+        (pki.server_cert_file, "server.pem"),
+        (pki.server_key_file, "server.key"),
+        (pki.crl_file, "crl.pem"),
+    ):
+        shutil.copyfile(src, tls / dst)
+    (tls / "server.key").chmod(0o600)
+    return state_dir, owned
+
+
+def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
+    workdir: Path | str,
+    pki: DevPKI,
+    *,
+    name: str = "primary",
+    bridge_to: BrokerProcess | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = _START_TIMEOUT,
+) -> BrokerProcess:
+    """Start mosquitto with the Amora configuration and wait until it is usable.
+
+    Args:
+        workdir: Parent directory; the broker's log goes to ``workdir/name``.
+        pki: Development PKI for the server certificate, device CA and CRL.
+        name: Label, also the directory name; ``[A-Za-z0-9_-]{1,32}``.
+        bridge_to: Make this broker a standby bridged (``amora/#`` both ways) to that
+            primary; a dynsec bridge account is created on the primary, and this call
+            returns once the bridge is connected.
+        host: Loopback address for the MQTT listeners.
+        timeout: Bound for each readiness wait, in seconds.
+
+    Returns:
+        The running broker; `BrokerProcess.close` it (or use it as a context manager).
+
+    Raises:
+        ServiceStartError: mosquitto is missing, did not start, did not accept TLS
+            connections in time, cannot save its dynsec state, or its bridge did not connect.
+    """
+    if not _NAME.fullmatch(name):
+        raise DevtoolsError(f"bad broker name {name!r}")
+    broker_dir = Path(workdir) / name
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    templates = template_dir()
+    try:
+        main_template = (templates / "mosquitto.conf.template").read_text()
+        bridge_template = (templates / "bridge.conf.template").read_text()
+    except OSError as exc:
+        raise ServiceStartError("mosquitto", f"configuration templates not found: {exc}") from exc
+    bridge = None if bridge_to is None else _make_bridge_account(bridge_to, name)
+    plugin = _dynsec_plugin()
+    user = _broker_user()
+    last_error: ServiceStartError | None = None
+    for _ in range(_START_ATTEMPTS):
+        state_dir, owned = _prepare_state_dir(broker_dir, name, pki)
+        admin_password = secrets.token_urlsafe(18)
+        (state_dir / "dynamic-security.json").write_text(json.dumps(_initial_dynsec(admin_password), indent=2))
+        tls = state_dir / "tls"
+        values = {
+            "bind_address": host,
+            "ws_bind": "lo",
+            "device_port": str(free_port(host)),
+            "app_port": str(free_port(host)),
+            "ws_port": str(free_port(host)),
+            "ca_file": str(tls / "ca.pem"),
+            "cert_file": str(tls / "server.pem"),
+            "key_file": str(tls / "server.key"),
+            "crl_file": str(tls / "crl.pem"),
+            "state_dir": str(state_dir),
+            "dynsec_plugin": plugin,
+        }
+        config = _render(main_template, values)
+        if bridge is not None:
+            config += "\n" + _render(
+                bridge_template,
+                {
+                    "bridge_name": bridge.name,
+                    "bridge_address": bridge.address,
+                    "bridge_username": bridge.username,
+                    "bridge_password": bridge.password,
+                    "bridge_cafile": str(tls / "ca.pem"),
+                },
+            )
+        (state_dir / "mosquitto.conf").write_text(config)
+        (state_dir / "mosquitto.conf").chmod(0o600)  # holds the bridge password
+        if user is not None:
+            chown_tree(state_dir, user)
+        broker = BrokerProcess(
+            name=name,
+            host=host,
+            device_port=int(values["device_port"]),
+            app_port=int(values["app_port"]),
+            ws_port=int(values["ws_port"]),
+            ca_file=pki.ca_file,
+            admin_username=ADMIN_USERNAME,
+            admin_password=admin_password,
+            workdir=broker_dir,
+            state_dir=state_dir,
+            pki=pki,
+            bridge_name=None if bridge is None else bridge.name,
+            bridge_peer=bridge_to,
+            _argv=["mosquitto", "-c", str(state_dir / "mosquitto.conf")],
+            _owns_state_dir=owned,
+        )
+        try:
+            broker._start(timeout=timeout)  # noqa: SLF001 - the factory of its own class
+        except ServiceStartError as exc:
+            broker.close()
+            if "Address already in use" not in exc.log_tail:
+                raise
+            last_error = exc  # a port was taken between probing and binding: new ports
+            continue
+        except BaseException:
+            broker.close()
+            raise
+        return broker
+    assert last_error is not None  # noqa: S101 - the loop ran at least once
+    raise last_error
+
+
+def _make_bridge_account(primary: BrokerProcess, standby_name: str) -> _Bridge:
+    """Create the primary's dynsec client and role for a standby's bridge."""
+    username = f"bridge-{standby_name}"
+    password = secrets.token_urlsafe(18)
+    role = f"bridge:{standby_name}"
+    acls = [
+        _acl(acltype, "amora/#")
+        for acltype in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+    ]
+    dynsec(
+        primary,
+        [
+            {"command": "createRole", "rolename": role, "acls": acls},
+            {
+                "command": "createClient",
+                "username": username,
+                "password": password,
+                "clientid": username,
+                "textname": f"bridge from standby {standby_name}",
+                "roles": [{"rolename": role}],
+            },
+        ],
+    )
+    return _Bridge(
+        name=f"{standby_name}-to-{primary.name}",
+        address=f"{primary.host}:{primary.app_port}",
+        username=username,
+        password=password,
+    )
+
+
+def start_broker_pair(
+    workdir: Path | str,
+    pki: DevPKI,
+    *,
+    timeout: float = _START_TIMEOUT,
+) -> tuple[BrokerProcess, BrokerProcess]:
+    """Start a primary and a standby bridged to it on ``amora/#`` (both directions).
+
+    Returns:
+        ``(primary, standby)``, both running; close both (standby first).
+
+    Raises:
+        ServiceStartError: Either broker did not start, or the bridge did not connect.
+    """
+    primary = start_broker(workdir, pki, name="primary", timeout=timeout)
+    try:
+        standby = start_broker(workdir, pki, name="standby", bridge_to=primary, timeout=timeout)
+    except BaseException:
+        primary.close()
+        raise
+    return primary, standby
+
+
+# -- dynamic security -------------------------------------------------------------------
+
+
+def dynsec(
+    broker: BrokerProcess,
+    commands: Sequence[Mapping[str, Any]],
+    *,
+    check: bool = True,
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Send dynamic-security commands as the admin and return the broker's responses.
+
+    One MQTT connection per call; the commands go in one request and the answer is the
+    broker's ``responses`` list, in order.
+
+    Args:
+        broker: The broker to administer.
+        commands: dynsec commands, e.g. ``{"command": "createClient", "username": ...}``.
+        check: Raise `DynsecError` if any response carries an ``error``.
+        timeout: Bound for connecting and for the answer, in seconds.
+
+    Returns:
+        One response dict per command (``{"command": ..., "error": ...?, "data": ...?}``).
+
+    Raises:
+        DynsecError: No answer in time, the connection failed, or (with ``check``) a
+            command failed.
+    """
+    request_id = uuid.uuid4().hex
+    payload = json.dumps(
+        {"commands": [{**cmd, "correlationData": f"{request_id}:{i}"} for i, cmd in enumerate(commands)]}
+    ).encode()
+    try:
+        with broker.admin_client(timeout=timeout) as client:
+            client.subscribe(f"{DYNSEC_TOPIC}/response")
+            client.publish(DYNSEC_TOPIC, payload, qos=1)
+            responses = _await_responses(client, request_id, timeout)
+    except MqttError as exc:
+        raise DynsecError(f"dynsec request to broker {broker.name} failed: {exc}") from exc
+    if check:
+        failures = tuple((str(r.get("command")), str(r["error"])) for r in responses if r.get("error"))
+        if failures:
+            raise DynsecError(f"broker {broker.name} refused dynsec commands", failures=failures)
+    return responses
+
+
+def _await_responses(client: MqttClient, request_id: str, timeout: float) -> list[dict[str, Any]]:
+    def probe() -> list[dict[str, Any]] | None:
+        message = client.receive(timeout=timeout)
+        if message is None:
+            raise DynsecError(f"no dynsec answer within {timeout}s")
+        try:
+            responses = json.loads(message.payload)["responses"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DynsecError(f"unreadable dynsec answer: {message.payload[:200]!r}") from exc
+        ours = [r for r in responses if str(r.get("correlationData", "")).startswith(f"{request_id}:")]
+        return ours or None
+
+    result = wait_until(probe, timeout=timeout, interval=0)
+    if result is None:
+        raise DynsecError(f"no dynsec answer within {timeout}s")
+    return result
+
+
+def create_device_client(
+    broker: BrokerProcess,
+    device_id: str,
+    *,
+    acls: Iterable[tuple[str, str, bool]] | None = None,
+) -> None:
+    """Create role ``device:{id}`` with the device ACLs and a passwordless client ``id``.
+
+    This is what the authz service does for a registered device: the device then
+    connects on the device listener with a certificate whose CN is ``device_id``.
+
+    Args:
+        broker: Where.
+        device_id: The device id (validated by amora-protocol).
+        acls: ``(acltype, topic, allow)`` triples instead of
+            ``amora_protocol.device_acls(device_id)``.
+
+    Raises:
+        DynsecError: The client or role exists already, or the broker refused.
+    """
+    if acls is None:
+        from amora_protocol import device_acls  # noqa: PLC0415 - only callers need the protocol
+
+        acls = device_acls(device_id)
+    role = f"device:{device_id}"
+    dynsec(
+        broker,
+        [
+            {
+                "command": "createRole",
+                "rolename": role,
+                "acls": [_acl(t, topic, allow=allow) for t, topic, allow in acls],
+            },
+            {
+                "command": "createClient",
+                "username": device_id,
+                "clientid": device_id,
+                "textname": f"device {device_id}",
+                "roles": [{"rolename": role}],
+            },
+        ],
+    )
+
+
+def delete_device_client(broker: BrokerProcess, device_id: str) -> None:
+    """Delete the device's dynsec client (disconnecting it) and its role.
+
+    Raises:
+        DynsecError: The broker refused (e.g. no such client).
+    """
+    dynsec(
+        broker,
+        [
+            {"command": "deleteClient", "username": device_id},
+            {"command": "deleteRole", "rolename": f"device:{device_id}"},
+        ],
+    )
+
+
+def create_session_client(
+    broker: BrokerProcess,
+    session_id: str,
+    password: str,
+    *,
+    user: str,
+    device_ids: Iterable[str],
+) -> None:
+    """Create an app session as DESIGN.md section 5 lays it out.
+
+    Roles ``user-device:{id}`` (``amora_protocol.user_device_acls``) are created when
+    missing, group ``user:{user}`` is created when missing and given those roles, and
+    client ``session_id`` (client id fixed to ``session_id``) joins the group.
+
+    Raises:
+        DynsecError: The client exists already, or the broker refused.
+    """
+    from amora_protocol import user_device_acls  # noqa: PLC0415 - only callers need the protocol
+
+    group = f"user:{user}"
+    setup: list[dict[str, Any]] = [{"command": "createGroup", "groupname": group}]
+    for device_id in device_ids:
+        role = f"user-device:{device_id}"
+        setup.append(
+            {
+                "command": "createRole",
+                "rolename": role,
+                "acls": [_acl(a.acltype, a.topic, allow=a.allow) for a in user_device_acls(device_id)],
+            }
+        )
+        setup.append({"command": "addGroupRole", "groupname": group, "rolename": role})
+    for response in dynsec(broker, setup, check=False):
+        error = str(response.get("error") or "")
+        # Idempotent set-up: an existing group, role or membership is what we wanted.
+        if error and "already" not in error.lower():
+            raise DynsecError(
+                f"broker {broker.name} refused session set-up",
+                failures=((str(response.get("command")), error),),
+            )
+    dynsec(
+        broker,
+        [
+            {
+                "command": "createClient",
+                "username": session_id,
+                "password": password,
+                "clientid": session_id,
+                "textname": f"session of {user}",
+                "groups": [{"groupname": group}],
+            }
+        ],
+    )
+
+
+def delete_session_client(broker: BrokerProcess, session_id: str) -> None:
+    """Delete an app session's dynsec client (disconnecting it); groups and roles stay.
+
+    Raises:
+        DynsecError: The broker refused (e.g. no such client).
+    """
+    dynsec(broker, [{"command": "deleteClient", "username": session_id}])
