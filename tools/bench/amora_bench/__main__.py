@@ -30,6 +30,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"counts": [1000], "hold_s": 3.0},
         {"counts": [10_000, 20_000], "hold_s": 60.0},
     ),
+    "sdk_latency": ("amora_bench.sdk_latency", {"seconds": 2.0}, {"seconds": 10.0}),
 }
 
 

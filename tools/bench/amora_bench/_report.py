@@ -142,10 +142,30 @@ def summary_markdown(results: dict[str, Any]) -> str:
             if "capped_by" in lv:
                 lines.append(f"\n{lv['requested']:,} requested, {lv['connections']:,} run: {lv['capped_by']}.")
         lines.append("")
+    sdk = scenarios.get("sdk_latency")
+    if sdk and sdk["status"] == "ok":
+        lines += [
+            f"## SDK latency (device publish -> verified state from the iterator, {sdk['rate_per_s']:.0f} msg/s)",
+            "",
+            "| subscriber | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | delivered/expected |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind, c in sdk["clients"].items():
+            lines.append(
+                f"| {kind} | {c['p50_ms']} | {c['p90_ms']} | {c['p99_ms']} | {c['max_ms']} | "
+                f"{c['count']}/{c['expected']} |"
+            )
+        if "sdk_p50_over_gmqtt_p50" in sdk:
+            lines.append(
+                f"\nSDK p50 / bare gmqtt p50 = {sdk['sdk_p50_over_gmqtt_p50']} "
+                f"(target <= 2: {_mark(sdk['target_p50_within_2x'])}); "
+                f"SDK p99 < 10 ms: {_mark(sdk['target_p99_under_10ms'])}."
+            )
+        lines.append("")
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
-        elif name not in {"envelope", "connections"} and "summary" in figures:
+        elif name not in {"envelope", "connections", "sdk_latency"} and "summary" in figures:
             lines += [f"## {name}", "", figures["summary"], ""]
     durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
     lines += [f"Durations: {durations}.", ""]

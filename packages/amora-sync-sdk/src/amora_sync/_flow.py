@@ -1,0 +1,153 @@
+"""Flow-control building blocks: the reconnect backoff and the latest-per-key queue."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconnectPolicy:
+    """How the client retries a lost or refused connection.
+
+    Delays follow "exponential backoff with full jitter": attempt ``n`` (from 0)
+    waits a uniformly random time in ``[0, min(cap, initial * multiplier**n)]``,
+    so thousands of clients that lost the same broker do not come back in step.
+
+    Attributes:
+        initial_delay: Upper bound of the first wait, in seconds.
+        max_delay: Cap on the upper bound, in seconds.
+        multiplier: Growth factor of the upper bound per failed attempt.
+        connect_timeout: Bound on one attempt (TCP + TLS + CONNACK), in seconds.
+    """
+
+    initial_delay: float = 0.1
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
+            raise ValueError("need 0 <= initial_delay <= max_delay")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be >= 1")
+        if self.connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+
+
+@dataclass(kw_only=True)
+class Backoff:
+    """Stateful full-jitter backoff over a `ReconnectPolicy`.
+
+    Attributes:
+        policy: The policy.
+        attempt: Failed attempts since the last success.
+    """
+
+    policy: ReconnectPolicy
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def ceiling(self) -> float:
+        """Return the current upper bound of the wait (before jitter)."""
+        # Cap the exponent so the float never overflows on long outages.
+        exponent = min(self.attempt, 64)
+        return min(self.policy.max_delay, self.policy.initial_delay * self.policy.multiplier**exponent)
+
+    def next_delay(self) -> float:
+        """Return the wait before the next attempt and count the attempt."""
+        delay = self.rng.uniform(0.0, self.ceiling())
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        """Forget past failures (after a successful connection)."""
+        self.attempt = 0
+
+
+class LatestPerKeyQueue(Generic[K, V]):
+    """A bounded async queue that keeps only the latest item per key.
+
+    Policy when an item arrives for a key that is already waiting: the waiting
+    item is replaced in place (it keeps its place in line, so a key that
+    changes constantly cannot starve the others) and the replacement is
+    counted in `superseded`. The queue therefore holds at most one item per
+    key; `max_keys` bounds the number of keys, and when a new key would exceed
+    it the oldest waiting key is dropped (counted in `dropped`).
+
+    A single consumer is expected; producers never block.
+    """
+
+    def __init__(self, *, max_keys: int) -> None:
+        """Create an empty queue holding at most `max_keys` keys."""
+        if max_keys < 1:
+            raise ValueError("max_keys must be >= 1")
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._max_keys = max_keys
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.superseded = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        """Return the number of waiting items."""
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def put(self, key: K, item: V) -> None:
+        """Add or replace the item for `key`; never blocks."""
+        if self._closed:
+            return
+        if key in self._items:
+            self._items[key] = item
+            self.superseded += 1
+        else:
+            if len(self._items) >= self._max_keys:
+                self._items.popitem(last=False)
+                self.dropped += 1
+            self._items[key] = item
+        self._ready.set()
+
+    def close(self) -> None:
+        """Wake the consumer; `get` then drains what is left and raises `QueueClosedError`."""
+        self._closed = True
+        self._ready.set()
+
+    def get_nowait(self) -> V | None:
+        """Return the oldest waiting item, or None when empty."""
+        if not self._items:
+            return None
+        _, item = self._items.popitem(last=False)
+        if not self._items and not self._closed:
+            self._ready.clear()
+        return item
+
+    async def get(self) -> V:
+        """Wait for and return the oldest waiting item.
+
+        Raises:
+            QueueClosedError: The queue is closed and empty.
+        """
+        while True:
+            item = self.get_nowait()
+            if item is not None:
+                return item
+            if self._closed:
+                raise QueueClosedError
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class QueueClosedError(Exception):
+    """Raised internally by `LatestPerKeyQueue.get` once closed and drained."""

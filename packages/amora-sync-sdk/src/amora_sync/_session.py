@@ -1,0 +1,340 @@
+"""Sessions from the authz service: the token exchange and its refresh (HTTP, httpx)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from amora_protocol import EncryptionPublicKey, ProtocolError, VerifyKey
+from amora_sync._errors import AuthenticationError, AuthzUnavailableError, SessionError
+
+if TYPE_CHECKING:
+    from amora_protocol import EncryptionKey, SigningKey
+
+TokenProvider = Callable[[], "str | Awaitable[str]"]
+"""Returns the user's current JWT; may be a plain function or a coroutine function."""
+
+_DEFAULT_MQTTS_PORT = 8883
+_MS_THRESHOLD = 100_000_000_000  # an epoch above this is milliseconds, not seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """A broker endpoint (TLS over TCP).
+
+    Attributes:
+        host: Host name or address.
+        port: TCP port.
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """Return ``host:port``."""
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceInfo:
+    """A device this session may use, with the keys its messages are checked against.
+
+    Attributes:
+        device_id: The device id.
+        signing_key: The device's Ed25519 public key (verifies its state, status, responses).
+        encryption_key: The device's X25519 public key (commands can be sealed to it).
+    """
+
+    device_id: str
+    signing_key: VerifyKey
+    encryption_key: EncryptionPublicKey | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerCredentials:
+    """Where and as whom to connect.
+
+    Attributes:
+        endpoints: Endpoints in order of preference.
+        username: MQTT user name (the session id).
+        password: MQTT password.
+        client_id: MQTT client id (fixed by the broker's access rules).
+    """
+
+    endpoints: tuple[Endpoint, ...]
+    username: str
+    password: str = field(repr=False)
+    client_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Session:
+    """A session issued by the authz service.
+
+    Attributes:
+        session_id: The session id (also the sender id of its commands).
+        expires_at_ms: When the session ends, in ms since the epoch.
+        broker: Broker endpoints and credentials.
+        grant: The signed grant token sent along with each command.
+        devices: The devices the session may use, by id.
+        authz_keys: The authz service's grant-signing public keys.
+    """
+
+    session_id: str
+    expires_at_ms: int
+    broker: BrokerCredentials
+    grant: bytes
+    devices: Mapping[str, DeviceInfo]
+    authz_keys: tuple[VerifyKey, ...]
+
+
+class _WireBroker(msgspec.Struct):
+    endpoints: list[Any]
+    username: str
+    password: str
+    client_id: str | None = None
+
+
+class _WireDevice(msgspec.Struct):
+    device_id: str
+    signing_key: str
+    encryption_key: str | None = None
+
+
+class _WireKey(msgspec.Struct):
+    public_key: str
+    kid: str | None = None
+
+
+class _WireSession(msgspec.Struct):
+    session_id: str
+    expires_at: int | float | str
+    grant: str
+    broker: _WireBroker | None = None
+    devices: list[_WireDevice] | None = None
+    authz_keys: list[_WireKey] | None = None
+
+
+class _WireError(msgspec.Struct):
+    code: str | None = None
+    message: str | None = None
+    detail: str | None = None
+
+
+def _b64(text: str) -> bytes:
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SessionError(f"bad base64 in session answer: {text[:16]!r}") from exc
+
+
+def parse_expiry(value: float | str) -> int:
+    """Turn the service's ``expires_at`` (epoch s or ms, or ISO 8601) into ms since the epoch.
+
+    Raises:
+        SessionError: The value is not understood.
+    """
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value).timestamp() * 1000)
+        except ValueError as exc:
+            raise SessionError(f"bad expires_at {value!r}") from exc
+    if value > _MS_THRESHOLD:
+        return int(value)
+    return int(value * 1000)
+
+
+def parse_endpoint(raw: object) -> Endpoint | None:
+    """Parse one endpoint: ``mqtts://host:port``, ``host:port`` or ``{"host", "port"}``.
+
+    Returns None for transports the SDK does not speak (websockets).
+    """
+    if isinstance(raw, Mapping):
+        scheme = str(raw.get("scheme") or raw.get("transport") or "mqtts")
+        if scheme.startswith("ws") or "websocket" in scheme:
+            return None
+        return Endpoint(host=str(raw["host"]), port=int(raw.get("port", _DEFAULT_MQTTS_PORT)))
+    if not isinstance(raw, str):
+        return None
+    text = raw if "://" in raw else f"mqtts://{raw}"
+    parts = urlsplit(text)
+    if parts.scheme.startswith("ws") or parts.hostname is None:
+        return None
+    return Endpoint(host=parts.hostname, port=parts.port or _DEFAULT_MQTTS_PORT)
+
+
+def _broker(wire: _WireSession, previous: Session | None) -> BrokerCredentials:
+    if wire.broker is None:
+        if previous is None:
+            raise SessionError("the session has no broker credentials")
+        return previous.broker
+    endpoints = tuple(e for e in map(parse_endpoint, wire.broker.endpoints) if e is not None)
+    if not endpoints:
+        raise SessionError("the session lists no TLS endpoint this SDK can use")
+    return BrokerCredentials(
+        endpoints=endpoints,
+        username=wire.broker.username,
+        password=wire.broker.password,
+        client_id=wire.broker.client_id or wire.session_id,
+    )
+
+
+def _decode_session(body: bytes, previous: Session | None) -> Session:
+    try:
+        wire = msgspec.json.decode(body, type=_WireSession)
+    except msgspec.DecodeError as exc:
+        raise SessionError(f"the authz service sent an unexpected session: {exc}") from exc
+    broker = _broker(wire, previous)
+    try:
+        if wire.devices is not None:
+            devices: Mapping[str, DeviceInfo] = {
+                d.device_id: DeviceInfo(
+                    device_id=d.device_id,
+                    signing_key=VerifyKey.from_raw(_b64(d.signing_key)),
+                    encryption_key=(
+                        None if d.encryption_key is None else EncryptionPublicKey.from_raw(_b64(d.encryption_key))
+                    ),
+                )
+                for d in wire.devices
+            }
+        elif previous is not None:
+            devices = previous.devices
+        else:
+            devices = {}
+        if wire.authz_keys is not None:
+            authz_keys = tuple(VerifyKey.from_raw(_b64(k.public_key)) for k in wire.authz_keys)
+        else:
+            authz_keys = () if previous is None else previous.authz_keys
+    except ProtocolError as exc:  # bad key lengths
+        raise SessionError(f"the session carries an invalid key: {exc}") from exc
+    return Session(
+        session_id=wire.session_id,
+        expires_at_ms=parse_expiry(wire.expires_at),
+        broker=broker,
+        grant=_b64(wire.grant),
+        devices=devices,
+        authz_keys=authz_keys,
+    )
+
+
+async def current_token(provider: TokenProvider) -> str:
+    """Call the token provider (sync or async) and return the token.
+
+    Raises:
+        AuthenticationError: The provider failed or returned nothing.
+    """
+    try:
+        result = provider()
+        token = await result if inspect.isawaitable(result) else result
+    except Exception as exc:
+        raise AuthenticationError(f"the token provider failed: {exc}") from exc
+    if not isinstance(token, str) or not token:
+        raise AuthenticationError("the token provider returned no token")
+    return token
+
+
+class SessionApi:
+    """The authz service's session endpoints."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, token_provider: TokenProvider) -> None:
+        """Bind to the service at `base_url`."""
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._token_provider = token_provider
+
+    async def _post(self, path: str, body: dict[str, str] | None) -> bytes:
+        token = await current_token(self._token_provider)
+        try:
+            response = await self._http.post(
+                f"{self._base}{path}",
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                content=None if body is None else msgspec.json.encode(body),
+            )
+        except httpx.HTTPError as exc:
+            raise AuthzUnavailableError(f"authz service unreachable: {exc}") from exc
+        if response.is_success:
+            return response.content
+        code: str | None = None
+        message = response.text[:200]
+        try:
+            err = msgspec.json.decode(response.content, type=_WireError)
+            code = err.code
+            message = err.message or err.detail or message
+        except msgspec.DecodeError:
+            pass
+        status = response.status_code
+        text = f"authz service answered {status} on {path}: {message}"
+        if status in {401, 403}:
+            raise AuthenticationError(text, status_code=status, code=code)
+        if status >= 500 or status == 429:
+            raise AuthzUnavailableError(text, status_code=status, code=code)
+        raise SessionError(text, status_code=status, code=code)
+
+    async def create(
+        self,
+        signing_key: SigningKey,
+        encryption_key: EncryptionKey,
+        *,
+        client_name: str | None = None,
+    ) -> Session:
+        """Exchange the user's token for a session (``POST /v1/sessions``).
+
+        Raises:
+            AuthenticationError: The token was refused.
+            AuthzUnavailableError: The service could not be reached.
+            SessionError: Any other refusal or an unexpected answer.
+        """
+        body = {
+            "signing_key": base64.b64encode(signing_key.public_key.raw).decode(),
+            "encryption_key": base64.b64encode(encryption_key.public_key.raw).decode(),
+        }
+        if client_name:
+            body["client_name"] = client_name
+        return _decode_session(await self._post("/v1/sessions", body), None)
+
+    async def refresh(self, session: Session) -> Session:
+        """Extend `session` with a fresh token (``POST /v1/sessions/{id}/refresh``).
+
+        The broker credential stays the same, so the live connection is kept.
+
+        Raises:
+            AuthenticationError: The token was refused.
+            AuthzUnavailableError: The service could not be reached.
+            SessionError: Any other refusal (404: the session is gone).
+        """
+        body = await self._post(f"/v1/sessions/{session.session_id}/refresh", {})
+        return _decode_session(body, session)
+
+    async def delete(self, session: Session) -> None:
+        """End `session` (``DELETE /v1/sessions/{id}``); errors are ignored (best effort)."""
+        try:
+            token = await current_token(self._token_provider)
+            await self._http.delete(
+                f"{self._base}/v1/sessions/{session.session_id}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        except (httpx.HTTPError, SessionError):
+            return
+
+
+def refresh_delay(session: Session, *, now_ms: int, margin: float) -> float:
+    """Seconds to wait before refreshing `session`.
+
+    Refresh at the later of ``margin`` of its remaining life spent and a small
+    floor, so that a session is refreshed well before it expires.
+    """
+    remaining = max(0, session.expires_at_ms - now_ms) / 1000
+    return max(0.5, math.floor(remaining * (1 - margin) * 1000) / 1000)
