@@ -77,19 +77,8 @@ def _mark(ok: bool) -> str:  # noqa: FBT001 - a tiny formatter
     return "met" if ok else "**missed**"
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
-    m = results["machine"]
-    lines = [
-        f"# Amora benchmarks — {results['mode']} run, {results['started_at']}",
-        "",
-        (
-            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
-            f"kernel {m['kernel']}, open-file limit {m['open_files_limit']}."
-        ),
-        "",
-    ]
-    scenarios = results["scenarios"]
+def _envelope_section(scenarios: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     env = scenarios.get("envelope")
     if env and env["status"] == "ok":
         ops = env["ops_per_s"]
@@ -115,6 +104,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    return lines
+
+
+def _connections_section(scenarios: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     conns = scenarios.get("connections")
     if conns and conns["status"] == "ok":
         lines += [
@@ -142,6 +136,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
             if "capped_by" in lv:
                 lines.append(f"\n{lv['requested']:,} requested, {lv['connections']:,} run: {lv['capped_by']}.")
         lines.append("")
+    return lines
+
+
+def _sdk_section(scenarios: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     sdk = scenarios.get("sdk_latency")
     if sdk and sdk["status"] == "ok":
         lines += [
@@ -162,6 +161,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"SDK p99 < 10 ms: {_mark(sdk['target_p99_under_10ms'])}."
             )
         lines.append("")
+    return lines
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
+    m = results["machine"]
+    lines = [
+        f"# Amora benchmarks — {results['mode']} run, {results['started_at']}",
+        "",
+        (
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+            f"kernel {m['kernel']}, open-file limit {m['open_files_limit']}."
+        ),
+        "",
+    ]
+    scenarios = results["scenarios"]
+    lines += _envelope_section(scenarios)
+    lines += _connections_section(scenarios)
+    lines += _sdk_section(scenarios)
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
