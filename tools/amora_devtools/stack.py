@@ -1,0 +1,524 @@
+"""The whole local Amora stack on loopback: brokers, authz service, players, development users.
+
+``python -m amora_devtools.stack up --state-dir DIR`` (``hatch run stack:up --state-dir DIR``)
+starts, in order:
+
+1. a development PKI, a primary broker and (by default) a standby bridged to it;
+2. the authz service (SQLite, development issuer on) reconciling both brokers;
+3. players, each registered through the authz admin API (keys + a CSR answered with its
+   certificate): by default one agent on a real MPD and three simulated ones;
+4. development users who own different players (``alice``, ``bob``; ``carol`` owns none).
+
+Once every player is online it writes ``DIR/stack.json`` and runs until interrupted, then stops
+everything it started, by PID, in reverse order. DEVELOPMENT ONLY: the PKI, the tokens and the
+issuer are for local work; production keys never come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from amora_devtools._errors import DevtoolsError, ServiceStartError
+from amora_devtools._proc import ManagedProcess, free_port, tail, wait_until
+from amora_devtools.broker import BrokerProcess, start_broker
+from amora_devtools.mpd import MpdProcess, start_mpd
+from amora_devtools.music import DEFAULT_TRACKS, Track
+from amora_devtools.pki import DevPKI
+from amora_protocol import EncryptionKey, SigningKey
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+__all__ = ["DEFAULT_USERS", "Player", "Stack", "main"]
+
+ADMIN_USER = "admin"
+# Who owns which player, by player index (0 is the real-MPD player when there is one).
+DEFAULT_USERS: dict[str, tuple[int, ...]] = {"alice": (0, 1), "bob": (2, 3), "carol": ()}
+_READY_TIMEOUT = 30.0
+
+
+@dataclass
+class Player:
+    """One player of the stack and its agent process."""
+
+    device_id: str
+    kind: str  # "mpd" or "simulated"
+    directory: Path
+    config_file: Path
+    signing_key: SigningKey
+    encryption_key: EncryptionKey
+    process: ManagedProcess | None = None
+
+    @property
+    def log_file(self) -> Path:
+        """The agent's log."""
+        return self.directory / "agent.log"
+
+
+def _script(name: str) -> str:
+    """A console script of this environment (installed next to the running interpreter)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+@dataclass
+class Stack:
+    """The running stack; use as a context manager or call `start` and `stop`.
+
+    Args:
+        state_dir: Where everything lives (keys, certificates, databases, logs, stack.json).
+        players: How many players (at least 1).
+        real_mpd: Make the first player an agent on a real MPD.
+        standby: Also run a standby broker bridged to the primary.
+        users: User name -> indexes of the players they own.
+    """
+
+    state_dir: Path
+    players: int = 4
+    real_mpd: bool = True
+    standby: bool = True
+    users: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    mpd_tracks: tuple[Track, ...] = DEFAULT_TRACKS
+    pki: DevPKI | None = field(default=None, init=False)
+    brokers: list[BrokerProcess] = field(default_factory=list, init=False)
+    mpd: MpdProcess | None = field(default=None, init=False)
+    authz: ManagedProcess | None = field(default=None, init=False)
+    authz_url: str = field(default="", init=False)
+    player_list: list[Player] = field(default_factory=list, init=False)
+    tokens: dict[str, str] = field(default_factory=dict, init=False)
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
+    _crl_requested: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _previous_usr1: Any = field(default=None, init=False, repr=False)
+    _reloader: threading.Thread | None = field(default=None, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        """Start everything."""
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop everything."""
+        self.stop()
+
+    def start(self) -> dict[str, Any]:
+        """Start the whole stack; return what `stack.json` holds.
+
+        Raises:
+            ServiceStartError: A part did not start or did not become ready in time.
+        """
+        if self.players < 1:
+            raise DevtoolsError("a stack needs at least one player")
+        self.state_dir = self.state_dir.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._listen_for_crl_reloads()
+        try:
+            self.pki = DevPKI.create(self.state_dir / "pki")
+            primary = start_broker(self.state_dir / "brokers", self.pki, name="primary")
+            self.brokers.append(primary)
+            if self.standby:
+                self.brokers.append(
+                    start_broker(self.state_dir / "brokers", self.pki, name="standby", bridge_to=primary)
+                )
+            self._start_authz()
+            admin = self._token(ADMIN_USER)
+            self._make_players(admin)
+            for user, indexes in self.users.items():
+                self.tokens[user] = self._token(user)
+                for index in indexes:
+                    if index < len(self.player_list):
+                        self._admin(admin, "PUT", f"/v1/admin/users/{user}/devices/{self.player_list[index].device_id}")
+            self._start_agents()
+            self.wait_online([p.device_id for p in self.player_list])
+        except BaseException:
+            self.stop()
+            raise
+        info = self.describe()
+        (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n")
+        return info
+
+    def _listen_for_crl_reloads(self) -> None:
+        """Install the CRL on every broker whenever the authz service asks.
+
+        The service runs ``kill -USR1 <this pid>`` (its ``crl_reload_command``) after it
+        rewrote the CRL; the signal handler only sets an event, a thread does the work.
+        """
+        self._stopping = False
+        self._previous_usr1 = signal.signal(signal.SIGUSR1, lambda *_: self._crl_requested.set())
+
+        def reload_loop() -> None:
+            while not self._stopping:
+                if self._crl_requested.wait(0.2):
+                    self._crl_requested.clear()
+                    with contextlib.suppress(DevtoolsError):
+                        self.reload_crl()
+
+        self._reloader = threading.Thread(target=reload_loop, name="amora-stack.crl-reloader", daemon=True)
+        self._reloader.start()
+
+    def stop(self) -> None:
+        """Stop everything this stack started, newest first, by PID."""
+        self._stopping = True
+        if self._reloader is not None:
+            self._reloader.join(timeout=5)
+            self._reloader = None
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+        for player in reversed(self.player_list):
+            if player.process is not None:
+                player.process.stop()
+                player.process = None
+        if self.authz is not None:
+            self.authz.stop()
+            self.authz = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self.mpd is not None:
+            self.mpd.close()
+            self.mpd = None
+        for broker in reversed(self.brokers):
+            broker.close()
+        self.brokers.clear()
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def _start_authz(self) -> None:
+        directory = self.state_dir / "authz"
+        directory.mkdir(exist_ok=True)
+        port = free_port()
+        self.authz_url = f"http://127.0.0.1:{port}"
+        assert self.pki is not None  # noqa: S101 - set by start()
+        lines = [
+            f"database_url = {_toml_str('sqlite://' + str(directory / 'authz.db'))}",
+            'listen_host = "127.0.0.1"',
+            f"listen_port = {port}",
+            f"state_dir = {_toml_str(str(directory))}",
+            f"device_ca_cert = {_toml_str(str(self.pki.ca_file))}",
+            f"device_ca_key = {_toml_str(str(self.pki.directory / 'ca.key'))}",
+            f"crl_file = {_toml_str(str(self.pki.crl_file))}",
+            # The stack reloads every broker's CRL when the service signals it (see run()).
+            f'crl_reload_command = ["kill", "-USR1", "{os.getpid()}"]',
+            "reconcile_interval_s = 30.0",
+            "log_json = true",
+            "",
+            "[dev_issuer]",
+            "enabled = true",
+            f"users = {json.dumps([*self.users, ADMIN_USER])}",
+            f"admins = {json.dumps([ADMIN_USER])}",
+        ]
+        for broker in self.brokers:
+            lines += [
+                "",
+                "[[brokers]]",
+                f"name = {_toml_str(broker.name)}",
+                f"host = {_toml_str(broker.host)}",
+                f"port = {broker.app_port}",
+                f"username = {_toml_str(broker.admin_username)}",
+                f"password = {_toml_str(broker.admin_password)}",
+                f"ca_file = {_toml_str(str(broker.ca_file))}",
+                f"dynsec_file = {_toml_str(str(broker.dynsec_file))}",
+                "client_endpoints = "
+                + json.dumps([f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]),
+            ]
+        config = directory / "authz.toml"
+        config.write_text("\n".join(lines) + "\n")
+        self.authz = ManagedProcess(
+            "amora-authz",
+            [_script("amora-authz"), "--config", str(config), "serve"],
+            log_file=directory / "authz.log",
+        )
+        self._http = httpx.Client(base_url=self.authz_url, timeout=10.0)
+
+        def ready() -> bool | None:
+            if self.authz is None or not self.authz.alive():
+                raise ServiceStartError("amora-authz", tail(directory / "authz.log"))
+            with contextlib.suppress(httpx.HTTPError):
+                if self._client().get("/readyz").status_code == 200:
+                    return True
+            return None
+
+        if wait_until(ready, timeout=_READY_TIMEOUT, interval=0.05) is None:
+            raise ServiceStartError("amora-authz", "not ready in time\n" + tail(directory / "authz.log"))
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            raise DevtoolsError("the authz service is not running")
+        return self._http
+
+    def _token(self, user: str) -> str:
+        response = self._client().post("/dev-issuer/token", json={"username": user})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def _admin(self, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self._client().request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+        if response.status_code >= 400:
+            raise DevtoolsError(f"authz {method} {path} -> {response.status_code}: {response.text}")
+        return response.json() if response.content else {}
+
+    def authz_keys(self) -> list[str]:
+        """The authz service's grant-signing public keys (base64 of raw bytes)."""
+        response = self._client().get("/.well-known/amora-keys")
+        response.raise_for_status()
+        return [str(k["public_key"]) for k in response.json()["keys"]]
+
+    def _make_players(self, admin: str) -> None:
+        if self.real_mpd:
+            self.mpd = start_mpd(self.state_dir / "mpd", tracks=self.mpd_tracks)
+            with self.mpd.client() as mpd_client:  # a player starts with its library queued
+                mpd_client.clear()
+                for track in self.mpd.tracks:
+                    mpd_client.add(track.file)
+                mpd_client.setvol(50)
+        for index in range(self.players):
+            kind = "mpd" if self.real_mpd and index == 0 else "simulated"
+            device_id = f"player-{index + 1}"
+            directory = self.state_dir / "players" / device_id
+            directory.mkdir(parents=True, exist_ok=True)
+            signing, encryption = SigningKey.generate(), EncryptionKey.generate()
+            (directory / "signing.pem").write_bytes(signing.to_pem())
+            (directory / "encryption.pem").write_bytes(encryption.to_pem())
+            tls_key = ec.generate_private_key(ec.SECP256R1())
+            (directory / "device.key").write_bytes(
+                tls_key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+                .sign(tls_key, hashes.SHA256())
+            )
+            registered = self._admin(
+                admin,
+                "POST",
+                "/v1/admin/devices",
+                {
+                    "device_id": device_id,
+                    "signing_key": _b64(signing.public_key.raw),
+                    "encryption_key": _b64(encryption.public_key.raw),
+                    "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                },
+            )
+            (directory / "device.pem").write_text(registered["certificate"])
+            player = Player(device_id, kind, directory, directory / "agent.toml", signing, encryption)
+            self._write_agent_config(player)
+            self.player_list.append(player)
+
+    def _write_agent_config(self, player: Player) -> None:
+        assert self.pki is not None  # noqa: S101 - set by start()
+        lines = [
+            f"device_id = {_toml_str(player.device_id)}",
+            f"state_dir = {_toml_str(str(player.directory / 'state'))}",
+            f"display_name = {_toml_str(player.device_id.replace('-', ' ').title())}",
+            "state_fsync = false",
+            "",
+            "[keys]",
+            f"signing_key_file = {_toml_str(str(player.directory / 'signing.pem'))}",
+            f"encryption_key_file = {_toml_str(str(player.directory / 'encryption.pem'))}",
+            f"trusted_authz_keys = {json.dumps(self.authz_keys())}",
+            "",
+            "[tls]",
+            f"ca_file = {_toml_str(str(self.pki.ca_file))}",
+            f"cert_file = {_toml_str(str(player.directory / 'device.pem'))}",
+            f"key_file = {_toml_str(str(player.directory / 'device.key'))}",
+            "",
+            "[mqtt]",
+            "keepalive_s = 10",
+            "backoff_initial_s = 0.2",
+            "backoff_max_s = 5.0",
+            "failback_interval_s = 30.0",
+        ]
+        for broker in self.brokers:
+            lines += ["", "[[brokers]]", f"host = {_toml_str(broker.host)}", f"port = {broker.device_port}"]
+        lines += ["", "[player]", f'kind = "{player.kind}"']
+        if player.kind == "mpd":
+            assert self.mpd is not None  # noqa: S101 - started first
+            lines += [f"host = {_toml_str(self.mpd.host)}", f"port = {self.mpd.port}"]
+        player.config_file.write_text("\n".join(lines) + "\n")
+
+    def _start_agents(self) -> None:
+        for player in self.player_list:
+            self.start_agent(player)
+
+    def start_agent(self, player: Player) -> None:
+        """Start (or restart) one player's agent process."""
+        if player.process is not None and player.process.alive():
+            return
+        player.process = ManagedProcess(
+            f"amora-agent[{player.device_id}]",
+            [_script("amora-agent"), "run", "--config", str(player.config_file)],
+            log_file=player.log_file,
+        )
+
+    def player(self, device_id: str) -> Player:
+        """The player with ``device_id``.
+
+        Raises:
+            DevtoolsError: No such player.
+        """
+        for player in self.player_list:
+            if player.device_id == device_id:
+                return player
+        raise DevtoolsError(f"no player {device_id!r} in this stack")
+
+    def wait_online(self, device_ids: Sequence[str], *, timeout: float = _READY_TIMEOUT) -> None:
+        """Wait until each device's retained connection status says online (read as the admin).
+
+        Raises:
+            ServiceStartError: Some device did not come online in time.
+        """
+        from amora_protocol import connection_topic  # noqa: PLC0415
+
+        pending = set(device_ids)
+        primary = self.brokers[0]
+        deadline = time.monotonic() + timeout
+        with primary.admin_client() as client:
+            for device_id in pending:
+                client.subscribe(connection_topic(device_id))
+            while pending and time.monotonic() < deadline:
+                message = client.receive(timeout=max(0.05, deadline - time.monotonic()))
+                if message is None:
+                    continue
+                # The payload is a signed envelope; the agents' own tests verify it. Here only
+                # liveness matters, and an offline Last Will must not count: decode the body.
+                if _says_online(message.payload, message.content_type):
+                    pending.discard(message.topic.split("/")[2])
+                for player in self.player_list:
+                    if player.device_id in pending and player.process is not None and not player.process.alive():
+                        raise ServiceStartError(player.process.service, tail(player.log_file))
+        if pending:
+            logs = "\n".join(f"--- {d}\n{tail(self.player(d).log_file)}" for d in sorted(pending))
+            raise ServiceStartError("players", f"not online within {timeout}s: {sorted(pending)}\n{logs}")
+
+    def reload_crl(self) -> None:
+        """Install the current CRL on every running broker (the authz service asks for it)."""
+        for broker in self.brokers:
+            if broker.running:
+                broker.reload()
+
+    def describe(self) -> dict[str, Any]:
+        """What `stack.json` says: how to reach the brokers and authz, users and their devices."""
+        primary = self.brokers[0]
+        return {
+            "broker": {
+                "host": primary.host,
+                "device_port": primary.device_port,
+                "app_port": primary.app_port,
+                "ws_port": primary.ws_port,
+                "ca_file": str(primary.ca_file),
+            },
+            "standby": [
+                {"host": b.host, "device_port": b.device_port, "app_port": b.app_port, "ws_port": b.ws_port}
+                for b in self.brokers[1:]
+            ],
+            "authz_url": self.authz_url,
+            "users": {
+                user: {
+                    "token": self.tokens[user],
+                    "devices": [self.player_list[i].device_id for i in indexes if i < len(self.player_list)],
+                }
+                for user, indexes in self.users.items()
+            },
+            "admin_token": self._token(ADMIN_USER),
+            "devices": [p.device_id for p in self.player_list],
+            "players": {
+                p.device_id: {"kind": p.kind, "pid": p.process.pid if p.process else None, "log": str(p.log_file)}
+                for p in self.player_list
+            },
+            "mpd": None if self.mpd is None else {"host": self.mpd.host, "port": self.mpd.port},
+            "pids": {
+                "brokers": [b.pid for b in self.brokers],
+                "authz": self.authz.pid if self.authz else None,
+                "mpd": self.mpd.pid if self.mpd else None,
+            },
+        }
+
+
+def _says_online(payload: bytes, content_type: str | None) -> bool:
+    from amora_protocol import ConnectionStatus, ProtocolError, parse_envelope  # noqa: PLC0415
+
+    try:
+        env = parse_envelope(payload, content_type=content_type)
+    except ProtocolError:
+        return False
+    import msgspec  # noqa: PLC0415
+
+    try:
+        if env.header.sealed_to is not None:
+            return False
+        decoder = msgspec.json if content_type and content_type.endswith("+json") else msgspec.msgpack
+        return bool(decoder.decode(env.body, type=ConnectionStatus).online)
+    except msgspec.DecodeError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m amora_devtools.stack up --state-dir DIR [--players N] [--no-mpd] [--no-standby]``."""
+    parser = argparse.ArgumentParser(prog="amora-stack", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack, write stack.json, run until Ctrl-C")
+    up.add_argument("--state-dir", type=Path, required=True, help="folder for everything the stack makes")
+    up.add_argument("--players", type=int, default=4, help="number of players (default 4)")
+    up.add_argument("--no-mpd", action="store_true", help="simulated players only")
+    up.add_argument("--no-standby", action="store_true", help="no standby broker")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack = Stack(args.state_dir, players=args.players, real_mpd=not args.no_mpd, standby=not args.no_standby)
+    try:
+        info = stack.start()
+    except DevtoolsError as exc:
+        sys.stderr.write(f"amora-stack: {exc}\n")
+        return 1
+    out = sys.stdout
+    out.write(f"Amora stack up; {args.state_dir / 'stack.json'} written.\n")
+    broker = info["broker"]
+    out.write(f"  broker  mqtts://127.0.0.1:{broker['app_port']} (apps), device mTLS :{broker['device_port']}\n")
+    out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema)\n")
+    for user, entry in info["users"].items():
+        out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
+    out.write(f"  try:    hatch run amora watch --stack {args.state_dir / 'stack.json'} --user alice\n")
+    out.write("Ctrl-C stops everything.\n")
+    out.flush()
+    try:
+        stop.wait()
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
