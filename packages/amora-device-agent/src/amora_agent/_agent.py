@@ -1,0 +1,579 @@
+"""The agent core: player changes in, signed states out; verified commands in, responses out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import msgspec
+import structlog
+
+from amora_agent._backoff import Backoff
+from amora_agent._clock import now_ms
+from amora_agent._config import BrokerEndpoint, parse_verify_key
+from amora_agent._errors import ConfigError, PlayerError, PlayerUnavailable, StateDirError
+from amora_agent._mqtt import InboundMessage, MqttLink, Will
+from amora_agent._persist import ExecutedCommands, VersionCounter
+from amora_protocol import (
+    BadSignature,
+    Codec,
+    CommandGuard,
+    CommandResponse,
+    CommandStatus,
+    ConnectionStatus,
+    DeviceState,
+    EncryptionKey,
+    Expired,
+    Message,
+    PlaybackStatus,
+    ProtocolError,
+    RejectReason,
+    Replayed,
+    Sender,
+    SigningKey,
+    Unauthorized,
+    UnknownKey,
+    VerifiedCommand,
+    VerifyKey,
+    commands_topic,
+    connection_topic,
+    keyring,
+    responses_topic,
+    state_topic,
+    validate_device_id,
+    verify_command,
+)
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
+    from types import TracebackType
+
+    from amora_agent._management import DesiredSettings, ManagementPlane
+    from amora_agent._player import Player
+
+__all__ = ["AGENT_VERSION", "Agent", "AgentOptions"]
+
+
+def _agent_version() -> str:
+    try:
+        return version("amora-device-agent")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+AGENT_VERSION: Final = _agent_version()
+
+_PLAYER_UNAVAILABLE: Final = "player unavailable"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentOptions:
+    """Tuning knobs; the defaults suit a player on a home network.
+
+    Attributes:
+        session_expiry_s: How long the broker keeps the session (queued commands) offline.
+        keepalive_s: MQTT keep-alive.
+        connect_timeout_s: Bound on one broker connection attempt.
+        backoff_initial_s: Cap of the first reconnection delay (full jitter).
+        backoff_max_s: Largest reconnection delay cap.
+        failback_interval_s: How often to probe preferred brokers while on a fallback.
+        command_queue: Commands waiting to run; when full, newer ones are dropped (logged
+            and counted): their senders see no answer and time out, as on a lost message.
+        version_block: State versions reserved per write to the state directory.
+        executed_capacity: Executed command ids remembered (until they expire).
+        durable: fsync the executed-command log (off only for simulated fleets).
+        codec: Encoding of everything the agent publishes.
+        max_command_ttl_ms: Longest command lifetime accepted.
+        max_skew_ms: How far in the future a command may be dated.
+    """
+
+    session_expiry_s: int = 600
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    failback_interval_s: float = 60.0
+    command_queue: int = 64
+    version_block: int = 1000
+    executed_capacity: int = 4096
+    durable: bool = True
+    codec: Codec = Codec.MSGPACK
+    max_command_ttl_ms: int = 10 * 60_000
+    max_skew_ms: int = 30_000
+
+
+def _reject_reason(exc: ProtocolError) -> RejectReason:
+    if isinstance(exc, Expired):
+        return RejectReason.EXPIRED
+    if isinstance(exc, Unauthorized | BadSignature | UnknownKey):
+        return RejectReason.UNAUTHORIZED
+    # Schema errors, topic mismatches, oversized payloads, sealed bodies that do not open,
+    # and commands dated in the future are all malformed from the device's point of view.
+    return RejectReason.INVALID
+
+
+def _correlation_id(data: bytes | None) -> str:
+    """The command id to answer when the command itself could not be read."""
+    if data:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = data.decode("utf-8")
+            if 0 < len(text) <= 128:
+                return text
+    return "unknown"
+
+
+class Agent:
+    """One player's agent: keeps the broker informed and carries out authorised commands.
+
+    Use it as an async context manager (it runs in the background until the block ends,
+    then publishes its offline status and disconnects), or call `run` and `stop`.
+
+    Args:
+        device_id: The device id (the certificate's CN).
+        signing_key: The device's Ed25519 key (its public key is registered with authz).
+        trusted_keys: The authz service's public keys, for grants.
+        endpoints: Brokers in order of preference.
+        ssl_context: TLS with the device certificate (``None`` only for plain-TCP tests).
+        state_dir: Where versions and executed command ids survive restarts.
+        player: The player backend (MPD or simulated).
+        encryption_key: The device's X25519 key, to open sealed commands.
+        management: A management plane (IoT Hub), optional.
+        display_name: A human name, reported to the management plane.
+        options: Tuning knobs.
+        logger: A structlog logger; the agent binds its device id.
+    """
+
+    def __init__(  # noqa: PLR0913 - all but the essentials are keyword-only
+        self,
+        *,
+        device_id: str,
+        signing_key: SigningKey,
+        trusted_keys: Iterable[VerifyKey],
+        endpoints: Sequence[BrokerEndpoint],
+        ssl_context: ssl.SSLContext | None,
+        state_dir: Path,
+        player: Player,
+        encryption_key: EncryptionKey | None = None,
+        management: ManagementPlane | None = None,
+        display_name: str | None = None,
+        options: AgentOptions | None = None,
+        logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
+    ) -> None:
+        """Open the state directory; nothing connects before `run`."""
+        self.device_id = validate_device_id(device_id)
+        self._options = options or AgentOptions()
+        opts = self._options
+        self._log = (logger if logger is not None else structlog.get_logger("amora_agent")).bind(device_id=device_id)
+        self._sender = Sender(device_id, signing_key, epoch=secrets.randbits(63))
+        self._encryption_key = encryption_key
+        self._trusted = keyring(trusted_keys)
+        self._player = player
+        self._management = management
+        self.display_name = display_name
+        # The wall clock as a floor: versions stay newer than before even if the state
+        # directory is lost (a re-flashed player), as long as the clock is sane.
+        self._versions = VersionCounter(state_dir, block=opts.version_block, floor=now_ms())
+        self._executed = ExecutedCommands(state_dir, capacity=opts.executed_capacity, durable=opts.durable)
+        self._guard = CommandGuard(
+            max_skew_ms=opts.max_skew_ms,
+            max_ttl_ms=opts.max_command_ttl_ms,
+            max_ids=opts.executed_capacity,
+        )
+        self._guard.remember(self._executed.items())
+        self._topics = {
+            "state": state_topic(device_id),
+            "commands": commands_topic(device_id),
+            "responses": responses_topic(device_id),
+            "connection": connection_topic(device_id),
+        }
+        self._state: DeviceState | None = None
+        self._dirty = asyncio.Event()
+        self._online = asyncio.Event()
+        self._connection_changed = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._commands: asyncio.Queue[InboundMessage] = asyncio.Queue(opts.command_queue)
+        self._usage: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._link = MqttLink(
+            client_id=device_id,
+            endpoints=endpoints,
+            ssl_context=ssl_context,
+            subscriptions=[(self._topics["commands"], 2)],
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            will=self._will,
+            session_expiry_s=opts.session_expiry_s,
+            keepalive_s=opts.keepalive_s,
+            connect_timeout_s=opts.connect_timeout_s,
+            backoff=Backoff(initial=opts.backoff_initial_s, maximum=opts.backoff_max_s),
+            failback_interval_s=opts.failback_interval_s,
+            logger=self._log,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def state(self) -> DeviceState | None:
+        """The last state published (or built while offline)."""
+        return self._state
+
+    @property
+    def broker(self) -> BrokerEndpoint | None:
+        """The broker in use, if connected."""
+        return self._link.endpoint
+
+    @property
+    def trusted_keys(self) -> tuple[VerifyKey, ...]:
+        """The authz keys trusted for grants now."""
+        return tuple(self._trusted.values())
+
+    def set_trusted_keys(self, keys: Iterable[VerifyKey]) -> None:
+        """Replace the trusted authz keys (key rotation); applies to the next command."""
+        self._trusted = keyring(keys)
+        self._log.info("trusted keys replaced", kids=sorted(self._trusted))
+
+    def set_endpoints(self, endpoints: Sequence[BrokerEndpoint]) -> None:
+        """Replace the broker list (moves now if the current broker is no longer first)."""
+        self._link.set_endpoints(endpoints)
+        self._log.info("brokers replaced", brokers=[str(e) for e in endpoints])
+
+    async def wait_online(self) -> None:
+        """Return once connected, subscribed, and the online status is published."""
+        await self._online.wait()
+
+    async def wait_broker(self, predicate: Callable[[BrokerEndpoint | None], bool]) -> None:
+        """Return once ``predicate`` holds for the broker in use (``None`` while offline)."""
+        async with self._connection_changed:
+            await self._connection_changed.wait_for(lambda: predicate(self.broker))
+
+    def _notify_connection(self) -> None:
+        async def notify() -> None:
+            async with self._connection_changed:
+                self._connection_changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def stop(self) -> None:
+        """Ask `run` to publish the offline status, disconnect and return."""
+        self._stop.set()
+
+    async def __aenter__(self) -> Self:
+        """Start `run` in the background."""
+        self._task = asyncio.create_task(self.run(), name=f"amora-agent[{self.device_id}]")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop cleanly (offline status, normal disconnect) and wait for the end."""
+        self.stop()
+        if self._task is not None:
+            await self._task
+
+    async def run(self) -> None:
+        """Run until `stop`; then publish the offline status and disconnect normally."""
+        name = f"amora-agent[{self.device_id}]"
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._player.run(self._player_changed), name=f"{name}.player"),
+                    group.create_task(self._publish_states(), name=f"{name}.state"),
+                    group.create_task(self._serve_commands(), name=f"{name}.commands"),
+                    group.create_task(self._link.run(), name=f"{name}.mqtt"),
+                ]
+                if self._management is not None:
+                    tasks.append(group.create_task(self._run_management(), name=f"{name}.management"))
+                await self._stop.wait()
+                # Shutdown: the offline status goes out on the live connection, then a
+                # normal DISCONNECT (which makes the broker drop the Will).
+                self._publish_connection(online=False, reason="shutdown")
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self._link.close()
+            self._executed.close()
+            self._log.info("agent stopped")
+
+    # -- MQTT callbacks -------------------------------------------------------------------
+
+    def _encode(self, topic: str, message: Message) -> bytes:
+        return self._sender.encode(topic, message, now_ms=now_ms(), codec=self._options.codec)
+
+    def _will(self) -> Will:
+        status = ConnectionStatus(
+            device_id=self.device_id,
+            online=False,
+            at_ms=now_ms(),
+            agent_version=AGENT_VERSION,
+            reason="connection lost",
+        )
+        topic = self._topics["connection"]
+        return Will(topic, self._encode(topic, status), self._options.codec.value)
+
+    def _publish_connection(self, *, online: bool, reason: str | None = None) -> None:
+        status = ConnectionStatus(
+            device_id=self.device_id,
+            online=online,
+            at_ms=now_ms(),
+            agent_version=AGENT_VERSION,
+            reason=reason,
+        )
+        topic = self._topics["connection"]
+        self._link.publish(
+            topic,
+            self._encode(topic, status),
+            qos=1,
+            retain=True,
+            content_type=self._options.codec.value,
+        )
+
+    def _on_connected(self, endpoint: BrokerEndpoint) -> None:
+        self._usage["connections"] += 1
+        if self._link.connections > 1:
+            self._usage["reconnects"] += 1
+        self._publish_connection(online=True)
+        self._dirty.set()  # a fresh state follows the online status
+        self._online.set()
+        self._notify_connection()
+        self._log.info("online", broker=str(endpoint))
+
+    def _on_disconnected(self, endpoint: BrokerEndpoint) -> None:
+        self._online.clear()
+        self._notify_connection()
+        self._log.info("offline", broker=str(endpoint))
+
+    def _on_message(self, message: InboundMessage) -> None:
+        if message.topic != self._topics["commands"]:
+            return
+        try:
+            self._commands.put_nowait(message)
+        except asyncio.QueueFull:
+            self._usage["commands_dropped"] += 1
+            self._log.warning("command queue full; command dropped", qos=message.qos)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _player_changed(self) -> None:
+        self._dirty.set()
+
+    async def _publish_states(self) -> None:
+        """Publish a new state per change; bursts coalesce, the first change is never delayed.
+
+        While a snapshot is read and published, further changes only set the flag again,
+        so a burst of N events yields at most two publishes, the last one up to date.
+        """
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if not self._link.connected:
+                continue  # the next connection sets the flag again
+            now = now_ms()
+            try:
+                snap = await self._player.snapshot()
+                fields: dict[str, Any] = msgspec.structs.asdict(snap)
+                state = DeviceState(device_id=self.device_id, version=0, **fields)
+            except PlayerUnavailable:
+                if self._state is not None and self._state.error == _PLAYER_UNAVAILABLE:
+                    continue
+                state = DeviceState(
+                    device_id=self.device_id,
+                    version=0,
+                    status=PlaybackStatus.STOP,
+                    sampled_at_ms=now,
+                    error=_PLAYER_UNAVAILABLE,
+                )
+            except (msgspec.ValidationError, TypeError) as exc:
+                self._log.error("player state does not fit the schema", error=str(exc))
+                continue
+            try:
+                state = msgspec.structs.replace(state, version=self._versions.next())
+            except StateDirError as exc:
+                self.last_error = str(exc)
+                self._log.error("cannot reserve state versions", error=str(exc))
+                continue
+            previous, self._state = self._state, state
+            if state.status is PlaybackStatus.PLAY and (
+                previous is None or previous.status is not PlaybackStatus.PLAY or previous.song != state.song
+            ):
+                self._usage["plays"] += 1
+            topic = self._topics["state"]
+            self._link.publish(
+                topic,
+                self._encode(topic, state),
+                qos=1,
+                retain=True,
+                content_type=self._options.codec.value,
+            )
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _serve_commands(self) -> None:
+        while True:
+            message = await self._commands.get()
+            # Queued commands can arrive right after CONNACK, before the link is usable for
+            # the answer: hold them until the connection is fully up.
+            await self._online.wait()
+            try:
+                response = await self._handle_command(message)
+            except Exception as exc:  # noqa: BLE001 - one bad command must never end the agent
+                self._log.exception("command handling failed")
+                self._usage["errors"] += 1
+                response = CommandResponse(
+                    command_id=_correlation_id(message.correlation_data),
+                    device_id=self.device_id,
+                    status=CommandStatus.FAILED,
+                    at_ms=now_ms(),
+                    message=f"internal error: {type(exc).__name__}",
+                )
+            self._respond(response, message.correlation_data)
+
+    def _respond(self, response: CommandResponse, correlation: bytes | None) -> None:
+        topic = self._topics["responses"]
+        self._link.publish(
+            topic,
+            self._encode(topic, response),
+            qos=1,
+            content_type=self._options.codec.value,
+            correlation_data=correlation or response.command_id.encode(),
+        )
+
+    def _answer(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        reason: RejectReason | None = None,
+        message: str | None = None,
+    ) -> CommandResponse:
+        if status is CommandStatus.REJECTED:
+            self._usage["commands_rejected"] += 1
+        self._log.info(
+            "command answered",
+            command_id=command_id,
+            status=status.value,
+            reason=reason.value if reason else None,
+            detail=message,
+        )
+        return CommandResponse(
+            command_id=command_id,
+            device_id=self.device_id,
+            status=status,
+            at_ms=now_ms(),
+            reason=reason,
+            message=message[:1024] if message else None,
+            state_version=self._state.version if self._state is not None else None,
+        )
+
+    async def _handle_command(self, message: InboundMessage) -> CommandResponse:
+        now = now_ms()
+        try:
+            verified: VerifiedCommand = verify_command(
+                message.payload,
+                topic=message.topic,
+                content_type=message.content_type,
+                trusted_keys=self._trusted,
+                now_ms=now,
+                decrypt_key=self._encryption_key,
+            )
+        except ProtocolError as exc:
+            return self._answer(
+                _correlation_id(message.correlation_data),
+                CommandStatus.REJECTED,
+                reason=_reject_reason(exc),
+                message=str(exc),
+            )
+        command = verified.command
+        try:
+            self._guard.check(verified.header, command, now_ms=now)
+        except Replayed as exc:
+            return self._answer(command.id, CommandStatus.DUPLICATE, message=str(exc))
+        except ProtocolError as exc:
+            return self._answer(command.id, CommandStatus.REJECTED, reason=_reject_reason(exc), message=str(exc))
+        # Recorded before it runs: at most once, even across a crash.
+        self._executed.add(command.id, command.expires_at_ms, now_ms=now)
+        current = self._state.version if self._state is not None else None
+        if command.if_version is not None and command.if_version != current:
+            return self._answer(
+                command.id,
+                CommandStatus.REJECTED,
+                reason=RejectReason.VERSION_MISMATCH,
+                message=f"state version is {current}",
+            )
+        self._usage["commands"] += 1
+        try:
+            await self._player.execute(command.action)
+        except PlayerError as exc:
+            self._usage["errors"] += 1
+            return self._answer(command.id, CommandStatus.FAILED, message=str(exc))
+        return self._answer(command.id, CommandStatus.SUCCEEDED)
+
+    # -- management -------------------------------------------------------------------------
+
+    async def _run_management(self) -> None:
+        assert self._management is not None  # noqa: S101 - only started when set
+        try:
+            await self._management.run(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the management plane must never end the agent
+            self.note_error(f"management: {exc!r}")
+
+    def apply_desired(self, settings: DesiredSettings) -> None:
+        """Apply the device twin's desired settings; a bad value is reported, not applied."""
+        try:
+            if settings.trusted_authz_keys is not None:
+                keys = [parse_verify_key(k) for k in settings.trusted_authz_keys]
+                if keys:
+                    self.set_trusted_keys(keys)
+            if settings.brokers:
+                self.set_endpoints(settings.brokers)
+        except ConfigError as exc:
+            self.note_error(f"desired properties: {exc}")
+        if settings.log_level is not None:
+            logging.getLogger().setLevel(settings.log_level.value.upper())
+            self._log.info("log level set", level=settings.log_level.value)
+        if settings.display_name is not None:
+            self.display_name = settings.display_name
+
+    def reported(self) -> dict[str, Any]:
+        """Reported properties for the device twin."""
+        broker = self._link.endpoint
+        return {
+            "agent_version": AGENT_VERSION,
+            "mpd_version": self._player.backend_version,
+            "connected_broker": str(broker) if broker is not None else None,
+            "display_name": self.display_name,
+            "trusted_authz_kids": sorted(self._trusted),
+            "last_error": self.last_error,
+        }
+
+    def take_usage(self) -> dict[str, int]:
+        """Usage counters since the last call."""
+        usage = dict(self._usage)
+        self._usage.clear()
+        return usage
+
+    def restore_usage(self, usage: dict[str, int]) -> None:
+        """Put back counters that could not be sent."""
+        self._usage.update(usage)
+
+    def note_error(self, error: str) -> None:
+        """Remember the last error, for the reported properties."""
+        self.last_error = error[:1024]
+        self._log.warning("error noted", error=self.last_error)

@@ -1,0 +1,99 @@
+"""The ``amora-agent`` command: ``amora-agent run --config FILE`` (and ``check-config``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from amora_agent._build import agent_from_config
+from amora_agent._config import load_config
+from amora_agent._errors import AgentError, ConfigError
+from amora_agent._logging import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2  # systemd's RestartPreventExitStatus: a bad config does not heal by restarting
+
+
+def _config_paths(files: Sequence[str], directories: Sequence[str]) -> list[Path]:
+    paths = [Path(f) for f in files]
+    for directory in directories:
+        found = sorted(Path(directory).glob("*.toml"))
+        if not found:
+            raise ConfigError(f"no *.toml in {directory}", key="--config-dir")
+        paths += found
+    if not paths:
+        raise ConfigError("give --config FILE (or --config-dir DIR)")
+    return paths
+
+
+async def _run(paths: Sequence[Path]) -> int:
+    configs = [load_config(path) for path in paths]
+    configure_logging(configs[0].log_level.value)
+    log = structlog.get_logger("amora_agent")
+    agents = [agent_from_config(config, logger=log) for config in configs]
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for agent in agents:
+            agent.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_all)
+    log.info("agents starting", devices=[c.device_id for c in configs][:20], count=len(agents))
+    # Several configurations = several agents in one event loop (simulated fleets).
+    async with asyncio.TaskGroup() as group:
+        for agent in agents:
+            group.create_task(agent.run(), name=f"amora-agent[{agent.device_id}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="amora-agent", description="Amora player agent.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the agent until SIGTERM")
+    run.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="TOML configuration file; repeat it to run several agents in one process",
+    )
+    run.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        help="run one agent per *.toml in this directory (simulated fleets)",
+    )
+    check = commands.add_parser("check-config", help="load the configuration and exit")
+    check.add_argument("--config", required=True, help="TOML configuration file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config)
+            config.signing_key()
+            config.trusted_keys()
+            config.encryption_key()
+            sys.stdout.write(f"ok: {config.device_id}\n")
+            return 0
+        return asyncio.run(_run(_config_paths(args.config, args.config_dir)))
+    except ConfigError as exc:
+        sys.stderr.write(f"amora-agent: {exc}\n")
+        return EXIT_CONFIG
+    except AgentError as exc:  # e.g. the state directory: may heal, so systemd restarts
+        sys.stderr.write(f"amora-agent: {exc}\n")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

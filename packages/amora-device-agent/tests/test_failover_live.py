@@ -1,0 +1,102 @@
+"""Broker failover: the primary dies, the agent moves to the standby, and back when it returns."""
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from amora_agent import BrokerEndpoint, DesiredSettings, SimulatedPlayer
+from amora_protocol import (
+    Codec,
+    CommandStatus,
+    DeviceState,
+    SetVolume,
+    VerifyKey,
+    commands_topic,
+    responses_topic,
+    state_topic,
+    verify_envelope,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+DEVICE = "player-1"
+
+
+def decode(received: Any, key: VerifyKey) -> Any:
+    return verify_envelope(
+        received.payload,
+        topic=received.topic,
+        content_type=received.prop("content_type"),
+        key=key,
+        now_ms=time.time_ns() // 1_000_000,
+    ).message
+
+
+async def test_primary_loss_moves_to_standby_and_back(broker_pair, live_device, live_app) -> None:
+    primary, standby = broker_pair
+    device = live_device(primary, standby)
+    key = device.signing_key.public_key
+    player = SimulatedPlayer(volume=10)
+    app, client = live_app(standby, (DEVICE,))
+    async with device.agent(player) as agent, client:
+        await asyncio.wait_for(agent.wait_online(), 15)
+        assert agent.broker.port == primary.device_port
+        await client.subscribe(state_topic(DEVICE), responses_topic(DEVICE))
+        before = decode(await client.wait_for(lambda r: r.topic == state_topic(DEVICE)), key)
+
+        await asyncio.to_thread(primary.kill)
+        on_standby = lambda b: b is not None and b.port == standby.device_port  # noqa: E731
+        await asyncio.wait_for(agent.wait_broker(on_standby), 20)
+
+        # State keeps flowing on the standby, newer than anything before.
+        mark = len(client.messages)
+        player.apply(SetVolume(volume=20))
+
+        def newer(received) -> bool:
+            if received.topic != state_topic(DEVICE):
+                return False
+            state = decode(received, key)
+            return isinstance(state, DeviceState) and state.volume == 20
+
+        after = decode(await client.wait_for(newer, start=mark), key)
+        assert after.version > before.version
+        # And commands reach it there.
+        command, payload = app.command(DEVICE, SetVolume(volume=33))
+        client.publish(
+            commands_topic(DEVICE),
+            payload,
+            content_type=Codec.MSGPACK.value,
+            correlation_data=command.id.encode(),
+        )
+        answer = await client.wait_for(
+            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+        )
+        assert decode(answer, key).status is CommandStatus.SUCCEEDED
+
+        # The primary returns: the agent moves back to it.
+        await asyncio.to_thread(primary.restart)
+        on_primary = lambda b: b is not None and b.port == primary.device_port  # noqa: E731
+        await asyncio.wait_for(agent.wait_broker(on_primary), 20)
+
+        # The restarted primary kept no session: the agent subscribed again, commands arrive.
+        app2, on_primary_client = live_app(primary, (DEVICE,))
+        async with on_primary_client:
+            await on_primary_client.subscribe(responses_topic(DEVICE))
+            command, payload = app2.command(DEVICE, SetVolume(volume=44))
+            on_primary_client.publish(
+                commands_topic(DEVICE),
+                payload,
+                content_type=Codec.MSGPACK.value,
+                correlation_data=command.id.encode(),
+            )
+            answer = await on_primary_client.wait_for(
+                lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+            )
+            assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        assert player.snapshot_now().volume == 44
+
+        # The device twin can move it: a broker list without the primary.
+        agent.apply_desired(DesiredSettings(brokers=(BrokerEndpoint(host=standby.host, port=standby.device_port),)))
+        await asyncio.wait_for(agent.wait_broker(on_standby), 20)

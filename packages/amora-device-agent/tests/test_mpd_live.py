@@ -1,0 +1,136 @@
+"""The agent over a real MPD (null output, software mixer) and a real mosquitto."""
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from amora_agent import MpdPlayer
+from amora_protocol import (
+    Codec,
+    CommandStatus,
+    DeviceState,
+    PlaybackStatus,
+    SetVolume,
+    VerifyKey,
+    commands_topic,
+    connection_topic,
+    responses_topic,
+    state_topic,
+    verify_envelope,
+)
+
+pytestmark = pytest.mark.services
+
+DEVICE = "player-1"
+
+
+def decode(received: Any, key: VerifyKey) -> Any:
+    return verify_envelope(
+        received.payload,
+        topic=received.topic,
+        content_type=received.prop("content_type"),
+        key=key,
+        now_ms=time.time_ns() // 1_000_000,
+    ).message
+
+
+def state_where(key: VerifyKey, predicate: Any) -> Any:
+    def check(received) -> bool:
+        if received.topic != state_topic(DEVICE):
+            return False
+        state = decode(received, key)
+        return isinstance(state, DeviceState) and predicate(state)
+
+    return check
+
+
+def mpd_do(server: Any, *calls: tuple[Any, ...]) -> Any:
+    with server.client() as client:
+        for name, *args in calls:
+            getattr(client, name)(*args)
+        return client.status()
+
+
+async def test_mpd_pause_and_command(broker, live_mpd, live_device, live_app) -> None:
+    device = live_device(broker)
+    key = device.signing_key.public_key
+    app, client = live_app(broker, (DEVICE,))
+    player = MpdPlayer(live_mpd.host, live_mpd.port)
+    async with device.agent(player) as agent, client:
+        await asyncio.wait_for(agent.wait_online(), 15)
+        await client.subscribe(state_topic(DEVICE), responses_topic(DEVICE))
+        await client.wait_for(state_where(key, lambda s: s.error is None))
+
+        # A pause in MPD appears as a signed, retained state with the song and position.
+        mark = len(client.messages)
+        await asyncio.to_thread(mpd_do, live_mpd, ("play", 2), ("pause", 1))
+        paused = decode(
+            await client.wait_for(state_where(key, lambda s: s.status is PlaybackStatus.PAUSE), start=mark),
+            key,
+        )
+        assert paused.song is not None
+        assert paused.song.title == live_mpd.tracks[2].title
+        assert paused.song.artist == live_mpd.tracks[2].artist
+        assert paused.elapsed_ms is not None
+        assert paused.queue_length == len(live_mpd.tracks)
+        assert paused.volume == 80
+        assert paused.position_at(paused.sampled_at_ms + 10_000) == paused.elapsed_ms
+
+        # A late subscriber gets it retained.
+        _, late = live_app(broker, (DEVICE,))
+        async with late:
+            await late.subscribe(state_topic(DEVICE))
+            retained = await late.wait_for(lambda r: r.topic == state_topic(DEVICE))
+            assert retained.retain
+            late_state = decode(retained, key)
+            assert late_state.version >= paused.version
+            assert late_state.status is PlaybackStatus.PAUSE
+
+        # A command from an authorised session changes MPD and succeeds.
+        command, payload = app.command(DEVICE, SetVolume(volume=30))
+        client.publish(
+            commands_topic(DEVICE),
+            payload,
+            content_type=Codec.MSGPACK.value,
+            correlation_data=command.id.encode(),
+        )
+        answer = await client.wait_for(
+            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+        )
+        assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        status = await asyncio.to_thread(mpd_do, live_mpd)
+        assert status["volume"] == "30"
+        await client.wait_for(state_where(key, lambda s: s.volume == 30))
+
+
+async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) -> None:
+    device = live_device(broker)
+    key = device.signing_key.public_key
+    app, client = live_app(broker, (DEVICE,))
+    player = MpdPlayer(live_mpd.host, live_mpd.port)
+    async with device.agent(player) as agent, client:
+        await asyncio.wait_for(agent.wait_online(), 15)
+        await client.subscribe(state_topic(DEVICE), responses_topic(DEVICE), connection_topic(DEVICE))
+        await client.wait_for(state_where(key, lambda s: s.error is None))
+        mark = len(client.messages)
+        await asyncio.to_thread(live_mpd.kill)
+        down = await client.wait_for(state_where(key, lambda s: s.error is not None), start=mark)
+        assert decode(down, key).error == "player unavailable"
+        mark = len(client.messages)
+        await asyncio.to_thread(live_mpd.restart)
+        await client.wait_for(state_where(key, lambda s: s.error is None), start=mark)
+        # Commands work again on the new connection.
+        command, payload = app.command(DEVICE, SetVolume(volume=55))
+        client.publish(
+            commands_topic(DEVICE),
+            payload,
+            content_type=Codec.MSGPACK.value,
+            correlation_data=command.id.encode(),
+        )
+        answer = await client.wait_for(
+            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+        )
+        assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"

@@ -1,0 +1,200 @@
+"""The ``amora-agent`` process: Last Will on a kill, offline status on SIGTERM, versions across restarts."""
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from amora_protocol import (
+    Codec,
+    CommandStatus,
+    ConnectionStatus,
+    DeviceState,
+    Ping,
+    VerifyKey,
+    commands_topic,
+    connection_topic,
+    responses_topic,
+    state_topic,
+    verify_envelope,
+)
+
+pytestmark = pytest.mark.services
+
+DEVICE = "player-1"
+
+
+def decode(received: Any, key: VerifyKey) -> Any:
+    return verify_envelope(
+        received.payload,
+        topic=received.topic,
+        content_type=received.prop("content_type"),
+        key=key,
+        now_ms=time.time_ns() // 1_000_000,
+    ).message
+
+
+def write_config(tmp_path, device, broker, *, name: str = "agent") -> str:
+    signing = tmp_path / f"{device.device_id}-signing.pem"
+    signing.write_bytes(device.signing_key.to_pem())
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f"""
+device_id = "{device.device_id}"
+state_dir = "{device.state_dir}"
+display_name = "Test player"
+
+[keys]
+signing_key_file = "{signing}"
+trusted_authz_keys = ["{base64.b64encode(device.authz_key.public_key.raw).decode()}"]
+
+[tls]
+ca_file = "{device.pki.ca_file}"
+cert_file = "{device.cert.cert_file}"
+key_file = "{device.cert.key_file}"
+
+[[brokers]]
+host = "{broker.host}"
+port = {broker.device_port}
+
+[mqtt]
+backoff_initial_s = 0.05
+
+[player]
+kind = "simulated"
+"""
+    )
+    return str(config)
+
+
+class AgentProcess:
+    def __init__(self, config: str, log_path, *, args: tuple[str, ...] = ()) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "amora_agent", "run", "--config", config, *args],
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    def wait(self, timeout: float = 15) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.wait()
+
+
+async def wait_connection(client, key, *, online: bool, start: int):
+    def check(received) -> bool:
+        return received.topic == connection_topic(DEVICE) and decode(received, key).online is online
+
+    return decode(await client.wait_for(check, start=start), key)
+
+
+async def test_kill_publishes_the_will_and_sigterm_the_offline_status(tmp_path, broker, live_device, live_app) -> None:
+    device = live_device(broker)
+    key = device.signing_key.public_key
+    config = write_config(tmp_path, device, broker)
+    app, client = live_app(broker, (DEVICE,))
+    async with client:
+        await client.subscribe(state_topic(DEVICE), connection_topic(DEVICE))
+        process = AgentProcess(config, tmp_path / "agent.log")
+        try:
+            status = await wait_connection(client, key, online=True, start=0)
+            assert isinstance(status, ConnectionStatus)
+            first_run = await client.wait_for(lambda r: r.topic == state_topic(DEVICE))
+            first_version = decode(first_run, key).version
+            mark = len(client.messages)
+            process.kill()
+            will = await wait_connection(client, key, online=False, start=mark)
+            assert will.reason == "connection lost"
+        finally:
+            process.kill()
+
+        # A command sent while the agent is down waits in its persistent session.
+        await client.subscribe(responses_topic(DEVICE))
+        queued, payload = app.command(DEVICE, Ping())
+        client.publish(
+            commands_topic(DEVICE),
+            payload,
+            qos=1,
+            content_type=Codec.MSGPACK.value,
+            correlation_data=queued.id.encode(),
+            message_expiry_interval=60,
+        )
+
+        # Restarted: online again, and its states are newer than every earlier one.
+        mark = len(client.messages)
+        process = AgentProcess(config, tmp_path / "agent.log")
+        try:
+            await wait_connection(client, key, online=True, start=mark)
+            second = await client.wait_for(lambda r: r.topic == state_topic(DEVICE), start=mark)
+            state = decode(second, key)
+            assert isinstance(state, DeviceState)
+            assert state.version > first_version
+            answer = await client.wait_for(
+                lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == queued.id
+            )
+            assert decode(answer, key).status is CommandStatus.SUCCEEDED
+            mark = len(client.messages)
+            process.proc.send_signal(signal.SIGTERM)
+            offline = await wait_connection(client, key, online=False, start=mark)
+            assert offline.reason == "shutdown"
+            assert await asyncio.to_thread(process.wait) == 0
+        finally:
+            process.kill()
+    # The logs are JSON lines.
+    lines = [json.loads(line) for line in (tmp_path / "agent.log").read_text().splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "online" for entry in lines)
+
+
+def test_bad_config_exits_with_status_2(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('device_id = "x"\n')
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "amora_agent", "check-config", "--config", str(bad)],
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"amora-agent:" in result.stderr
+
+
+async def test_several_agents_run_in_one_process(tmp_path, broker, live_device, live_app) -> None:
+    devices = [live_device(broker, device_id=f"sim-{i}") for i in range(3)]
+    configs = [write_config(tmp_path, d, broker, name=d.device_id) for d in devices]
+    ids = tuple(d.device_id for d in devices)
+    _, client = live_app(broker, ids)
+    async with client:
+        await client.subscribe(*(connection_topic(i) for i in ids))
+        extra = tuple(a for c in configs[1:] for a in ("--config", c))
+        process = AgentProcess(configs[0], tmp_path / "fleet.log", args=extra)
+        try:
+            for device in devices:
+                topic = connection_topic(device.device_id)
+                key = device.signing_key.public_key
+                await client.wait_for(lambda r, t=topic, k=key: r.topic == t and decode(r, k).online)
+            mark = len(client.messages)
+            process.proc.send_signal(signal.SIGTERM)
+            for device in devices:
+                topic = connection_topic(device.device_id)
+                key = device.signing_key.public_key
+                await client.wait_for(
+                    lambda r, t=topic, k=key: r.topic == t and not decode(r, k).online,
+                    start=mark,
+                )
+            assert await asyncio.to_thread(process.wait) == 0
+        finally:
+            process.kill()
