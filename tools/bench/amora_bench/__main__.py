@@ -31,6 +31,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"counts": [10_000, 20_000], "hold_s": 60.0},
     ),
     "sdk_latency": ("amora_bench.sdk_latency", {"seconds": 2.0}, {"seconds": 10.0}),
+    "agent_latency": ("amora_bench.agent_latency", {"events": 100}, {"events": 1000}),
 }
 
 

@@ -164,6 +164,24 @@ def _sdk_section(scenarios: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _agent_section(scenarios: dict[str, Any]) -> list[str]:
+    agent = scenarios.get("agent_latency")
+    if not agent or agent["status"] != "ok":
+        return []
+    floor, ours = agent["floor_mpd_idle"], agent["agent_state_on_broker"]
+    return [
+        f"## MPD event -> signed state on the broker ({agent['events']} pause/resume events)",
+        "",
+        "| path | p50 (ms) | p99 (ms) |",
+        "|---|---|---|",
+        f"| bare MPD idle client (floor) | {floor['p50_ms']} | {floor['p99_ms']} |",
+        f"| agent -> broker -> app | {ours['p50_ms']} | {ours['p99_ms']} |",
+        "",
+        f"Events over 10 ms: {len(agent['agent_over_10ms'])}.",
+        "",
+    ]
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
     m = results["machine"]
@@ -180,10 +198,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _envelope_section(scenarios)
     lines += _connections_section(scenarios)
     lines += _sdk_section(scenarios)
+    lines += _agent_section(scenarios)
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
-        elif name not in {"envelope", "connections", "sdk_latency"} and "summary" in figures:
+        elif name not in {"envelope", "connections", "sdk_latency", "agent_latency"} and "summary" in figures:
             lines += [f"## {name}", "", figures["summary"], ""]
     durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
     lines += [f"Durations: {durations}.", ""]

@@ -43,6 +43,7 @@ from amora_devtools.broker import (
     start_broker,
 )
 from amora_devtools.mpd import MpdProcess, start_mpd
+from amora_devtools.music import Track
 from amora_devtools.pki import DevPKI
 
 DEVICE = "bench-player"
@@ -196,36 +197,48 @@ async def _measure(
     }
 
 
+# Tracks long enough that no pause lands on a song change (MPD stalls there for seconds).
+_LONG_TRACKS = tuple(
+    Track(f"bench/{i:02d}.flac", f"Bench {i}", "Bench", "Bench", i, 60.0, 200.0 + 40 * i) for i in range(1, 4)
+)
+
+
+def run(*, events: int = 300) -> dict[str, Any]:
+    """Start a broker, MPD and the agent, time ``events`` pause/resume events; return the figures."""
+    with tempfile.TemporaryDirectory(prefix="amora-bench-agent-") as tmp:
+        work = Path(tmp)
+        pki = DevPKI.create(work / "pki")
+        with start_broker(work / "broker", pki) as broker, start_mpd(work / "mpd", tracks=_LONG_TRACKS) as mpd:
+            create_device_client(broker, DEVICE)
+            config, key = _write_config(work, pki, broker, mpd)
+            with (work / "agent.log").open("wb") as log:
+                agent = subprocess.Popen(  # noqa: S603 - fixed argv
+                    [sys.executable, "-m", "amora_agent", "run", "--config", str(config)],
+                    stdout=log,
+                    stderr=log,
+                )
+                try:
+                    figures = asyncio.run(_measure(broker, mpd, key, pki, events))
+                finally:
+                    agent.terminate()
+                    try:
+                        agent.wait(10)
+                    except subprocess.TimeoutExpired:
+                        agent.kill()
+                        agent.wait()
+    floor, agent_fig = figures["floor_mpd_idle"], figures["agent_state_on_broker"]
+    figures["agent_over_floor_p50_ms"] = round(agent_fig["p50_ms"] - floor["p50_ms"], 3)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (and optionally save) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300, help="pause/resume events to time")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="amora-bench-agent-") as tmp:
-        work = Path(tmp)
-        pki = DevPKI.create(work / "pki")
-        with start_broker(work / "broker", pki) as broker, start_mpd(work / "mpd") as mpd:
-            create_device_client(broker, DEVICE)
-            config, key = _write_config(work, pki, broker, mpd)
-            log = (work / "agent.log").open("wb")
-            agent = subprocess.Popen(  # noqa: S603 - fixed argv
-                [sys.executable, "-m", "amora_agent", "run", "--config", str(config)],
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                figures = asyncio.run(_measure(broker, mpd, key, pki, args.events))
-            finally:
-                agent.terminate()
-                try:
-                    agent.wait(10)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                    agent.wait()
-                log.close()
+    figures = run(events=args.events)
     floor, agent_fig = figures["floor_mpd_idle"], figures["agent_state_on_broker"]
-    figures["agent_over_floor_p50_ms"] = round(agent_fig["p50_ms"] - floor["p50_ms"], 3)
     sys.stdout.write(
         f"MPD event -> signed state on the broker ({figures['events']} events)\n"
         f"  floor (bare MPD idle client): p50 {floor['p50_ms']} ms  p99 {floor['p99_ms']} ms\n"
