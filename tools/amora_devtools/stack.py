@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
 
-__all__ = ["DEFAULT_USERS", "Player", "Stack", "main"]
+__all__ = ["DEFAULT_USERS", "Player", "Stack", "main", "start_authz"]
 
 ADMIN_USER = "admin"
 # Who owns which player, by player index (0 is the real-MPD player when there is one).
@@ -84,6 +84,84 @@ def _b64(raw: bytes) -> str:
 
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def start_authz(  # noqa: PLR0913 - each is a deployment choice
+    directory: Path,
+    pki: DevPKI,
+    brokers: Sequence[BrokerProcess],
+    *,
+    users: Sequence[str],
+    admins: Sequence[str] = (ADMIN_USER,),
+    crl_reload_command: Sequence[str] = (),
+    session_ttl_s: int = 3600,
+) -> tuple[ManagedProcess, str]:
+    """Start the authz service (SQLite, development issuer on) for ``brokers``; wait until ready.
+
+    Returns:
+        The process and the service's base URL.
+
+    Raises:
+        ServiceStartError: It exited or did not answer ``/readyz`` in time.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    lines = [
+        f"database_url = {_toml_str('sqlite://' + str(directory / 'authz.db'))}",
+        'listen_host = "127.0.0.1"',
+        f"listen_port = {port}",
+        f"state_dir = {_toml_str(str(directory))}",
+        f"device_ca_cert = {_toml_str(str(pki.ca_file))}",
+        f"device_ca_key = {_toml_str(str(pki.directory / 'ca.key'))}",
+        f"crl_file = {_toml_str(str(pki.crl_file))}",
+        f"crl_reload_command = {json.dumps(list(crl_reload_command))}",
+        f"session_ttl_s = {session_ttl_s}",
+        "reconcile_interval_s = 30.0",
+        "log_json = true",
+        'log_level = "warning"',
+        "",
+        "[dev_issuer]",
+        "enabled = true",
+        f"users = {json.dumps(list(users))}",
+        f"admins = {json.dumps(list(admins))}",
+    ]
+    for broker in brokers:
+        endpoints = [f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]
+        lines += [
+            "",
+            "[[brokers]]",
+            f"name = {_toml_str(broker.name)}",
+            f"host = {_toml_str(broker.host)}",
+            f"port = {broker.app_port}",
+            f"username = {_toml_str(broker.admin_username)}",
+            f"password = {_toml_str(broker.admin_password)}",
+            f"ca_file = {_toml_str(str(broker.ca_file))}",
+            f"dynsec_file = {_toml_str(str(broker.dynsec_file))}",
+            f"client_endpoints = {json.dumps(endpoints)}",
+        ]
+    config = directory / "authz.toml"
+    config.write_text("\n".join(lines) + "\n")
+    log = directory / "authz.log"
+    process = ManagedProcess("amora-authz", [_script("amora-authz"), "--config", str(config), "serve"], log_file=log)
+
+    def ready() -> bool | None:
+        if not process.alive():
+            raise ServiceStartError("amora-authz", tail(log))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return True
+        return None
+
+    try:
+        answered = wait_until(ready, timeout=_READY_TIMEOUT, interval=0.05)
+    except BaseException:
+        process.stop()
+        raise
+    if answered is None:
+        process.stop()
+        raise ServiceStartError("amora-authz", "not ready in time\n" + tail(log))
+    return process, url
 
 
 @dataclass
@@ -214,62 +292,16 @@ class Stack:
     # -- parts ----------------------------------------------------------------------------
 
     def _start_authz(self) -> None:
-        directory = self.state_dir / "authz"
-        directory.mkdir(exist_ok=True)
-        port = free_port()
-        self.authz_url = f"http://127.0.0.1:{port}"
         assert self.pki is not None  # noqa: S101 - set by start()
-        lines = [
-            f"database_url = {_toml_str('sqlite://' + str(directory / 'authz.db'))}",
-            'listen_host = "127.0.0.1"',
-            f"listen_port = {port}",
-            f"state_dir = {_toml_str(str(directory))}",
-            f"device_ca_cert = {_toml_str(str(self.pki.ca_file))}",
-            f"device_ca_key = {_toml_str(str(self.pki.directory / 'ca.key'))}",
-            f"crl_file = {_toml_str(str(self.pki.crl_file))}",
-            # The stack reloads every broker's CRL when the service signals it (see run()).
-            f'crl_reload_command = ["kill", "-USR1", "{os.getpid()}"]',
-            "reconcile_interval_s = 30.0",
-            "log_json = true",
-            "",
-            "[dev_issuer]",
-            "enabled = true",
-            f"users = {json.dumps([*self.users, ADMIN_USER])}",
-            f"admins = {json.dumps([ADMIN_USER])}",
-        ]
-        for broker in self.brokers:
-            lines += [
-                "",
-                "[[brokers]]",
-                f"name = {_toml_str(broker.name)}",
-                f"host = {_toml_str(broker.host)}",
-                f"port = {broker.app_port}",
-                f"username = {_toml_str(broker.admin_username)}",
-                f"password = {_toml_str(broker.admin_password)}",
-                f"ca_file = {_toml_str(str(broker.ca_file))}",
-                f"dynsec_file = {_toml_str(str(broker.dynsec_file))}",
-                "client_endpoints = "
-                + json.dumps([f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]),
-            ]
-        config = directory / "authz.toml"
-        config.write_text("\n".join(lines) + "\n")
-        self.authz = ManagedProcess(
-            "amora-authz",
-            [_script("amora-authz"), "--config", str(config), "serve"],
-            log_file=directory / "authz.log",
+        self.authz, self.authz_url = start_authz(
+            self.state_dir / "authz",
+            self.pki,
+            self.brokers,
+            users=[*self.users, ADMIN_USER],
+            # The stack reloads every broker's CRL when the service signals it.
+            crl_reload_command=["kill", "-USR1", str(os.getpid())],
         )
         self._http = httpx.Client(base_url=self.authz_url, timeout=10.0)
-
-        def ready() -> bool | None:
-            if self.authz is None or not self.authz.alive():
-                raise ServiceStartError("amora-authz", tail(directory / "authz.log"))
-            with contextlib.suppress(httpx.HTTPError):
-                if self._client().get("/readyz").status_code == 200:
-                    return True
-            return None
-
-        if wait_until(ready, timeout=_READY_TIMEOUT, interval=0.05) is None:
-            raise ServiceStartError("amora-authz", "not ready in time\n" + tail(directory / "authz.log"))
 
     def _client(self) -> httpx.Client:
         if self._http is None:

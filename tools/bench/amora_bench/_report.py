@@ -182,6 +182,41 @@ def _agent_section(scenarios: dict[str, Any]) -> list[str]:
     ]
 
 
+def _fleet_section(scenarios: dict[str, Any]) -> list[str]:
+    fleet = scenarios.get("fleet")
+    if not fleet or fleet["status"] != "ok":
+        return []
+    lat, procs = fleet["latency"], fleet["processes"]
+    sdk = ", ".join(f"{p['cpu_percent']}% / {p['rss_mb']} MiB" for p in procs["sdk"])
+    p99_ok = lat["p99_ms"] <= 10.0
+    return [
+        (
+            f"## Fleet: {fleet['players']:,} players, {fleet['sessions']:,} SDK sessions "
+            f"({fleet['connections']:,} connections), {fleet['achieved_rate_per_s']:,} changes/s"
+        ),
+        "",
+        "| p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | sent | delivered/expected | lost |",
+        "|---|---|---|---|---|---|---|",
+        (
+            f"| {lat['p50_ms']} | {lat['p90_ms']} | {lat['p99_ms']} | {lat['max_ms']} | {fleet['sent']:,} | "
+            f"{fleet['delivered']:,}/{fleet['expected']:,} | {fleet['lost']} |"
+        ),
+        "",
+        (
+            f"Latency is player change -> verified state out of each watching session's iterator. "
+            f"p99 <= 10 ms: {_mark(p99_ok)}; zero loss: {_mark(fleet['lost'] == 0)}."
+        ),
+        "",
+        (
+            f"CPU / RSS: players {procs['players']['cpu_percent']}% / {procs['players']['rss_mb']} MiB; "
+            f"SDK processes {sdk}; broker {procs['broker']['cpu_percent']}% / {procs['broker']['rss_mb']} MiB; "
+            f"authz {procs['authz']['rss_mb']} MiB. Set-up: register {fleet['setup_register_s']} s, players online "
+            f"{fleet['setup_players_online_s']} s, sessions {fleet['setup_sessions_s']} s."
+        ),
+        "",
+    ]
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
     m = results["machine"]
@@ -199,10 +234,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _connections_section(scenarios)
     lines += _sdk_section(scenarios)
     lines += _agent_section(scenarios)
+    lines += _fleet_section(scenarios)
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
-        elif name not in {"envelope", "connections", "sdk_latency", "agent_latency"} and "summary" in figures:
+        elif name not in {"envelope", "connections", "sdk_latency", "agent_latency", "fleet"} and "summary" in figures:
             lines += [f"## {name}", "", figures["summary"], ""]
     durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
     lines += [f"Durations: {durations}.", ""]
