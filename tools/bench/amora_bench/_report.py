@@ -217,6 +217,26 @@ def _fleet_section(scenarios: dict[str, Any]) -> list[str]:
     ]
 
 
+def _revocation_section(scenarios: dict[str, Any]) -> list[str]:
+    rev = scenarios.get("revocation")
+    if not rev or rev["status"] != "ok":
+        return []
+    cut = rev["cut"]
+    return [
+        f"## Revocation: unlink API call -> subscription cut ({rev['rounds']} rounds)",
+        "",
+        (
+            f"p50 {cut['p50_ms']} ms, p99 {cut['p99_ms']} ms, max {cut['max_ms']} ms "
+            f"(target p99 < 1 s: {_mark(rev['target_p99_under_1s'])}); the re-subscription was refused in "
+            f"{rev['resubscribe_refused']}/{rev['rounds']} rounds."
+        ),
+        "",
+    ]
+
+
+_SECTIONED = {"envelope", "connections", "sdk_latency", "agent_latency", "fleet", "revocation"}
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """A short Markdown report: machine, each scenario's key figures, targets met or missed."""
     m = results["machine"]
@@ -235,10 +255,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _sdk_section(scenarios)
     lines += _agent_section(scenarios)
     lines += _fleet_section(scenarios)
+    lines += _revocation_section(scenarios)
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
-        elif name not in {"envelope", "connections", "sdk_latency", "agent_latency", "fleet"} and "summary" in figures:
+        elif (
+            name not in {"envelope", "connections", "sdk_latency", "agent_latency", "fleet", "revocation"}
+            and "summary" in figures
+        ):
             lines += [f"## {name}", "", figures["summary"], ""]
     durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
     lines += [f"Durations: {durations}.", ""]

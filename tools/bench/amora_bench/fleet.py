@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -85,6 +86,8 @@ async def _players(conn: Connection, spec: dict[str, Any]) -> None:
     tasks = [asyncio.create_task(a.run(), name=f"fleet.agent[{a.device_id}]") for a in agents]
     async with asyncio.timeout(_SETUP_TIMEOUT_S):
         await asyncio.gather(*(a.wait_online() for a in agents))
+    # Long-lived set-up objects out of the cyclic GC's way (as a long-running service would do).
+    gc.freeze()
     conn.send(("ready", len(agents)))
     await asyncio.to_thread(conn.recv)  # "go"
     rate, seconds, n = spec["rate"], spec["seconds"], len(sims)
@@ -167,6 +170,7 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:
                 if failed:
                     raise RuntimeError(f"session failed: {failed[0].exception()!r}")
                 await asyncio.sleep(0.1)
+        gc.freeze()
         conn.send(("ready", len(ready), rss_mb()))
         cpu0 = cpu_seconds()
         await asyncio.to_thread(conn.recv)  # "stop"
