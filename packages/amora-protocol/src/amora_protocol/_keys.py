@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +41,51 @@ def _check_raw(raw: bytes, what: str) -> bytes:
     return bytes(raw)
 
 
+_Private = Ed25519PrivateKey | X25519PrivateKey
+_Public = Ed25519PublicKey | X25519PublicKey
+_PrivateT = TypeVar("_PrivateT", Ed25519PrivateKey, X25519PrivateKey)
+_PublicT = TypeVar("_PublicT", Ed25519PublicKey, X25519PublicKey)
+
+
+def _load_private_pem(pem: bytes, password: bytes | None, kind: type[_PrivateT], name: str) -> _PrivateT:
+    try:
+        key = serialization.load_pem_private_key(pem, password)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"not a usable PEM private key: {exc}") from exc
+    if not isinstance(key, kind):
+        raise SchemaError(f"the PEM holds a private key that is not {name}")
+    return key
+
+
+def _load_public_pem(pem: bytes, kind: type[_PublicT], name: str) -> _PublicT:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise SchemaError(f"not a PEM public key: {exc}") from exc
+    if not isinstance(key, kind):
+        raise SchemaError(f"the PEM holds a public key that is not {name}")
+    return key
+
+
+def _public_raw(key: _Public) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _public_pem(key: _Public) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _private_raw(key: _Private) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def _private_pem(key: _Private, password: bytes | None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
 class VerifyKey:
     """An Ed25519 public key that verifies envelopes and grants."""
 
@@ -49,7 +94,7 @@ class VerifyKey:
     def __init__(self, key: Ed25519PublicKey) -> None:
         """Wrap a cryptography public key."""
         self._key = key
-        self.raw: bytes = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.raw: bytes = _public_raw(key)
         self.kid: str = key_id(self.raw)
 
     @classmethod
@@ -68,17 +113,11 @@ class VerifyKey:
         Raises:
             SchemaError: Not an Ed25519 public key PEM.
         """
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError as exc:
-            raise SchemaError(f"not a PEM public key: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise SchemaError("the PEM holds a public key that is not Ed25519")
-        return cls(key)
+        return cls(_load_public_pem(pem, Ed25519PublicKey, "Ed25519"))  # type: ignore[type-abstract]  # only used in isinstance
 
     def to_pem(self) -> bytes:
         """Serialise as a SubjectPublicKeyInfo PEM."""
-        return self._key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return _public_pem(self._key)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Return whether ``signature`` is valid for ``data``."""
@@ -136,28 +175,15 @@ class SigningKey:
         Raises:
             SchemaError: Not an Ed25519 private key PEM (or a wrong password).
         """
-        try:
-            key = serialization.load_pem_private_key(pem, password)
-        except (ValueError, TypeError) as exc:
-            raise SchemaError(f"not a usable PEM private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SchemaError("the PEM holds a private key that is not Ed25519")
-        return cls(key)
+        return cls(_load_private_pem(pem, password, Ed25519PrivateKey, "Ed25519"))  # type: ignore[type-abstract]  # only used in isinstance
 
     def to_raw(self) -> bytes:
         """Return the 32-byte seed."""
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return _private_raw(self._key)
 
     def to_pem(self, password: bytes | None = None) -> bytes:
         """Serialise as PKCS#8 PEM, encrypted when a password is given."""
-        encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-        )
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        return _private_pem(self._key, password)
 
     @property
     def kid(self) -> str:
@@ -181,7 +207,7 @@ class EncryptionPublicKey:
     def __init__(self, key: X25519PublicKey) -> None:
         """Wrap a cryptography public key."""
         self.key = key
-        self.raw: bytes = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.raw: bytes = _public_raw(key)
         self.kid: str = key_id(self.raw)
 
     @classmethod
@@ -200,17 +226,11 @@ class EncryptionPublicKey:
         Raises:
             SchemaError: Not an X25519 public key PEM.
         """
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError as exc:
-            raise SchemaError(f"not a PEM public key: {exc}") from exc
-        if not isinstance(key, X25519PublicKey):
-            raise SchemaError("the PEM holds a public key that is not X25519")
-        return cls(key)
+        return cls(_load_public_pem(pem, X25519PublicKey, "X25519"))  # type: ignore[type-abstract]  # only used in isinstance
 
     def to_pem(self) -> bytes:
         """Serialise as a SubjectPublicKeyInfo PEM."""
-        return self.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return _public_pem(self.key)
 
     def __eq__(self, other: object) -> bool:
         """Keys are equal when their raw bytes are."""
@@ -256,28 +276,15 @@ class EncryptionKey:
         Raises:
             SchemaError: Not an X25519 private key PEM (or a wrong password).
         """
-        try:
-            key = serialization.load_pem_private_key(pem, password)
-        except (ValueError, TypeError) as exc:
-            raise SchemaError(f"not a usable PEM private key: {exc}") from exc
-        if not isinstance(key, X25519PrivateKey):
-            raise SchemaError("the PEM holds a private key that is not X25519")
-        return cls(key)
+        return cls(_load_private_pem(pem, password, X25519PrivateKey, "X25519"))  # type: ignore[type-abstract]  # only used in isinstance
 
     def to_raw(self) -> bytes:
         """Return the 32 raw private bytes."""
-        return self.key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return _private_raw(self.key)
 
     def to_pem(self, password: bytes | None = None) -> bytes:
         """Serialise as PKCS#8 PEM, encrypted when a password is given."""
-        encryption: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-        )
-        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        return _private_pem(self.key, password)
 
     @property
     def kid(self) -> str:
