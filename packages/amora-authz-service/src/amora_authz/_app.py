@@ -1,0 +1,488 @@
+"""The HTTP API (Litestar, msgspec bodies, OpenAPI at ``/schema``).
+
+Errors are JSON ``{"code": ..., "message": ...}`` with a stable code: 401 for bad
+tokens, 403 for missing rights, 404, 409, and 422 for invalid input (including bodies
+that do not match the schema).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, delete, get, post, put
+from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from amora_authz._errors import AuthenticationError, AuthzError, InvalidInputError
+from amora_authz._runtime import AuthzRuntime
+from amora_authz._service import PublicKey, b64
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from amora_authz._config import Settings
+    from amora_authz._devissuer import DevIssuer
+    from amora_authz._jwt import Claims
+    from amora_authz._service import SessionIssued
+
+__all__ = ["create_app"]
+
+VERSION = "0.1.0"
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+
+Base64Key = Annotated[str, msgspec.Meta(max_length=64)]
+"""A 32-byte raw key in standard base64 (44 characters; a little slack)."""
+
+
+class SessionRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/sessions`` body: the session's public keys (base64 of raw bytes)."""
+
+    signing_key: Base64Key
+    encryption_key: Base64Key
+    client_name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class BrokerCredential(msgspec.Struct, frozen=True):
+    """How the app connects to the broker."""
+
+    endpoints: list[str]
+    username: str
+    password: str
+    client_id: str
+
+
+class DeviceInfo(msgspec.Struct, frozen=True):
+    """A device the session may use, with its public keys."""
+
+    device_id: str
+    signing_key: str
+    encryption_key: str
+
+
+class SessionResponse(msgspec.Struct, frozen=True):
+    """A created or refreshed session (``expires_at`` in ms since the epoch)."""
+
+    session_id: str
+    expires_at: int
+    broker: BrokerCredential
+    grant: str
+    devices: list[DeviceInfo]
+    authz_keys: list[PublicKey]
+
+
+class DeviceRegistration(msgspec.Struct, frozen=True):
+    """Admin: register a device (keys as base64 of raw bytes; CSR as PEM)."""
+
+    device_id: Annotated[str, msgspec.Meta(max_length=64)]
+    signing_key: Base64Key
+    encryption_key: Base64Key
+    csr: Annotated[str, msgspec.Meta(max_length=16_384)] | None = None
+
+
+class DeviceRegisteredResponse(msgspec.Struct, frozen=True):
+    """The registered device and its certificate (PEM) when a CSR was sent."""
+
+    device_id: str
+    certificate: str | None
+    serial: str | None
+
+
+class RevokedResponse(msgspec.Struct, frozen=True):
+    """A revoked device and the certificate serials added to the CRL."""
+
+    device_id: str
+    revoked_serials: list[str]
+
+
+class LinkResponse(msgspec.Struct, frozen=True):
+    """A user-device link."""
+
+    user: str
+    device_id: str
+    created: bool
+
+
+class UserDevices(msgspec.Struct, frozen=True):
+    """A user's devices."""
+
+    user: str
+    devices: list[str]
+
+
+class DeviceUsers(msgspec.Struct, frozen=True):
+    """A device's users."""
+
+    device_id: str
+    users: list[str]
+
+
+class KeysDocument(msgspec.Struct, frozen=True):
+    """``/.well-known/amora-keys``: grant-signing public keys."""
+
+    keys: list[PublicKey]
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every error answer."""
+
+    code: str
+    message: str
+
+
+class DevTokenRequest(msgspec.Struct, frozen=True):
+    """Development issuer: a token for a named development user."""
+
+    username: Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class DevTokenResponse(msgspec.Struct, frozen=True):
+    """Development issuer: the token."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+NO_STORE = CacheControlHeader(no_store=True)
+"""Answers that carry credentials must not be cached anywhere."""
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _runtime(request: Request[Any, Any, Any]) -> AuthzRuntime:
+    runtime: AuthzRuntime = request.app.state.runtime
+    return runtime
+
+
+async def _claims(request: Request[Any, Any, Any]) -> Claims:
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        raise AuthenticationError("an Authorization: Bearer token is required", code="missing_token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("expected Authorization: Bearer <token>", code="missing_token")
+    return await _runtime(request).validators.validate(token.strip())
+
+
+def _session_response(runtime: AuthzRuntime, issued: SessionIssued) -> SessionResponse:
+    session = issued.session
+    return SessionResponse(
+        session_id=session.session_id,
+        expires_at=session.expires_at_ms,
+        broker=BrokerCredential(
+            endpoints=runtime.broker_endpoints(),
+            username=session.session_id,
+            password=issued.password,
+            client_id=session.session_id,
+        ),
+        grant=b64(issued.grant),
+        devices=[DeviceInfo(d.device_id, b64(d.signing_key), b64(d.encryption_key)) for d in issued.devices],
+        authz_keys=runtime.service.authz_keys(),
+    )
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+@post("/v1/sessions", status_code=HTTP_201_CREATED, tags=["sessions"], cache_control=NO_STORE)
+async def create_session(request: Request[Any, Any, Any], data: JSONBody[SessionRequest]) -> SessionResponse:
+    """Exchange a user JWT for a broker credential and a grant."""
+    claims = await _claims(request)
+    runtime = _runtime(request)
+    issued = await runtime.service.create_session(
+        claims,
+        signing_key=data.signing_key,
+        encryption_key=data.encryption_key,
+        client_name=data.client_name,
+    )
+    runtime.metrics.inc("amora_authz_sessions_created_total")
+    return _session_response(runtime, issued)
+
+
+@post("/v1/sessions/{session_id:str}/refresh", status_code=HTTP_200_OK, tags=["sessions"], cache_control=NO_STORE)
+async def refresh_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> SessionResponse:
+    """Extend a session with a fresh JWT: later expiry, new grant, same broker credential."""
+    claims = await _claims(request)
+    runtime = _runtime(request)
+    issued = await runtime.service.refresh_session(claims, session_id)
+    runtime.metrics.inc("amora_authz_sessions_refreshed_total")
+    return _session_response(runtime, issued)
+
+
+@delete("/v1/sessions/{session_id:str}", status_code=HTTP_204_NO_CONTENT, tags=["sessions"])
+async def delete_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> None:
+    """Log out: the broker credential is removed and a live connection kicked."""
+    claims = await _claims(request)
+    await _runtime(request).service.delete_session(claims, session_id)
+    _runtime(request).metrics.inc("amora_authz_sessions_deleted_total")
+
+
+# -- devices ----------------------------------------------------------------------------
+
+
+@get("/v1/devices/{device_id:str}/keys", tags=["devices"])
+async def device_keys(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DeviceInfo:
+    """A device's public keys (for its users)."""
+    claims = await _claims(request)
+    keys = await _runtime(request).service.device_keys(claims, device_id)
+    return DeviceInfo(keys.device_id, keys.signing_key, keys.encryption_key)
+
+
+@post("/v1/admin/devices", status_code=HTTP_201_CREATED, tags=["admin"])
+async def register_device(
+    request: Request[Any, Any, Any], data: JSONBody[DeviceRegistration]
+) -> DeviceRegisteredResponse:
+    """Register a device; a CSR is answered with a client certificate."""
+    claims = await _claims(request)
+    registered = await _runtime(request).service.register_device(
+        claims,
+        device_id=data.device_id,
+        signing_key=data.signing_key,
+        encryption_key=data.encryption_key,
+        csr_pem=data.csr,
+    )
+    return DeviceRegisteredResponse(
+        device_id=registered.device.device_id,
+        certificate=None if registered.certificate_pem is None else registered.certificate_pem.decode(),
+        serial=None if registered.serial is None else str(registered.serial),
+    )
+
+
+@post("/v1/admin/devices/{device_id:str}/revoke", status_code=HTTP_200_OK, tags=["admin"])
+async def revoke_device(request: Request[Any, Any, Any], device_id: FromPath[str]) -> RevokedResponse:
+    """Revoke a device: kicked from the broker, certificate in the CRL, links dropped."""
+    claims = await _claims(request)
+    serials = await _runtime(request).service.revoke_device(claims, device_id)
+    _runtime(request).metrics.inc("amora_authz_devices_revoked_total")
+    return RevokedResponse(device_id=device_id, revoked_serials=[str(s) for s in serials])
+
+
+@get("/v1/admin/devices/{device_id:str}/users", tags=["admin"])
+async def device_users(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DeviceUsers:
+    """The users linked to a device."""
+    claims = await _claims(request)
+    users = await _runtime(request).service.users_of_device(claims, device_id)
+    return DeviceUsers(device_id=device_id, users=users)
+
+
+@put("/v1/admin/users/{user:str}/devices/{device_id:str}", tags=["admin"])
+async def link(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> LinkResponse:
+    """Let a user use a device."""
+    claims = await _claims(request)
+    created = await _runtime(request).service.link(claims, user, device_id)
+    return LinkResponse(user=user, device_id=device_id, created=created)
+
+
+@delete(
+    "/v1/admin/users/{user:str}/devices/{device_id:str}",
+    status_code=HTTP_204_NO_CONTENT,
+    tags=["admin"],
+)
+async def unlink(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> None:
+    """Remove a user's access to a device; live subscriptions are cut."""
+    claims = await _claims(request)
+    await _runtime(request).service.unlink(claims, user, device_id)
+    _runtime(request).metrics.inc("amora_authz_unlinks_total")
+
+
+@get("/v1/admin/users/{user:str}/devices", tags=["admin"])
+async def user_devices(request: Request[Any, Any, Any], user: FromPath[str]) -> UserDevices:
+    """A user's devices (admins: any user; users: themselves)."""
+    claims = await _claims(request)
+    devices = await _runtime(request).service.devices_of_user(claims, user)
+    return UserDevices(user=user, devices=devices)
+
+
+# -- operations -------------------------------------------------------------------------
+
+
+@get("/.well-known/amora-keys", tags=["keys"])
+async def amora_keys(request: Request[Any, Any, Any]) -> KeysDocument:
+    """The grant-signing public keys (more than one during a rotation)."""
+    return KeysDocument(keys=_runtime(request).service.authz_keys())
+
+
+@get("/healthz", tags=["operations"], media_type=MediaType.JSON)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["operations"])
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Readiness: the database answers and at least one broker is reachable."""
+    runtime = _runtime(request)
+    brokers = {s.name: msgspec.to_builtins(s) for s in runtime.service.fleet.status.values()}
+    try:
+        await runtime.store.schema_version()
+        runtime.service.fleet.raise_if_unreachable()
+    except AuthzError as exc:
+        return Response(
+            {"status": "unavailable", "code": exc.code, "message": exc.message, "brokers": brokers},
+            status_code=503,
+        )
+    return Response({"status": "ready", "brokers": brokers})
+
+
+@get("/metrics", tags=["operations"], media_type=MediaType.TEXT)
+async def metrics(request: Request[Any, Any, Any]) -> str:
+    """Prometheus text metrics."""
+    runtime = _runtime(request)
+    return runtime.metrics.render(runtime.gauges())
+
+
+# -- development issuer -----------------------------------------------------------------
+
+
+@get("/dev-issuer/.well-known/openid-configuration", tags=["dev-issuer"], media_type=MediaType.JSON)
+async def dev_discovery(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Development issuer: OpenID Provider metadata."""
+    issuer = _dev_issuer(request)
+    return issuer.discovery()
+
+
+@get("/dev-issuer/jwks", tags=["dev-issuer"], media_type=MediaType.JSON)
+async def dev_jwks(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Development issuer: its public keys."""
+    return _dev_issuer(request).jwks()
+
+
+@post("/dev-issuer/token", status_code=HTTP_200_OK, tags=["dev-issuer"], cache_control=NO_STORE)
+async def dev_token(request: Request[Any, Any, Any], data: JSONBody[DevTokenRequest]) -> DevTokenResponse:
+    """Development issuer: an RS256 token for a named development user."""
+    issuer = _dev_issuer(request)
+    token = issuer.issue(data.username)
+    _runtime(request).log.warning("dev_issuer.token_issued", user=data.username)
+    return DevTokenResponse(
+        access_token=token,
+        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
+        expires_in=issuer.ttl_s,
+    )
+
+
+def _dev_issuer(request: Request[Any, Any, Any]) -> DevIssuer:
+    issuer = _runtime(request).dev_issuer
+    if issuer is None:
+        raise HTTPException(status_code=404, detail="the development issuer is disabled")
+    return issuer
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> Response[ErrorBody]:
+    return Response(ErrorBody(code=code, message=message), status_code=status, headers=headers)
+
+
+def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[ErrorBody]:
+    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None and exc.status_code >= 500:
+        runtime.log.error("request.failed", path=request.url.path, code=exc.code, error=exc.message)
+    headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status_code == 401 else {}
+    return _error(exc.status_code, exc.code, exc.message, **headers)
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    detail = exc.extra or exc.detail
+    return _error(422, InvalidInputError.default_code, f"invalid request: {detail}")
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.log.error("request.crashed", path=request.url.path, error=repr(exc), exc_info=exc)
+    return _error(500, AuthzError.default_code, "internal error")
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code == 400:
+        # Litestar's answer to a body that is not JSON at all: invalid input like any other.
+        return _error(422, InvalidInputError.default_code, f"invalid request: {exc.detail}")
+    codes = {
+        401: "invalid_token",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }
+    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail)
+
+
+def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Litestar:
+    """Build the ASGI application.
+
+    Args:
+        settings: the configuration.
+        runtime: an already-built runtime to serve (its lifetime then belongs to the
+            caller); by default the app builds one and runs it for its own lifespan.
+
+    Returns:
+        The Litestar application.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        async with AuthzRuntime(settings) as own:
+            app.state.runtime = own
+            yield
+
+    handlers: list[Any] = [
+        create_session,
+        refresh_session,
+        delete_session,
+        device_keys,
+        register_device,
+        revoke_device,
+        device_users,
+        link,
+        unlink,
+        user_devices,
+        amora_keys,
+        healthz,
+        readyz,
+        metrics,
+    ]
+    if settings.dev_issuer.enabled:
+        handlers += [dev_discovery, dev_jwks, dev_token]
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        exception_handlers={
+            AuthzError: _authz_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        # Requests are small JSON documents (the largest is a CSR).
+        request_max_body_size=64 * 1024,
+        openapi_config=OpenAPIConfig(
+            title="Amora authz service",
+            version=VERSION,
+            path="/schema",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        logging_config=None,
+    )
+
+
+def decode_b64(text: str) -> bytes:
+    """Decode standard base64 (helper for clients and tests)."""
+    return base64.b64decode(text)

@@ -1,0 +1,117 @@
+"""``amora-authz``: serve, migrate, and admin helpers that work on the database directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+import uvicorn
+
+from amora_authz._app import create_app
+from amora_authz._config import load_settings
+from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
+from amora_authz._devissuer import DevIssuer
+from amora_authz._errors import AuthzError
+from amora_authz._logging import configure_logging
+from amora_authz._runtime import load_signing_keys
+from amora_authz._store import open_store
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from amora_authz._config import Settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amora-authz", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the HTTP API and the broker reconciler")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    sub.add_parser("keys", help="print the grant-signing key ids")
+    link = sub.add_parser("link", help="link a user and a device (database only)")
+    link.add_argument("user")
+    link.add_argument("device_id")
+    unlink = sub.add_parser("unlink", help="unlink a user and a device (database only)")
+    unlink.add_argument("user")
+    unlink.add_argument("device_id")
+    devices = sub.add_parser("devices", help="list a user's devices, or all devices")
+    devices.add_argument("user", nargs="?")
+    token = sub.add_parser("dev-token", help="mint a development token (dev issuer must be on)")
+    token.add_argument("user")
+    return parser
+
+
+async def _serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+
+
+async def _database(settings: Settings, args: argparse.Namespace) -> None:
+    async with await open_store(settings.database_url) as store:
+        version = await store.migrate()
+        if args.command == "migrate":
+            print(f"schema version {version}")  # noqa: T201 - CLI output
+        elif args.command == "link":
+            created = await store.link(args.user, args.device_id, at_ms=time.time_ns() // 10**6)
+            print("linked" if created else "already linked")  # noqa: T201
+        elif args.command == "unlink":
+            print("unlinked" if await store.unlink(args.user, args.device_id) else "no link")  # noqa: T201
+        elif args.command == "devices":
+            if args.user:
+                rows = await store.devices_of_user(args.user)
+            else:
+                rows = [d.device_id for d in await store.list_devices()]
+            print("\n".join(rows))  # noqa: T201
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(level=settings.log_level, json=settings.log_json)
+        if args.command == "serve":
+            # uvicorn handles SIGINT/SIGTERM itself: graceful shutdown runs the lifespan exit.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            asyncio.run(_serve(settings))
+        elif args.command == "keys":
+            for key in load_signing_keys(settings):
+                print(key.kid)  # noqa: T201 - CLI output
+        elif args.command == "dev-token":
+            if not settings.dev_issuer.enabled:
+                print("the development issuer is disabled", file=sys.stderr)  # noqa: T201
+                return 2
+            issuer = DevIssuer(
+                key=DevIssuer.load_or_create_key(Path(settings.state_dir) / "dev-issuer-key.json"),
+                issuer=settings.base_url + DEV_ISSUER_PATH,
+                audience=settings.dev_issuer.audience,
+                users=settings.dev_issuer.users,
+                admins=settings.dev_issuer.admins,
+                ttl_s=settings.dev_issuer.token_ttl_s,
+            )
+            print(issuer.issue(args.user))  # noqa: T201
+        else:
+            asyncio.run(_database(settings, args))
+    except AuthzError as exc:
+        structlog.get_logger("amora_authz").error("cli.failed", code=exc.code, error=exc.message)
+        return 1
+    return 0

@@ -1,0 +1,161 @@
+"""Configuration: a TOML file, then environment variables on top.
+
+Environment variables override top-level scalar settings as ``AMORA_AUTHZ_<NAME>``
+(``AMORA_AUTHZ_DATABASE_URL``, ``AMORA_AUTHZ_LISTEN_PORT``...); the file is named by
+``--config`` or ``AMORA_AUTHZ_CONFIG``. Secrets may be given as files
+(``session_secret_file``, ``signing_key_files``) so that they come from mounted
+secrets rather than the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from amora_authz._dynsec import BrokerEndpoint  # noqa: TC001 - msgspec resolves it at runtime
+from amora_authz._errors import ConfigError
+from amora_authz._jwt import OidcSettings  # noqa: TC001 - msgspec resolves it at runtime
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["DevIssuerSettings", "Settings", "load_settings"]
+
+ENV_PREFIX = "AMORA_AUTHZ_"
+
+
+class DevIssuerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The built-in development OpenID provider (never for production).
+
+    Attributes:
+        enabled: serve it (off by default; the service logs a loud warning when on).
+        users: the named development users it will issue tokens for.
+        admins: which of them get the admin role.
+        audience: the ``aud`` of its tokens.
+        token_ttl_s: lifetime of its tokens.
+    """
+
+    enabled: bool = False
+    users: tuple[str, ...] = ("alice", "bob", "admin")
+    admins: tuple[str, ...] = ("admin",)
+    audience: str = "amora-dev"
+    token_ttl_s: int = 3600
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service needs to run.
+
+    Attributes:
+        database_url: ``sqlite://PATH`` or a ``postgresql://`` DSN.
+        listen_host: HTTP bind address.
+        listen_port: HTTP port.
+        public_url: the URL clients reach the service at (the dev issuer's ``iss``).
+        state_dir: where generated development secrets are kept (signing key,
+            session secret, dev issuer key) when none is configured.
+        oidc: the production issuer (None when only the dev issuer is used).
+        dev_issuer: the development issuer.
+        signing_key_files: PEM Ed25519 grant-signing keys; the first signs, all are
+            published (rotation). Generated into ``state_dir`` when empty.
+        session_secret_file: HMAC secret deriving session broker passwords.
+        session_ttl_s: session (and grant) lifetime; capped by the token's ``exp``
+            when ``cap_session_to_token`` is set.
+        cap_session_to_token: never let a session outlive the JWT that created it.
+        max_sessions_per_user: live sessions per user; one more ends the oldest.
+        brokers: the brokers to reconcile (primary first).
+        device_ca_cert: the device CA certificate (PEM), for CSRs and the CRL.
+        device_ca_key: its private key (PEM).
+        crl_file: where to write the device CRL.
+        crl_reload_command: argv run after the CRL is rewritten (e.g. send SIGHUP).
+        device_cert_days: lifetime of device certificates.
+        reconcile_interval_s: period of the full reconcile pass.
+        expiry_check_interval_s: period of the session expiry sweep.
+        log_level: ``debug``, ``info``, ``warning``, ``error``.
+        log_json: JSON logs (off gives console logs for development).
+    """
+
+    database_url: str = "sqlite://authz.db"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    public_url: str | None = None
+    state_dir: str = "authz-state"
+    oidc: OidcSettings | None = None
+    dev_issuer: DevIssuerSettings = DevIssuerSettings()
+    signing_key_files: tuple[str, ...] = ()
+    session_secret_file: str | None = None
+    session_ttl_s: int = 3600
+    cap_session_to_token: bool = False
+    max_sessions_per_user: int = 20
+    brokers: tuple[BrokerEndpoint, ...] = ()
+    device_ca_cert: str | None = None
+    device_ca_key: str | None = None
+    crl_file: str | None = None
+    crl_reload_command: tuple[str, ...] = ()
+    device_cert_days: int = 365
+    reconcile_interval_s: float = 60.0
+    expiry_check_interval_s: float = 5.0
+    log_level: str = "info"
+    log_json: bool = True
+
+    @property
+    def base_url(self) -> str:
+        """The service's own URL (public_url, or derived from the listen address)."""
+        return (self.public_url or f"http://{self.listen_host}:{self.listen_port}").rstrip("/")
+
+
+_SCALARS = {
+    name: info
+    for name, info in Settings.__annotations__.items()
+    if info in ("str", "int", "float", "bool", "str | None")
+}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, kind in _SCALARS.items():
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is None:
+            continue
+        if kind == "bool":
+            overrides[name] = value.strip().lower() in {"1", "true", "yes", "on"}
+        elif kind == "int":
+            overrides[name] = int(value)
+        elif kind == "float":
+            overrides[name] = float(value)
+        else:
+            overrides[name] = value
+    if environ.get(ENV_PREFIX + "DEV_ISSUER", "").strip().lower() in {"1", "true", "yes", "on"}:
+        overrides["dev_issuer"] = {"enabled": True}
+    return overrides
+
+
+def load_settings(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings from ``path`` (or ``$AMORA_AUTHZ_CONFIG``) and the environment.
+
+    Raises:
+        ConfigError: the file cannot be read or a value is invalid.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+    try:
+        overrides = _env_overrides(env)
+    except ValueError as exc:
+        raise ConfigError(f"invalid environment setting: {exc}") from exc
+    dev = overrides.pop("dev_issuer", None)
+    data.update(overrides)
+    if dev is not None:
+        data["dev_issuer"] = {**data.get("dev_issuer", {}), **dev}
+    try:
+        return msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc

@@ -1,0 +1,431 @@
+"""Broker reconciliation: make every configured broker's dynsec state match the database.
+
+The desired state is computed from the store (DESIGN.md §5): a role ``device:{id}`` and
+a role ``user-device:{id}`` per active device, a client per device (no password, so it
+can only log in with its certificate on the mTLS listener), a group ``user:{sub}`` per
+user holding ``user-device:{id}`` for each linked device, and a client per live session
+(username = client id = session id) in its user's group. Default ACL: deny.
+
+After each API change only the touched names are reconciled (a scope); a full pass runs
+at start-up and periodically, which heals a broker that was down or lost its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from amora_authz._dynsec import (
+    DEFAULT_ACL_ACCESS,
+    MANAGED,
+    AclSpec,
+    BrokerEndpoint,
+    ClientSpec,
+    DynsecClient,
+    DynsecState,
+    GroupSpec,
+    RoleSpec,
+    Scope,
+    plan,
+)
+from amora_authz._errors import AuthzError, BrokerError
+from amora_authz._store import Device, Link, Session
+from amora_protocol import device_acls, user_device_acls
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    import structlog
+
+    from amora_authz._store import Store
+
+__all__ = [
+    "BrokerFleet",
+    "BrokerStatus",
+    "desired_state",
+    "device_role",
+    "group_of",
+    "scope_for_device",
+    "scope_for_link",
+    "scope_for_session",
+    "user_device_role",
+]
+
+
+def device_role(device_id: str) -> str:
+    """Name of the role a device holds for itself."""
+    return f"device:{device_id}"
+
+
+def user_device_role(device_id: str) -> str:
+    """Name of the role that lets a user's sessions use a device."""
+    return f"user-device:{device_id}"
+
+
+def group_of(user_sub: str) -> str:
+    """Name of a user's group."""
+    return f"user:{user_sub}"
+
+
+def scope_for_session(session_id: str, user_sub: str, devices: Iterable[str] = ()) -> Scope:
+    """Names touched by creating or deleting a session."""
+    return Scope(
+        clients=frozenset({session_id}),
+        groups=frozenset({group_of(user_sub)}),
+        roles=frozenset(user_device_role(d) for d in devices),
+    )
+
+
+def scope_for_link(user_sub: str, device_id: str) -> Scope:
+    """Names touched by linking or unlinking a user and a device."""
+    return Scope(groups=frozenset({group_of(user_sub)}), roles=frozenset({user_device_role(device_id)}))
+
+
+def scope_for_device(device_id: str, users: Iterable[str] = ()) -> Scope:
+    """Names touched by registering or revoking a device."""
+    return Scope(
+        clients=frozenset({device_id}),
+        roles=frozenset({device_role(device_id), user_device_role(device_id)}),
+        groups=frozenset(group_of(u) for u in users),
+    )
+
+
+def _acls(acls: Iterable[tuple[str, str, bool]]) -> frozenset[AclSpec]:
+    return frozenset(AclSpec(acltype, topic, allow) for acltype, topic, allow in acls)
+
+
+def desired_state(
+    devices: Sequence[Device],
+    links: Sequence[Link],
+    sessions: Sequence[Session],
+    *,
+    password_for: Callable[[str], str],
+) -> DynsecState:
+    """Compute what every broker must hold.
+
+    Args:
+        devices: active devices.
+        links: user-device links (links to devices not in ``devices`` are ignored).
+        sessions: live sessions.
+        password_for: the broker password of a session id.
+
+    Returns:
+        The desired dynsec state, default ACL included.
+    """
+    state = DynsecState(default_acl=dict(DEFAULT_ACL_ACCESS))
+    active = {d.device_id for d in devices}
+    for device_id in sorted(active):
+        state.roles[device_role(device_id)] = RoleSpec(name=device_role(device_id), acls=_acls(device_acls(device_id)))
+        state.roles[user_device_role(device_id)] = RoleSpec(
+            name=user_device_role(device_id), acls=_acls(user_device_acls(device_id))
+        )
+        state.clients[device_id] = ClientSpec(
+            username=device_id,
+            clientid=device_id,
+            password=None,
+            roles=frozenset({device_role(device_id)}),
+        )
+    roles_by_user: dict[str, set[str]] = {}
+    for link in links:
+        if link.device_id in active:
+            roles_by_user.setdefault(link.user_sub, set()).add(user_device_role(link.device_id))
+    for session in sessions:
+        roles_by_user.setdefault(session.user_sub, set())
+    for user, roles in roles_by_user.items():
+        state.groups[group_of(user)] = GroupSpec(name=group_of(user), roles=frozenset(roles))
+    for session in sessions:
+        state.clients[session.session_id] = ClientSpec(
+            username=session.session_id,
+            clientid=session.session_id,
+            password=password_for(session.session_id),
+            groups=frozenset({group_of(session.user_sub)}),
+        )
+    return state
+
+
+def _restrict(state: DynsecState, scope: Scope) -> DynsecState:
+    return DynsecState(
+        roles={k: v for k, v in state.roles.items() if k in scope.roles},
+        groups={k: v for k, v in state.groups.items() if k in scope.groups},
+        clients={k: v for k, v in state.clients.items() if k in scope.clients},
+    )
+
+
+class BrokerStatus(msgspec.Struct, kw_only=True):
+    """What the service knows about one broker (served by ``/readyz`` and metrics).
+
+    Attributes:
+        name: the broker's configured name.
+        reachable: whether the last exchange succeeded.
+        persisting: whether its dynsec file reflects what it was told (None: not
+            checked, the file is not readable from here).
+        last_error: the last failure, if any.
+        last_full_reconcile_ms: when the last full pass finished.
+        commands_applied: dynsec commands sent since start.
+    """
+
+    name: str
+    reachable: bool = False
+    persisting: bool | None = None
+    last_error: str | None = None
+    last_full_reconcile_ms: int | None = None
+    commands_applied: int = 0
+
+
+class BrokerFleet:
+    """Every configured broker, reconciled with the store."""
+
+    def __init__(  # noqa: PLR0913 - collaborators, all optional ones keyword-only
+        self,
+        endpoints: Sequence[BrokerEndpoint],
+        store: Store,
+        *,
+        password_for: Callable[[str], str],
+        logger: structlog.typing.FilteringBoundLogger,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        timeout_s: float = 10.0,
+    ) -> None:
+        """Create the fleet (no connection is made until the first reconcile).
+
+        Args:
+            endpoints: the brokers (primary, standby...).
+            store: the source of truth.
+            password_for: the broker password of a session id.
+            logger: structured logger.
+            clock_ms: wall clock in ms (session expiry).
+            timeout_s: dynsec response timeout.
+        """
+        self._store = store
+        self._password_for = password_for
+        self._log = logger
+        self._clock_ms = clock_ms
+        self.clients = [DynsecClient(e, logger=logger, timeout_s=timeout_s) for e in endpoints]
+        self.status = {e.name: BrokerStatus(name=e.name) for e in endpoints}
+        # Reconcile passes on one broker must not interleave: a scoped pass racing a
+        # full pass could re-create what the other just deleted.
+        self._locks = {e.name: asyncio.Lock() for e in endpoints}
+        self.full_passes = 0
+        self._passes_changed = asyncio.Condition()
+
+    async def desired(self, scope: Scope | None = None) -> DynsecState:
+        """Compute the desired state from the store now.
+
+        Args:
+            scope: when given, only the rows these names depend on are read (an API
+                change must not cost a scan of every session); the result is then
+                complete for the names in ``scope`` only.
+        """
+        now = self._clock_ms()
+        if scope is None:
+            return desired_state(
+                await self._store.list_devices(),
+                await self._store.list_links(),
+                await self._store.active_sessions(now_ms=now),
+                password_for=self._password_for,
+            )
+        return await self._desired_scoped(scope, now)
+
+    async def _desired_scoped(self, scope: Scope, now: int) -> DynsecState:
+        devices: dict[str, Device] = {}
+        links: list[Link] = []
+        sessions: dict[str, Session] = {}
+
+        async def add_device(device_id: str) -> None:
+            if device_id not in devices:
+                device = await self._store.get_device(device_id)
+                if device is not None and not device.revoked:
+                    devices[device_id] = device
+
+        for role in scope.roles:
+            _, _, device_id = role.partition(":")
+            await add_device(device_id)
+        for name in scope.clients:
+            session = await self._store.get_session(name)
+            if session is not None and session.expires_at_ms > now:
+                sessions[name] = session
+            else:
+                await add_device(name)
+        for group in scope.groups:
+            user = group.removeprefix("user:")
+            for device_id in await self._store.devices_of_user(user):
+                await add_device(device_id)
+                links.append(Link(user_sub=user, device_id=device_id, created_at_ms=0))
+        state = desired_state(
+            list(devices.values()),
+            links,
+            list(sessions.values()),
+            password_for=self._password_for,
+        )
+        await self._add_session_groups(state, scope, now)
+        return state
+
+    async def _add_session_groups(self, state: DynsecState, scope: Scope, now: int) -> None:
+        """A group with no devices still exists while its user has a session.
+
+        Only a count is read: one user may hold many sessions.
+        """
+        for group in scope.groups:
+            user = group.removeprefix("user:")
+            if group not in state.groups and await self._store.count_active_sessions_of_user(user, now_ms=now):
+                state.groups[group] = GroupSpec(name=group, roles=frozenset())
+
+    async def apply(self, scope: Scope) -> None:
+        """Reconcile only the names in ``scope`` on every broker (concurrently).
+
+        Failures are recorded in :attr:`status` and logged, not raised: the database
+        is already updated, and the next full pass retries.
+        """
+        async with asyncio.TaskGroup() as tg:
+            for client in self.clients:
+                tg.create_task(
+                    self._guarded(client, scope),
+                    name=f"amora-authz[{client.endpoint.name}].reconcile-scope",
+                )
+
+    async def reconcile_all(self) -> dict[str, int]:
+        """Run a full pass on every broker.
+
+        Returns:
+            The number of commands sent to each reachable broker.
+        """
+        results: dict[str, int] = {}
+        async with asyncio.TaskGroup() as tg:
+            for client in self.clients:
+
+                async def run(c: DynsecClient = client) -> None:
+                    count = await self._guarded(c, None)
+                    if count is not None:
+                        results[c.endpoint.name] = count
+
+                tg.create_task(run(), name=f"amora-authz[{client.endpoint.name}].reconcile-all")
+        async with self._passes_changed:
+            self.full_passes += 1
+            self._passes_changed.notify_all()
+        return results
+
+    async def wait_full_passes(self, count: int) -> None:
+        """Wait until ``count`` full passes have finished since start (for tests, tools)."""
+        async with self._passes_changed:
+            await self._passes_changed.wait_for(lambda: self.full_passes >= count)
+
+    async def _guarded(self, client: DynsecClient, scope: Scope | None) -> int | None:
+        status = self.status[client.endpoint.name]
+        try:
+            count = await self._reconcile(client, scope)
+        except AuthzError as exc:
+            status.reachable = False
+            status.last_error = exc.message
+            self._log.warning("broker.reconcile_failed", broker=client.endpoint.name, error=exc.message)
+            return None
+        status.reachable = True
+        status.last_error = None
+        status.commands_applied += count
+        if scope is None:
+            status.last_full_reconcile_ms = self._clock_ms()
+        return count
+
+    async def _reconcile(self, client: DynsecClient, scope: Scope | None) -> int:
+        # The database is read under the broker's lock: a pass that read the database
+        # before a later change must not apply after that change's own pass (an unlink
+        # undone by a concurrent, stale link pass). Every change is followed by a pass
+        # that starts after its write, so the last pass applied reflects the latest state.
+        async with self._locks[client.endpoint.name]:
+            desired = await self.desired(scope)
+            if scope is None:
+                actual = await client.fetch_state()
+                commands = plan(desired, actual)
+            else:
+                actual = await client.fetch_scope(scope)
+                commands = plan(_restrict(desired, scope), actual, scope=scope)
+            before: int | None = None
+            if commands:
+                before = self._mtime(client.endpoint)
+                await client.execute_checked(commands)
+                self._log.info(
+                    "broker.reconciled",
+                    broker=client.endpoint.name,
+                    full=scope is None,
+                    commands=len(commands),
+                    kinds=sorted({c["command"] for c in commands}),
+                )
+            if scope is None:
+                self._check_persisted(client.endpoint, desired)
+            elif commands:
+                self._check_modified(client.endpoint, before)
+            return len(commands)
+
+    @staticmethod
+    def _mtime(endpoint: BrokerEndpoint) -> int | None:
+        if endpoint.dynsec_file is None:
+            return None
+        try:
+            return Path(endpoint.dynsec_file).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _check_modified(self, endpoint: BrokerEndpoint, before: int | None) -> None:
+        """After a change: the broker must have rewritten its dynsec file (cheap check)."""
+        after = self._mtime(endpoint)
+        if before is None or after is None:
+            return
+        self._set_persisting(endpoint, persisting=after != before, missing=[], stale=[])
+
+    def _check_persisted(self, endpoint: BrokerEndpoint, desired: DynsecState) -> None:
+        """After a full pass: the broker's dynsec file must hold exactly the desired clients.
+
+        mosquitto answers success even when it cannot write its file (FACTS.md), so
+        the answer alone proves nothing: a broker restart would lose the change.
+        """
+        if endpoint.dynsec_file is None:
+            return
+        status = self.status[endpoint.name]
+        try:
+            document = json.loads(Path(endpoint.dynsec_file).read_bytes())
+            on_disk = {
+                c["username"]
+                for c in document.get("clients", ())
+                if c.get("textname") == MANAGED or c["username"] in desired.clients
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            status.persisting = None
+            self._log.warning("broker.persistence_unknown", broker=endpoint.name, error=str(exc))
+            return
+        wanted = set(desired.clients)
+        self._set_persisting(
+            endpoint,
+            persisting=on_disk == wanted,
+            missing=sorted(wanted - on_disk)[:10],
+            stale=sorted(on_disk - wanted)[:10],
+        )
+
+    def _set_persisting(
+        self, endpoint: BrokerEndpoint, *, persisting: bool, missing: list[str], stale: list[str]
+    ) -> None:
+        if not persisting:
+            self._log.error(
+                "broker.not_persisting",
+                broker=endpoint.name,
+                dynsec_file=endpoint.dynsec_file,
+                missing=missing,
+                stale=stale,
+            )
+        self.status[endpoint.name].persisting = persisting
+
+    async def close(self) -> None:
+        """Disconnect from every broker."""
+        for client in self.clients:
+            await client.close()
+
+    def raise_if_unreachable(self) -> None:
+        """Raise when no broker is reachable (readiness).
+
+        Raises:
+            BrokerError: every broker failed its last exchange.
+        """
+        if self.status and not any(s.reachable for s in self.status.values()):
+            raise BrokerError("no broker is reachable", broker="*", code="brokers_unreachable")

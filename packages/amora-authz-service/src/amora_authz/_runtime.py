@@ -1,0 +1,328 @@
+"""Build the running service from :class:`Settings`: secrets, store, validators, brokers, loops.
+
+:class:`AuthzRuntime` is an async context manager: entering it opens the store,
+migrates, runs a first full reconcile and starts the background loops (periodic full
+reconcile, session expiry sweep) in a task group; leaving it stops them and closes
+every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Self
+
+import httpx
+import structlog
+
+from amora_authz._ca import DeviceCA
+from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
+from amora_authz._devissuer import DevIssuer
+from amora_authz._errors import AuthenticationError, AuthzError, ConfigError
+from amora_authz._fleet import BrokerFleet
+from amora_authz._jwt import Claims, OidcSettings, TokenValidator, _unverified_header
+from amora_authz._service import AuthzService, session_password
+from amora_authz._store import Store, open_store
+from amora_protocol import ProtocolError, SigningKey
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from types import TracebackType
+
+    from amora_authz._config import Settings
+    from amora_authz._store import Certificate
+
+__all__ = ["AuthzRuntime", "Metrics", "TokenValidators", "load_signing_keys"]
+
+
+class Metrics:
+    """Counters exposed in the Prometheus text format at ``/metrics``."""
+
+    def __init__(self) -> None:
+        """Start every counter at zero."""
+        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+
+    def inc(self, name: str, **labels: str) -> None:
+        """Add one to a counter."""
+        self.counters[name, tuple(sorted(labels.items()))] += 1
+
+    def render(self, gauges: dict[str, list[tuple[dict[str, str], float]]]) -> str:
+        """Render counters and the given gauges."""
+        lines: list[str] = []
+
+        def fmt(name: str, labels: dict[str, str] | tuple[tuple[str, str], ...], v: float) -> str:
+            items = labels.items() if isinstance(labels, dict) else labels
+            inner = ",".join(f'{k}="{val}"' for k, val in items)
+            return f"{name}{{{inner}}} {v}" if inner else f"{name} {v}"
+
+        for name in sorted({n for n, _ in self.counters}):
+            lines.append(f"# TYPE {name} counter")
+            lines.extend(fmt(name, labels, float(v)) for (n, labels), v in sorted(self.counters.items()) if n == name)
+        for name, samples in sorted(gauges.items()):
+            lines.append(f"# TYPE {name} gauge")
+            lines.extend(fmt(name, labels, value) for labels, value in samples)
+        return "\n".join(lines) + "\n"
+
+
+class TokenValidators:
+    """One validator per trusted issuer, chosen by the token's (unverified) ``iss``."""
+
+    def __init__(self, validators: list[TokenValidator], *, metrics: Metrics) -> None:
+        """Index the validators by issuer."""
+        self._by_issuer = {v.settings.issuer: v for v in validators}
+        self._metrics = metrics
+
+    async def validate(self, token: str) -> Claims:
+        """Validate with the validator of the token's issuer.
+
+        Raises:
+            AuthenticationError: unknown issuer, or the token fails validation.
+        """
+        try:
+            issuer = _issuer_of(token)
+            validator = self._by_issuer.get(issuer) if issuer is not None else None
+            if validator is None:
+                _reject_issuer(issuer)
+            return await validator.validate(token)
+        except AuthenticationError as exc:
+            self._metrics.inc("amora_authz_token_rejected_total", code=exc.code)
+            raise
+
+
+def _reject_issuer(issuer: str | None) -> NoReturn:
+    raise AuthenticationError(f"tokens from issuer {issuer!r} are not accepted", code="invalid_issuer")
+
+
+def _issuer_of(token: str) -> str | None:
+    """The unverified ``iss`` of a compact JWT (only to pick the validator).
+
+    Raises:
+        AuthenticationError: the token cannot be decoded.
+    """
+    _unverified_header(token)
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise AuthenticationError("the token cannot be decoded", code="malformed_token") from exc
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def load_signing_keys(settings: Settings) -> list[SigningKey]:
+    """Load the grant-signing keys, generating one into ``state_dir`` when none is set.
+
+    Raises:
+        ConfigError: a key file cannot be read or is not an Ed25519 PEM.
+    """
+    if settings.signing_key_files:
+        keys = []
+        for name in settings.signing_key_files:
+            try:
+                keys.append(SigningKey.from_pem(Path(name).read_bytes()))
+            except (OSError, ProtocolError) as exc:
+                raise ConfigError(f"cannot load signing key {name}: {exc}") from exc
+        return keys
+    path = Path(settings.state_dir) / "grant-signing-key.pem"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(SigningKey.generate().to_pem())
+        path.chmod(0o600)
+    return [SigningKey.from_pem(path.read_bytes())]
+
+
+def _session_secret(settings: Settings) -> bytes:
+    path = Path(settings.session_secret_file or Path(settings.state_dir) / "session-secret")
+    if not path.exists():
+        if settings.session_secret_file:
+            raise ConfigError(f"session secret file {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+class AuthzRuntime:
+    """The running service's parts, built from settings."""
+
+    service: AuthzService
+    store: Store
+    validators: TokenValidators
+    dev_issuer: DevIssuer | None
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
+        background: bool = True,
+    ) -> None:
+        """Prepare (nothing is opened until ``async with``).
+
+        Args:
+            settings: the configuration.
+            logger: structured logger (the global structlog logger when None).
+            on_crl_written: called with the revoked certificates after each CRL rewrite.
+            background: run the periodic loops (tests may drive passes themselves).
+        """
+        self.settings = settings
+        self.log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger("amora_authz")
+        self.metrics = Metrics()
+        self._on_crl_written = on_crl_written
+        self._background = background
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.dev_issuer = None
+
+    async def __aenter__(self) -> Self:
+        """Open everything, reconcile once, start the loops."""
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _open(self) -> None:
+        settings = self.settings
+        signing_keys = load_signing_keys(settings)
+        secret = _session_secret(settings)
+        self.store = await open_store(settings.database_url)
+        self._stack.push_async_callback(self.store.close)
+        await self.store.migrate()
+        http = httpx.AsyncClient(timeout=10.0)
+        self._stack.push_async_callback(http.aclose)
+
+        validators: list[TokenValidator] = []
+        admin_role = settings.oidc.admin_role if settings.oidc else "amora-admin"
+        if settings.oidc is not None:
+            validators.append(TokenValidator(settings.oidc, http))
+        if settings.dev_issuer.enabled:
+            issuer_url = settings.base_url + DEV_ISSUER_PATH
+            self.dev_issuer = DevIssuer(
+                key=DevIssuer.load_or_create_key(Path(settings.state_dir) / "dev-issuer-key.json"),
+                issuer=issuer_url,
+                audience=settings.dev_issuer.audience,
+                users=settings.dev_issuer.users,
+                admins=settings.dev_issuer.admins,
+                ttl_s=settings.dev_issuer.token_ttl_s,
+                admin_role=admin_role,
+            )
+            validators.append(
+                TokenValidator(
+                    OidcSettings(
+                        issuer=issuer_url,
+                        audience=settings.dev_issuer.audience,
+                        admin_role=admin_role,
+                    ),
+                    http,
+                )
+            )
+            self.log.warning(
+                "dev_issuer.ENABLED",
+                message="DEVELOPMENT TOKEN ISSUER IS ON: anyone who can reach "
+                f"{issuer_url}/token can log in as {list(settings.dev_issuer.users)}. "
+                "Never enable it in production.",
+            )
+        if not validators:
+            raise ConfigError("no token issuer configured: set [oidc] or enable [dev_issuer]")
+        self.validators = TokenValidators(validators, metrics=self.metrics)
+
+        ca = None
+        if settings.device_ca_cert and settings.device_ca_key:
+            ca = DeviceCA.load(
+                Path(settings.device_ca_cert),
+                Path(settings.device_ca_key),
+                crl_file=Path(settings.crl_file) if settings.crl_file else None,
+                validity_days=settings.device_cert_days,
+            )
+        fleet = BrokerFleet(
+            settings.brokers,
+            self.store,
+            password_for=functools.partial(session_password, secret),
+            logger=self.log,
+        )
+        self._stack.push_async_callback(fleet.close)
+        self.service = AuthzService(
+            store=self.store,
+            fleet=fleet,
+            signing_keys=signing_keys,
+            session_secret=secret,
+            logger=self.log,
+            session_ttl_s=settings.session_ttl_s,
+            cap_session_to_token=settings.cap_session_to_token,
+            max_sessions_per_user=settings.max_sessions_per_user,
+            admin_role=admin_role,
+            ca=ca,
+            crl_reload_command=settings.crl_reload_command,
+            on_crl_written=self._on_crl_written,
+        )
+        await self.service.write_crl()
+        await self.service.reconcile()
+        if self._background:
+            self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._stack.callback(self._stop.set)
+            self._tasks.create_task(self._reconcile_loop(), name="amora-authz.reconcile-loop")
+            self._tasks.create_task(self._expiry_loop(), name="amora-authz.session-expiry")
+        self.log.info(
+            "authz.started",
+            database=settings.database_url.split(":", 1)[0],
+            brokers=[b.name for b in settings.brokers],
+            issuers=list(self.validators._by_issuer),  # noqa: SLF001 - own class
+        )
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until stopped; return whether to go on."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return not self._stop.is_set()
+
+    async def _reconcile_loop(self) -> None:
+        while await self._sleep(self.settings.reconcile_interval_s):
+            try:
+                await self.service.reconcile()
+            except AuthzError as exc:
+                self.log.warning("reconcile.failed", error=exc.message)
+
+    async def _expiry_loop(self) -> None:
+        while await self._sleep(self.settings.expiry_check_interval_s):
+            try:
+                await self.service.expire_sessions()
+            except AuthzError as exc:
+                self.log.warning("session.expiry_failed", error=exc.message)
+
+    def broker_endpoints(self) -> list[str]:
+        """The endpoints handed to apps, primary first."""
+        return [e for b in self.settings.brokers for e in b.client_endpoints]
+
+    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Broker gauges for ``/metrics``."""
+        status = self.service.fleet.status.values()
+        return {
+            "amora_authz_broker_reachable": [({"broker": s.name}, float(s.reachable)) for s in status],
+            "amora_authz_broker_persisting": [
+                ({"broker": s.name}, float(s.persisting)) for s in status if s.persisting is not None
+            ],
+            "amora_authz_broker_commands_total": [({"broker": s.name}, float(s.commands_applied)) for s in status],
+        }
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the loops and close every connection."""
+        self._stop.set()
+        await self._stack.aclose()
+        self.log.info("authz.stopped")

@@ -1,0 +1,535 @@
+"""The service's decisions, independent of HTTP: sessions, grants, devices, links.
+
+Every method takes already-validated token claims; the HTTP layer (``_app``) only
+parses requests and renders answers. The database is updated first, then the brokers
+are reconciled for the names the change touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from amora_authz._dynsec import Scope
+from amora_authz._errors import (
+    AuthzError,
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from amora_authz._fleet import scope_for_device, scope_for_link, scope_for_session
+from amora_authz._store import Certificate, Device, Session
+from amora_protocol import (
+    EncryptionPublicKey,
+    Grant,
+    InvalidDeviceId,
+    ProtocolError,
+    Right,
+    SigningKey,
+    VerifyKey,
+    issue_grant,
+    validate_device_id,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import structlog
+
+    from amora_authz._ca import DeviceCA
+    from amora_authz._fleet import BrokerFleet
+    from amora_authz._jwt import Claims
+    from amora_authz._store import Store
+
+__all__ = [
+    "AuthzService",
+    "DeviceKeys",
+    "DeviceRegistered",
+    "PublicKey",
+    "SessionIssued",
+    "b64",
+    "session_password",
+]
+
+SESSION_PREFIX = "sess."
+"""Session ids start with this; the dot keeps them apart from every valid device id."""
+
+_PASSWORD_DOMAIN = b"amora-session-password-v1\x00"
+
+
+def b64(raw: bytes) -> str:
+    """Standard base64 text of ``raw`` (the API's encoding of keys and grants)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not valid base64", code="invalid_key") from exc
+
+
+def session_password(secret: bytes, session_id: str) -> str:
+    """Derive a session's broker password (never stored: reconciliation re-derives it)."""
+    mac = hmac.new(secret, _PASSWORD_DOMAIN + session_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+class PublicKey(msgspec.Struct, frozen=True):
+    """A public key as the API shows it."""
+
+    kid: str
+    public_key: str
+
+
+class DeviceKeys(msgspec.Struct, frozen=True):
+    """A device's public keys as the API shows them."""
+
+    device_id: str
+    signing_key: str
+    encryption_key: str
+
+
+class SessionIssued(msgspec.Struct, frozen=True, kw_only=True):
+    """What a session creation or refresh returns (besides the broker credential)."""
+
+    session: Session
+    password: str
+    grant: bytes
+    devices: tuple[Device, ...]
+
+
+class DeviceRegistered(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered device and its certificate (when a CSR was sent)."""
+
+    device: Device
+    certificate_pem: bytes | None
+    serial: int | None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AuthzService:
+    """Sessions, grants, devices and links, with broker reconciliation after each change."""
+
+    def __init__(  # noqa: PLR0913 - the service's collaborators, all keyword-only
+        self,
+        *,
+        store: Store,
+        fleet: BrokerFleet,
+        signing_keys: Sequence[SigningKey],
+        session_secret: bytes,
+        logger: structlog.typing.FilteringBoundLogger,
+        session_ttl_s: int = 3600,
+        cap_session_to_token: bool = False,
+        max_sessions_per_user: int = 20,
+        admin_role: str = "amora-admin",
+        ca: DeviceCA | None = None,
+        crl_reload_command: Sequence[str] = (),
+        on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        """Wire the service.
+
+        Args:
+            store: the database.
+            fleet: the brokers to reconcile.
+            signing_keys: grant-signing keys; the first signs, all are published.
+            session_secret: HMAC key for session broker passwords (32+ bytes).
+            logger: structured logger.
+            session_ttl_s: session and grant lifetime.
+            cap_session_to_token: never let a session outlive its JWT.
+            max_sessions_per_user: live sessions a user may hold; creating one more
+                ends the oldest (apps that never log out must not grow the broker's
+                account list without bound).
+            admin_role: role claim value that grants the admin API.
+            ca: the device CA (None: CSRs are refused and no CRL is written).
+            crl_reload_command: argv run after the CRL changes (tells brokers to reload).
+            on_crl_written: called with the revoked certificates after the CRL is
+                rewritten (tests, embedding).
+            clock_ms: wall clock in ms.
+
+        Raises:
+            ConfigError: no signing key, or a short session secret.
+        """
+        if not signing_keys:
+            raise ConfigError("at least one grant-signing key is required")
+        if len(session_secret) < 32:
+            raise ConfigError("the session secret must be at least 32 bytes")
+        self.store = store
+        self.fleet = fleet
+        self.signing_keys = tuple(signing_keys)
+        self._secret = session_secret
+        self._log = logger
+        self.session_ttl_s = session_ttl_s
+        self.cap_session_to_token = cap_session_to_token
+        self.max_sessions_per_user = max(1, max_sessions_per_user)
+        self.admin_role = admin_role
+        self.ca = ca
+        self._crl_reload_command = tuple(crl_reload_command)
+        self._on_crl_written = on_crl_written
+        self._clock_ms = clock_ms
+
+    # -- helpers -------------------------------------------------------------------
+
+    def password_for(self, session_id: str) -> str:
+        """The broker password of a session."""
+        return session_password(self._secret, session_id)
+
+    def authz_keys(self) -> list[PublicKey]:
+        """The grant-signing public keys (all of them, during a rotation)."""
+        return [PublicKey(k.kid, b64(k.public_key.raw)) for k in self.signing_keys]
+
+    def require_admin(self, claims: Claims) -> None:
+        """Raise unless the token carries the admin role.
+
+        Raises:
+            PermissionDeniedError: it does not.
+        """
+        if not claims.has_role(self.admin_role):
+            raise PermissionDeniedError(f"the admin API needs the role {self.admin_role!r}", code="not_admin")
+
+    @staticmethod
+    def _device_id(device_id: str) -> str:
+        try:
+            return validate_device_id(device_id)
+        except InvalidDeviceId as exc:
+            raise InvalidInputError(
+                f"invalid device id {device_id!r}: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit",
+                code="invalid_device_id",
+            ) from exc
+
+    @staticmethod
+    def _keys(signing_key: str, encryption_key: str) -> tuple[bytes, bytes]:
+        raw_sign = _unb64(signing_key, "signing_key")
+        raw_enc = _unb64(encryption_key, "encryption_key")
+        try:
+            VerifyKey.from_raw(raw_sign)
+        except (ProtocolError, ValueError) as exc:
+            raise InvalidInputError(
+                "signing_key must be a raw Ed25519 public key (32 bytes)", code="invalid_key"
+            ) from exc
+        try:
+            EncryptionPublicKey.from_raw(raw_enc)
+        except (ProtocolError, ValueError) as exc:
+            raise InvalidInputError(
+                "encryption_key must be a raw X25519 public key (32 bytes)", code="invalid_key"
+            ) from exc
+        return raw_sign, raw_enc
+
+    async def _active_devices(self, user_sub: str) -> tuple[Device, ...]:
+        devices = []
+        for device_id in await self.store.devices_of_user(user_sub):
+            device = await self.store.get_device(device_id)
+            if device is not None and not device.revoked:
+                devices.append(device)
+        return tuple(devices)
+
+    def _grant(self, session: Session, devices: Sequence[Device], now_ms: int) -> bytes:
+        grant = Grant(
+            grant_id=str(uuid.uuid4()),
+            subject=session.user_sub,
+            session_id=session.session_id,
+            signing_key=session.signing_key,
+            encryption_key=session.encryption_key,
+            devices=tuple(d.device_id for d in devices),
+            rights=(Right.WATCH, Right.CONTROL),
+            issued_at_ms=now_ms,
+            expires_at_ms=session.expires_at_ms,
+        )
+        return issue_grant(grant, self.signing_keys[0])
+
+    def _expiry(self, claims: Claims, now_ms: int) -> int:
+        expires = now_ms + self.session_ttl_s * 1000
+        if self.cap_session_to_token:
+            expires = min(expires, claims.expires_at * 1000)
+        return expires
+
+    async def _own_session(self, claims: Claims, session_id: str) -> Session:
+        session = await self.store.get_session(session_id)
+        if session is None or session.user_sub != claims.subject:
+            # Someone else's session is reported as absent: ids are not to be probed.
+            raise NotFoundError(f"session {session_id!r} does not exist", kind="session", key=session_id)
+        return session
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        claims: Claims,
+        *,
+        signing_key: str,
+        encryption_key: str,
+        client_name: str | None = None,
+    ) -> SessionIssued:
+        """Create a session for the token's user: broker credential and grant.
+
+        Raises:
+            InvalidInputError: a key is malformed.
+        """
+        raw_sign, raw_enc = self._keys(signing_key, encryption_key)
+        now = self._clock_ms()
+        session = Session(
+            session_id=SESSION_PREFIX + secrets.token_hex(16),
+            user_sub=claims.subject,
+            client_name=client_name,
+            signing_key=raw_sign,
+            encryption_key=raw_enc,
+            created_at_ms=now,
+            expires_at_ms=self._expiry(claims, now),
+        )
+        await self.store.add_session(session)
+        ended: list[str] = []
+        if await self.store.count_active_sessions_of_user(claims.subject, now_ms=now) > self.max_sessions_per_user:
+            live = await self.store.active_sessions_of_user(claims.subject, now_ms=now)
+            oldest_first = sorted(live, key=lambda s: (s.created_at_ms, s.session_id))
+            ended = [
+                s.session_id
+                for s in oldest_first[: max(0, len(live) - self.max_sessions_per_user)]
+                if s.session_id != session.session_id
+            ]
+        for session_id in ended:
+            await self.store.delete_session(session_id)
+        devices = await self._active_devices(claims.subject)
+        await self.fleet.apply(
+            scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
+            | Scope(clients=frozenset(ended))
+        )
+        if ended:
+            self._log.info("session.evicted", user=claims.subject, sessions=ended)
+        self._log.info(
+            "session.created",
+            session_id=session.session_id,
+            user=claims.subject,
+            devices=len(devices),
+        )
+        return SessionIssued(
+            session=session,
+            password=self.password_for(session.session_id),
+            grant=self._grant(session, devices, now),
+            devices=devices,
+        )
+
+    async def refresh_session(self, claims: Claims, session_id: str) -> SessionIssued:
+        """Extend a live session and issue a fresh grant (the broker credential stays).
+
+        Raises:
+            NotFoundError: no such live session for this user.
+        """
+        session = await self._own_session(claims, session_id)
+        now = self._clock_ms()
+        if session.expires_at_ms <= now:
+            raise NotFoundError(f"session {session_id!r} has expired", kind="session", key=session_id)
+        expires = max(self._expiry(claims, now), session.expires_at_ms)
+        await self.store.extend_session(session_id, expires_at_ms=expires)
+        session = msgspec.structs.replace(session, expires_at_ms=expires)
+        devices = await self._active_devices(claims.subject)
+        self._log.info("session.refreshed", session_id=session_id, user=claims.subject)
+        return SessionIssued(
+            session=session,
+            password=self.password_for(session_id),
+            grant=self._grant(session, devices, now),
+            devices=devices,
+        )
+
+    async def delete_session(self, claims: Claims, session_id: str) -> None:
+        """Log out: remove the broker credential, which also kicks a live connection.
+
+        Raises:
+            NotFoundError: no such session for this user.
+        """
+        session = await self._own_session(claims, session_id)
+        await self.store.delete_session(session_id)
+        await self.fleet.apply(scope_for_session(session_id, session.user_sub))
+        self._log.info("session.deleted", session_id=session_id, user=claims.subject)
+
+    async def expire_sessions(self) -> list[str]:
+        """Delete expired sessions and their broker clients; return their ids."""
+        expired = await self.store.delete_expired_sessions(now_ms=self._clock_ms())
+        if expired:
+            await self.fleet.apply(Scope(clients=frozenset(expired)))
+            self._log.info("session.expired", count=len(expired), sessions=expired[:20])
+        return expired
+
+    # -- devices -------------------------------------------------------------------
+
+    async def register_device(
+        self,
+        claims: Claims,
+        *,
+        device_id: str,
+        signing_key: str,
+        encryption_key: str,
+        csr_pem: str | None = None,
+    ) -> DeviceRegistered:
+        """Register a device, answering its CSR with a client certificate.
+
+        Raises:
+            PermissionDeniedError: the caller is not an admin.
+            InvalidInputError: bad id, key or CSR, or a CSR without a configured CA.
+            ConflictError: the device id is taken.
+        """
+        self.require_admin(claims)
+        device_id = self._device_id(device_id)
+        raw_sign, raw_enc = self._keys(signing_key, encryption_key)
+        now = self._clock_ms()
+        issued = None
+        if csr_pem is not None:
+            if self.ca is None:
+                raise InvalidInputError("this service has no device CA configured", code="no_device_ca")
+            issued = self.ca.sign_csr(
+                csr_pem.encode(),
+                device_id=device_id,
+                now=dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC),
+            )
+        device = Device(
+            device_id=device_id,
+            signing_key=raw_sign,
+            encryption_key=raw_enc,
+            created_at_ms=now,
+        )
+        await self.store.add_device(device)
+        if issued is not None:
+            await self.store.add_certificate(
+                Certificate(
+                    serial=issued.serial,
+                    device_id=device_id,
+                    issued_at_ms=now,
+                    not_after_ms=issued.not_after_ms,
+                )
+            )
+        await self.fleet.apply(scope_for_device(device_id))
+        self._log.info("device.registered", device_id=device_id, by=claims.subject)
+        return DeviceRegistered(
+            device=device,
+            certificate_pem=None if issued is None else issued.pem,
+            serial=None if issued is None else issued.serial,
+        )
+
+    async def revoke_device(self, claims: Claims, device_id: str) -> list[int]:
+        """Revoke a device: CRL, broker client deleted (kicked), links dropped.
+
+        Returns:
+            The serials of the certificates revoked.
+
+        Raises:
+            PermissionDeniedError: the caller is not an admin.
+            NotFoundError: no such device.
+            ConflictError: already revoked.
+        """
+        self.require_admin(claims)
+        users = await self.store.users_of_device(device_id)
+        serials = await self.store.revoke_device(device_id, at_ms=self._clock_ms())
+        # CRL first: once the client is deleted the device reconnects at once, and the
+        # new handshake must already meet the CRL.
+        await self.write_crl()
+        await self.fleet.apply(scope_for_device(device_id, users))
+        self._log.warning("device.revoked", device_id=device_id, by=claims.subject, serials=len(serials))
+        return serials
+
+    async def write_crl(self) -> None:
+        """Rewrite the device CRL from the database and ask brokers to reload it."""
+        if self.ca is None:
+            return
+        revoked = await self.store.revoked_certificates()
+        now = dt.datetime.fromtimestamp(self._clock_ms() / 1000, tz=dt.UTC)
+        self.ca.write_crl(revoked, now=now)
+        if self._crl_reload_command:
+            process = await asyncio.create_subprocess_exec(*self._crl_reload_command)
+            code = await process.wait()
+            if code != 0:
+                self._log.error("crl.reload_failed", exit_code=code)
+        if self._on_crl_written is not None:
+            self._on_crl_written(revoked)
+
+    async def device_keys(self, claims: Claims, device_id: str) -> DeviceKeys:
+        """A device's public keys, for its users and admins.
+
+        Raises:
+            NotFoundError: no such active device, or the caller is not linked to it.
+        """
+        device_id = self._device_id(device_id)
+        if not claims.has_role(self.admin_role):
+            users = await self.store.users_of_device(device_id)
+            if claims.subject not in users:
+                raise NotFoundError(f"device {device_id!r} is not linked to you", kind="device", key=device_id)
+        device = await self.store.require_device(device_id)
+        if device.revoked:
+            raise NotFoundError(f"device {device_id!r} is revoked", kind="device", key=device_id)
+        return DeviceKeys(device_id, b64(device.signing_key), b64(device.encryption_key))
+
+    # -- links ---------------------------------------------------------------------
+
+    async def link(self, claims: Claims, user_sub: str, device_id: str) -> bool:
+        """Let ``user_sub`` use ``device_id`` (admin only); return whether it is new.
+
+        Raises:
+            PermissionDeniedError: the caller is not an admin.
+            NotFoundError: no such device.
+            ConflictError: the device is revoked.
+        """
+        self.require_admin(claims)
+        device_id = self._device_id(device_id)
+        if not user_sub:
+            raise InvalidInputError("user must not be empty", code="invalid_user")
+        created = await self.store.link(user_sub, device_id, at_ms=self._clock_ms())
+        await self.fleet.apply(scope_for_link(user_sub, device_id))
+        self._log.info("link.created", user=user_sub, device_id=device_id, new=created)
+        return created
+
+    async def unlink(self, claims: Claims, user_sub: str, device_id: str) -> None:
+        """Remove ``user_sub``'s access to ``device_id``; live subscriptions are cut.
+
+        Raises:
+            PermissionDeniedError: the caller is not an admin.
+            NotFoundError: there was no such link.
+        """
+        self.require_admin(claims)
+        device_id = self._device_id(device_id)
+        if not await self.store.unlink(user_sub, device_id):
+            raise NotFoundError(
+                f"user {user_sub!r} is not linked to device {device_id!r}",
+                kind="link",
+                key=f"{user_sub}/{device_id}",
+            )
+        await self.fleet.apply(scope_for_link(user_sub, device_id))
+        self._log.info("link.removed", user=user_sub, device_id=device_id)
+
+    async def devices_of_user(self, claims: Claims, user_sub: str) -> list[str]:
+        """A user's devices (admins: anyone's; users: their own)."""
+        if claims.subject != user_sub:
+            self.require_admin(claims)
+        return [d.device_id for d in await self._active_devices(user_sub)]
+
+    async def users_of_device(self, claims: Claims, device_id: str) -> list[str]:
+        """A device's users (admin only).
+
+        Raises:
+            PermissionDeniedError: the caller is not an admin.
+            NotFoundError: no such device.
+        """
+        self.require_admin(claims)
+        device_id = self._device_id(device_id)
+        await self.store.require_device(device_id)
+        return await self.store.users_of_device(device_id)
+
+    async def reconcile(self) -> dict[str, int]:
+        """Run a full reconcile pass on every broker (expired sessions swept first)."""
+        try:
+            await self.expire_sessions()
+        except AuthzError as exc:
+            self._log.warning("session.expiry_failed", error=exc.message)
+        return await self.fleet.reconcile_all()

@@ -1,0 +1,122 @@
+"""Run a real authz service in-process, for this package's tests and for integration tests.
+
+Everything here is the real service (HTTP over loopback, the store, the brokers it is
+given); only the choice of settings is for development: SQLite in a temporary
+folder and the development issuer on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+import uvicorn
+
+from amora_authz._app import create_app
+from amora_authz._config import DevIssuerSettings, Settings
+from amora_authz._runtime import AuthzRuntime
+from amora_protocol import EncryptionKey, SigningKey
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+__all__ = ["RunningService", "dev_settings", "serve", "session_body"]
+
+
+def dev_settings(folder: Path, **overrides: Any) -> Settings:  # noqa: ANN401 - Settings fields
+    """Settings for a loopback service: SQLite and secrets in ``folder``, dev issuer on.
+
+    Args:
+        folder: where the database and generated secrets go.
+        **overrides: any :class:`Settings` field.
+    """
+    base = Settings(
+        database_url=f"sqlite://{folder / 'authz.db'}",
+        listen_host="127.0.0.1",
+        listen_port=0,
+        state_dir=str(folder / "state"),
+        dev_issuer=DevIssuerSettings(enabled=True, users=("alice", "bob", "carol", "admin")),
+        log_json=False,
+        reconcile_interval_s=3600,
+        expiry_check_interval_s=3600,
+    )
+    return msgspec.structs.replace(base, **overrides)
+
+
+def session_body(
+    signing_key: SigningKey | None = None,
+    encryption_key: EncryptionKey | None = None,
+    **extra: object,
+) -> dict[str, object]:
+    """A ``POST /v1/sessions`` body for fresh (or the given) session keys."""
+    signing_key = signing_key or SigningKey.generate()
+    encryption_key = encryption_key or EncryptionKey.generate()
+    return {
+        "signing_key": base64.b64encode(signing_key.public_key.raw).decode(),
+        "encryption_key": base64.b64encode(encryption_key.public_key.raw).decode(),
+        **extra,
+    }
+
+
+@dataclass
+class RunningService:
+    """A service answering HTTP on loopback.
+
+    Attributes:
+        base_url: where it answers.
+        runtime: its parts (service, store, fleet) for white-box checks.
+        http: a client bound to ``base_url``.
+    """
+
+    base_url: str
+    runtime: AuthzRuntime
+    http: httpx.AsyncClient
+
+    async def token(self, user: str) -> str:
+        """A development token for ``user`` (from the service's own dev issuer)."""
+        response = await self.http.post("/dev-issuer/token", json={"username": user})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    async def auth(self, user: str) -> dict[str, str]:
+        """An ``Authorization`` header for ``user``."""
+        return {"Authorization": f"Bearer {await self.token(user)}"}
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, **runtime_options: Any) -> AsyncIterator[RunningService]:  # noqa: ANN401
+    """Run the service (runtime + uvicorn) in this event loop until the block ends.
+
+    The listening socket is bound before the runtime starts (the dev issuer's URL names
+    its port) and handed to uvicorn, so requests wait in its backlog instead of racing
+    the server's start-up.
+
+    Args:
+        settings: the configuration (``listen_port`` is replaced by a free port).
+        **runtime_options: passed to :class:`AuthzRuntime`.
+    """
+    sock = socket.socket()
+    sock.bind((settings.listen_host, 0))
+    sock.listen(128)
+    settings = msgspec.structs.replace(settings, listen_port=sock.getsockname()[1])
+    try:
+        async with AuthzRuntime(settings, **runtime_options) as runtime:
+            app = create_app(settings, runtime=runtime)
+            config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http="h11", ws="none")
+            server = uvicorn.Server(config)
+            task = asyncio.create_task(server.serve(sockets=[sock]), name="amora-authz.uvicorn")
+            try:
+                async with httpx.AsyncClient(base_url=settings.base_url, timeout=10) as http:
+                    yield RunningService(settings.base_url, runtime, http)
+            finally:
+                server.should_exit = True
+                await task
+    finally:
+        sock.close()
