@@ -127,6 +127,11 @@ class DevPKI:
         return self.directory / "server.key"
 
     @property
+    def ca_key_file(self) -> Path:
+        """The CA's private key (PEM, unencrypted: development only), for services that sign CSRs."""
+        return self.directory / "ca.key"
+
+    @property
     def crl_file(self) -> Path:
         """The certificate revocation list (PEM), rewritten by `revoke`."""
         return self.directory / "crl.pem"

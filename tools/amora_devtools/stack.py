@@ -113,7 +113,7 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
         f"listen_port = {port}",
         f"state_dir = {_toml_str(str(directory))}",
         f"device_ca_cert = {_toml_str(str(pki.ca_file))}",
-        f"device_ca_key = {_toml_str(str(pki.directory / 'ca.key'))}",
+        f"device_ca_key = {_toml_str(str(pki.ca_key_file))}",
         f"crl_file = {_toml_str(str(pki.crl_file))}",
         f"crl_reload_command = {json.dumps(list(crl_reload_command))}",
         f"session_ttl_s = {session_ttl_s}",

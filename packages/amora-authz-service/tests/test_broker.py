@@ -160,7 +160,7 @@ async def harness(broker: BrokerProcess, dev_pki: DevPKI, tmp_path: Path) -> Asy
         tmp_path,
         brokers=(endpoint(broker),),
         device_ca_cert=str(dev_pki.ca_file),
-        device_ca_key=str(dev_pki.directory / "ca.key"),
+        device_ca_key=str(dev_pki.ca_key_file),
         crl_file=str(tmp_path / "service-crl.pem"),
     )
     async with serve(settings, on_crl_written=crl_written) as svc:
