@@ -185,14 +185,14 @@ async def _script(client: Any, view: _View, devices: list[str], *, keep: bool) -
         (real, "pause", Pause(), lambda s: s.status is PlaybackStatus.PAUSE),
         (real, "play", Play(), playing),
         (real, "next track", Next(), lambda s: s.song is not None and (s.song.position or 0) >= 1),
+        (real, "previous track", Previous(), lambda s: s.song is not None and (s.song.position or 0) == 0),
+        (real, "ping", Ping(), None),
         (real, "volume 30", SetVolume(volume=30), lambda s: s.volume == 30),
         (real, "volume +15", ChangeVolume(delta=15), lambda s: s.volume == 45),
-        (real, "seek 0:20", Seek(position_ms=20_000), lambda s: (s.elapsed_ms or 0) >= 19_000),
-        (real, "previous track", Previous(), lambda s: s.song is not None and (s.song.position or 0) == 0),
         (sim, "play", Play(), playing),
         (sim, "next track", Next(), lambda s: s.song is not None and (s.song.position or 0) >= 1),
         (sim, "volume 70", SetVolume(volume=70), lambda s: s.volume == 70),
-        (real, "ping", Ping(), None),
+        (real, "seek 0:20", Seek(position_ms=20_000), lambda s: (s.elapsed_ms or 0) >= 19_000),
     ]
     latencies: list[float] = []
     for device, label, action, done in steps:

@@ -250,9 +250,35 @@ def _expect(conn: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
     return tuple(message[1:])
 
 
+def _slow_breakdown(
+    changes: list[tuple[int, int, int]], per_change: list[list[tuple[int, float]]], sdk_processes: int
+) -> dict[str, Any]:
+    """Where deliveries over 10 ms come from: one process, one moment, or every watcher at once."""
+    start = changes[0][2] if changes else 0
+    by_process: dict[int, int] = defaultdict(int)
+    by_second: dict[int, int] = defaultdict(int)
+    all_watchers_slow = 0
+    slow_total = 0
+    for (_, _, t0), deliveries in zip(changes, per_change, strict=True):
+        slow = [s for s, ms in deliveries if ms > 10]
+        if not slow:
+            continue
+        slow_total += len(slow)
+        all_watchers_slow += len(slow) == len(deliveries)
+        by_second[(t0 - start) // 1_000_000_000] += len(slow)
+        for session in slow:
+            by_process[session % sdk_processes] += 1
+    return {
+        "slow_deliveries": slow_total,
+        "changes_with_every_watcher_slow": all_watchers_slow,
+        "slow_by_sdk_process": dict(sorted(by_process.items())),
+        "slow_by_second": dict(sorted(by_second.items())),
+    }
+
+
 def _analyse(
     changes: list[tuple[int, int, int]], records: list[tuple[int, str, int, int]], sessions_of: dict[int, list[int]]
-) -> tuple[list[float], int, int]:
+) -> tuple[list[float], int, int, list[list[tuple[int, float]]]]:
     """Match each change to each watching session's first verified receipt of it."""
     received: dict[tuple[int, str, int], list[int]] = defaultdict(list)
     for session, device, volume, t in records:
@@ -260,16 +286,20 @@ def _analyse(
     for times in received.values():
         times.sort()
     latencies: list[float] = []
+    per_change: list[list[tuple[int, float]]] = []
     expected = 0
     for index, volume, t0 in changes:
         device = DEVICE_FMT.format(index)
+        deliveries: list[tuple[int, float]] = []
         for session in sessions_of.get(index, []):
             expected += 1
             times = received.get((session, device, volume), [])
             at = bisect_left(times, t0)
             if at < len(times):
-                latencies.append((times[at] - t0) / 1e6)
-    return latencies, expected, len(latencies)
+                deliveries.append((session, (times[at] - t0) / 1e6))
+        latencies += [ms for _, ms in deliveries]
+        per_change.append(deliveries)
+    return latencies, expected, len(latencies), per_change
 
 
 def run(  # noqa: PLR0915 - one orchestration, step by step
@@ -348,7 +378,8 @@ def run(  # noqa: PLR0915 - one orchestration, step by step
                     records += got
                     sdk_figures.append(stats)
                 player_conn.send("stop")
-                latencies, expected, delivered = _analyse(changes, records, sessions_of)
+                latencies, expected, delivered, per_change = _analyse(changes, records, sessions_of)
+                figures["over_10ms"] = _slow_breakdown(changes, per_change, sdk_processes)
                 figures.update(
                     {
                         "sent": len(changes),
