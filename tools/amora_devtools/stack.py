@@ -542,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema)\n")
     for user, entry in info["users"].items():
         out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
-    out.write(f"  try:    hatch run amora watch --stack {args.state_dir / 'stack.json'} --user alice\n")
+    out.write(f"  try:    hatch run amora --stack {args.state_dir / 'stack.json'} --user alice watch\n")
     out.write("Ctrl-C stops everything.\n")
     out.flush()
     try:
