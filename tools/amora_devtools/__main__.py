@@ -25,6 +25,7 @@ from amora_devtools._errors import DevtoolsError
 from amora_devtools.broker import BrokerProcess, create_device_client, start_broker
 from amora_devtools.mpd import start_mpd
 from amora_devtools.pki import DevPKI
+from amora_protocol import state_topic
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -142,7 +143,7 @@ def _print_summary(info: dict[str, Any]) -> None:
         _out(
             f"  mosquitto_pub -h localhost -p {p['device_port']} --cafile {p['ca_file']} "
             f"--cert {files['cert_file']} --key {files['key_file']} -V mqttv5 "
-            f"-t amora/devices/{device_id}/state -m hello -r"
+            f"-t {state_topic(device_id)} -m hello -r"
         )
     _out(
         f"watch everything: mosquitto_sub -h localhost -p {p['app_port']} --cafile {p['ca_file']} "
