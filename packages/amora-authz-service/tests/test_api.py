@@ -85,6 +85,19 @@ async def test_dev_issuer_is_off_by_default(tmp_path: Path) -> None:
         assert svc.runtime.dev_issuer is None
 
 
+async def test_dev_issuer_refuses_to_run_beside_a_production_issuer(tmp_path: Path) -> None:
+    from amora_authz import ConfigError, DevIssuerSettings, OidcSettings  # noqa: PLC0415
+
+    settings = dev_settings(
+        tmp_path,
+        dev_issuer=DevIssuerSettings(enabled=True),
+        oidc=OidcSettings(issuer="https://login.example.test", audience="amora"),
+    )
+    with pytest.raises(ConfigError, match="beside"):
+        async with serve(settings):
+            pass
+
+
 @pytest.mark.parametrize(
     ("headers", "code"),
     [

@@ -63,6 +63,24 @@ async def test_same_id_in_a_fresh_envelope_is_a_duplicate(make_offline_agent, ma
     assert player.snapshot_now().volume == 55
 
 
+async def test_a_reused_sequence_number_is_rejected_not_reported_as_duplicate(make_offline_agent, make_app) -> None:
+    player = SimulatedPlayer(volume=50)
+    agent = make_offline_agent(player=player)
+    app = make_app(("player-1",))
+    _, first = app.command("player-1", ChangeVolume(delta=5))
+    app.sender._seq -= 1  # the next envelope reuses the first one's (sender, epoch, seq)
+    command, second = app.command("player-1", ChangeVolume(delta=5))
+    assert (await agent._handle_command(inbound("player-1", first))).status is CommandStatus.SUCCEEDED
+    answer = await agent._handle_command(inbound("player-1", second))
+    # It never ran: an app must not read it as done, as it would a duplicate.
+    assert (answer.command_id, answer.status, answer.reason) == (
+        command.id,
+        CommandStatus.REJECTED,
+        RejectReason.INVALID,
+    )
+    assert player.snapshot_now().volume == 55
+
+
 async def test_executed_ids_survive_an_agent_restart(tmp_path: Path, make_offline_agent, make_app) -> None:
     app = make_app(("player-1",))
     _, payload = app.command("player-1", ChangeVolume(delta=5))
@@ -101,8 +119,7 @@ async def test_forged_signature_is_rejected(make_offline_agent, make_app) -> Non
     _, payload = app.command("player-1", Toggle())
     forged = payload[:-3] + bytes(b ^ 0x55 for b in payload[-3:])  # flip signature bits
     response = await agent._handle_command(inbound("player-1", forged))
-    assert response.status is CommandStatus.REJECTED
-    assert response.reason in {RejectReason.UNAUTHORIZED, RejectReason.INVALID}
+    assert (response.status, response.reason) == (CommandStatus.REJECTED, RejectReason.UNAUTHORIZED)
     # A stranger's key with a stolen grant: the grant names another session key.
     thief = make_app(("player-1",))
     thief.token = app.token
@@ -125,7 +142,8 @@ async def test_command_for_another_device_topic_is_rejected(make_offline_agent, 
     app = make_app(("player-1", "player-2"))
     _, payload = app.command("player-2", Toggle())  # signed for player-2's topic
     response = await agent._handle_command(inbound("player-1", payload))
-    assert response.status is CommandStatus.REJECTED
+    # The grant covers both devices: only the topic bound into the signature refuses it.
+    assert (response.status, response.reason) == (CommandStatus.REJECTED, RejectReason.UNAUTHORIZED)
 
 
 async def test_watch_only_and_untrusted_grants_are_rejected(make_offline_agent, make_app) -> None:

@@ -142,6 +142,8 @@ def test_wrong_type_in_a_body_is_a_schema_error_after_verification():
         b'{"id":"c1","issued_at_ms":0,"expires_at_ms":1,"action":{"type":"set_volume","volume":101}}',
         b'{"id":"c1","issued_at_ms":0,"expires_at_ms":1,"action":{"type":"seek","position_ms":-1}}',
         b'{"id":"","issued_at_ms":0,"expires_at_ms":1,"action":{"type":"play"}}',
+        b'{"id":"c1\\nforged line","issued_at_ms":0,"expires_at_ms":1,"action":{"type":"play"}}',
+        b'{"id":"c 1","issued_at_ms":0,"expires_at_ms":1,"action":{"type":"play"}}',
         b'{"issued_at_ms":0,"expires_at_ms":1,"action":{"type":"play"}}',
     ],
 )

@@ -202,6 +202,9 @@ class AuthzRuntime:
         http = httpx.AsyncClient(timeout=10.0)
         self._stack.push_async_callback(http.aclose)
 
+        if settings.oidc is not None and settings.dev_issuer.enabled:
+            # Users are keyed by `sub` alone: a development user "x" would become production user "x".
+            raise ConfigError("the development issuer cannot be enabled beside [oidc]: their users would mix")
         validators: list[TokenValidator] = []
         admin_role = settings.oidc.admin_role if settings.oidc else "amora-admin"
         if settings.oidc is not None:

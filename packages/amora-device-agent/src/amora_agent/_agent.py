@@ -480,7 +480,7 @@ class Agent:
             state_version=self._state.version if self._state is not None else None,
         )
 
-    async def _handle_command(self, message: InboundMessage) -> CommandResponse:
+    async def _handle_command(self, message: InboundMessage) -> CommandResponse:  # noqa: PLR0911 - one answer per outcome
         now = now_ms()
         try:
             verified: VerifiedCommand = verify_command(
@@ -502,7 +502,11 @@ class Agent:
         try:
             self._guard.check(verified.header, command, now_ms=now)
         except Replayed as exc:
-            return self._answer(command.id, CommandStatus.DUPLICATE, message=str(exc))
+            if self._guard.seen(command.id):
+                return self._answer(command.id, CommandStatus.DUPLICATE, message=str(exc))
+            # A new id on an envelope whose (sender, epoch, seq) was already used or is too old:
+            # it never ran, so it must not read as a duplicate (which apps take as done).
+            return self._answer(command.id, CommandStatus.REJECTED, reason=RejectReason.INVALID, message=str(exc))
         except ProtocolError as exc:
             return self._answer(command.id, CommandStatus.REJECTED, reason=_reject_reason(exc), message=str(exc))
         # Recorded before it runs: at most once, even across a crash.

@@ -395,7 +395,9 @@ def verify_envelope(  # noqa: PLR0913
         payload: The MQTT payload.
         topic: The topic it arrived on (bound into the signature).
         content_type: The MQTT content type (``None`` means msgpack).
-        key: The sender's key, or trusted keys by key id.
+        key: The device's key, or that one device's keys by key id (e.g. old and new during a
+            rotation). Never a ring of several devices' keys: the key id alone would then let one
+            device's key vouch for a message on another device's topic.
         now_ms: The verification time (ms since the Unix epoch).
         decrypt_key: The recipient's key, for sealed bodies.
         max_size: Payloads larger than this are refused before parsing.

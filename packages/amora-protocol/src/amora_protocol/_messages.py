@@ -48,7 +48,9 @@ DeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Volume = Annotated[int, msgspec.Meta(ge=0, le=100)]
-Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Ids travel in logs, files and MQTT correlation data: a safe alphabet only (UUIDs, tokens).
+IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,128}$"
+Identifier = Annotated[str, msgspec.Meta(pattern=IDENTIFIER_PATTERN)]
 ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
 
 

@@ -304,6 +304,7 @@ class AmoraClient:
         self._last_error: str | None = None
         self._attempts = 0
         self._closing = False
+        self._failed = False  # a background task died: no new work, but aclose() still cleans up
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -327,6 +328,7 @@ class AmoraClient:
             await self._close_http()
             raise
         self._closing = False
+        self._failed = False  # a background task died: no new work, but aclose() still cleans up
         self._set_state(ConnectionInfo(state=ConnectionState.CONNECTING))
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"amora-sync[{self._sid}].run")
@@ -402,7 +404,7 @@ class AmoraClient:
 
     def _fail_all(self, error: str | None) -> None:
         """End everything that waits on this client (it can no longer work)."""
-        self._closing = True
+        self._failed = True
         self._connected.clear()
         for pending in list(self._pending.values()):
             if not pending.final.done():
@@ -574,7 +576,7 @@ class AmoraClient:
             InvalidCommandError: The action or options are invalid (nothing is sent).
             ClientClosedError: The client is not open or closed meanwhile.
         """
-        if self._closing or self._runner is None:
+        if self._closing or self._failed or self._runner is None:
             raise ClientClosedError("the client is not open")
         device = self._device(device_id)
         if seal and device.encryption_key is None:
@@ -651,7 +653,7 @@ class AmoraClient:
         return device
 
     def _add_watch(self, watch: Watch) -> None:
-        if self._closing:
+        if self._closing or self._failed:
             watch.close()
             return
         self._watches.add(watch)
