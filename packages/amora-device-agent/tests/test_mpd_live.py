@@ -1,6 +1,8 @@
 """The agent over a real MPD (null output, software mixer) and a real mosquitto."""
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -133,4 +135,47 @@ async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) 
             lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
         )
         assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"
+
+
+async def test_a_stalled_mpd_fails_the_command_and_is_reconnected(broker, live_mpd, live_device, live_app) -> None:
+    device = live_device(broker)
+    key = device.signing_key.public_key
+    app, client = live_app(broker, (DEVICE,))
+    player = MpdPlayer(live_mpd.host, live_mpd.port, call_timeout_s=0.5)
+
+    def send(volume: int) -> str:
+        command, payload = app.command(DEVICE, SetVolume(volume=volume))
+        client.publish(
+            commands_topic(DEVICE), payload, content_type=Codec.MSGPACK.value, correlation_data=command.id.encode()
+        )
+        return str(command.id)
+
+    async def answer_to(command_id: str, start: int) -> Any:
+        found = await client.wait_for(
+            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command_id, start=start
+        )
+        return decode(found, key)
+
+    async with device.agent(player) as agent, client:
+        await asyncio.wait_for(agent.wait_online(), 15)
+        await client.subscribe(state_topic(DEVICE), responses_topic(DEVICE))
+        await client.wait_for(state_where(key, lambda s: s.error is None))
+        # A real MPD that stops answering but keeps its sockets open.
+        os.kill(live_mpd.pid, signal.SIGSTOP)
+        try:
+            mark = len(client.messages)
+            stalled = await answer_to(send(21), mark)
+            assert stalled.status is CommandStatus.FAILED
+            assert "did not answer" in (stalled.message or "")
+            # The command queue is not blocked behind MPD: the next one is answered too.
+            after = await answer_to(send(22), mark)
+            assert after.status is CommandStatus.FAILED
+        finally:
+            os.kill(live_mpd.pid, signal.SIGCONT)
+        # Reconnected: a healthy state, and commands work again.
+        mark = len(client.messages)
+        await client.wait_for(state_where(key, lambda s: s.error is None), start=mark)
+        answer = await answer_to(send(55), len(client.messages))
+        assert answer.status is CommandStatus.SUCCEEDED
         assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"

@@ -111,6 +111,9 @@ class MpdPlayer:
         port: MPD's TCP port.
         password: MPD's password, if it has one.
         connect_timeout_s: Bound on one connection attempt.
+        call_timeout_s: Bound on one command or state read; past it MPD counts as stalled:
+            both connections are dropped and reopened (a python-mpd2 command cannot be
+            abandoned on a connection that stays open), and the caller gets `PlayerUnavailable`.
         backoff: Delays between reconnection attempts.
         logger: A structlog logger (the agent's, bound to the device).
     """
@@ -122,6 +125,7 @@ class MpdPlayer:
         *,
         password: str | None = None,
         connect_timeout_s: float = 5.0,
+        call_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
         logger: Any = None,  # noqa: ANN401 - structlog loggers have no common type
     ) -> None:
@@ -130,6 +134,8 @@ class MpdPlayer:
         self._port = port
         self._password = password
         self._timeout = connect_timeout_s
+        self._call_timeout = call_timeout_s
+        self._idle: MPDClient | None = None
         self._backoff = backoff or Backoff(initial=0.1, maximum=5.0)
         self._log = logger if logger is not None else structlog.get_logger("amora_agent.mpd")
         self._commands: MPDClient | None = None
@@ -157,7 +163,7 @@ class MpdPlayer:
             try:
                 idle = await self._open(idle_only=True)
                 commands = await self._open()
-                self._commands = commands
+                self._idle, self._commands = idle, commands
                 self._version = str(commands.mpd_version)
                 self._log.info("mpd connected", mpd=f"{self._host}:{self._port}", version=self._version)
                 self._backoff.reset()
@@ -167,7 +173,7 @@ class MpdPlayer:
             except (OSError, MPDError, TimeoutError) as exc:
                 self._log.warning("mpd connection lost", error=str(exc) or type(exc).__name__)
             finally:
-                self._commands = None
+                self._idle = self._commands = None
                 for client in (idle, commands):
                     if client is not None:
                         with contextlib.suppress(Exception):
@@ -175,6 +181,15 @@ class MpdPlayer:
             # The state is unknown while MPD is away; the agent republishes once it is back.
             on_change()
             await asyncio.sleep(self._backoff.next_delay())
+
+    def _stalled(self) -> PlayerUnavailable:
+        """Drop both connections (`run` reconnects) and say why."""
+        for client in (self._idle, self._commands):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.disconnect()
+        self._log.warning("mpd stalled; reconnecting", timeout_s=self._call_timeout)
+        return PlayerUnavailable(f"MPD did not answer within {self._call_timeout} s")
 
     def _client(self) -> MPDClient:
         if self._commands is None:
@@ -189,14 +204,17 @@ class MpdPlayer:
         """
         client = self._client()
         try:
-            status = await client.status()
-            sampled = now_ms()
-            song = await client.currentsong() if "songid" in status else {}
+            async with asyncio.timeout(self._call_timeout):
+                status = await client.status()
+                sampled = now_ms()
+                song = await client.currentsong() if "songid" in status else {}
+        except TimeoutError:
+            raise self._stalled() from None
         except (OSError, MPDError) as exc:
             raise PlayerUnavailable(f"MPD: {exc}") from exc
         return snapshot_from_mpd(status, song, sampled_at_ms=sampled)
 
-    async def execute(self, action: Action) -> None:  # noqa: C901, PLR0912 - one branch per action
+    async def execute(self, action: Action) -> None:
         """Carry out ``action`` on MPD.
 
         Raises:
@@ -205,41 +223,48 @@ class MpdPlayer:
         """
         client = self._client()
         try:
-            match action:
-                case Play():
-                    status = await client.status()
-                    await (client.pause(0) if status.get("state") == "pause" else client.play())
-                case Pause():
-                    await client.pause(1)
-                case Toggle():
-                    status = await client.status()
-                    if status.get("state") == "play":
-                        await client.pause(1)
-                    elif status.get("state") == "pause":
-                        await client.pause(0)
-                    else:
-                        await client.play()
-                case Stop():
-                    await client.stop()
-                case Next():
-                    await client.next()
-                case Previous():
-                    await client.previous()
-                case Seek(position_ms=position):
-                    await client.seekcur(f"{position / 1000:.3f}")
-                case SetVolume(volume=volume):
-                    await client.setvol(volume)
-                case ChangeVolume(delta=delta):
-                    status = await client.status()
-                    current = _int(status.get("volume"))
-                    if current is None or current < 0:
-                        raise PlayerError("MPD has no mixer", action="change_volume")
-                    await client.setvol(min(100, max(0, current + delta)))
-                case PlayQueueItem(position=position):
-                    await client.play(position)
-                case Ping():
-                    pass
+            async with asyncio.timeout(self._call_timeout):
+                await self._execute(client, action)
+        except TimeoutError:
+            raise self._stalled() from None
         except CommandError as exc:
             raise PlayerError(f"MPD refused: {exc}", action=type(action).__name__) from exc
         except (OSError, MPDError) as exc:
             raise PlayerUnavailable(f"MPD: {exc}") from exc
+
+    @staticmethod
+    async def _execute(client: MPDClient, action: Action) -> None:  # noqa: C901, PLR0912 - one branch per action
+        match action:
+            case Play():
+                status = await client.status()
+                await (client.pause(0) if status.get("state") == "pause" else client.play())
+            case Pause():
+                await client.pause(1)
+            case Toggle():
+                status = await client.status()
+                if status.get("state") == "play":
+                    await client.pause(1)
+                elif status.get("state") == "pause":
+                    await client.pause(0)
+                else:
+                    await client.play()
+            case Stop():
+                await client.stop()
+            case Next():
+                await client.next()
+            case Previous():
+                await client.previous()
+            case Seek(position_ms=position):
+                await client.seekcur(f"{position / 1000:.3f}")
+            case SetVolume(volume=volume):
+                await client.setvol(volume)
+            case ChangeVolume(delta=delta):
+                status = await client.status()
+                current = _int(status.get("volume"))
+                if current is None or current < 0:
+                    raise PlayerError("MPD has no mixer", action="change_volume")
+                await client.setvol(min(100, max(0, current + delta)))
+            case PlayQueueItem(position=position):
+                await client.play(position)
+            case Ping():
+                pass
