@@ -25,6 +25,7 @@ from amora_protocol import (
     VerifyKey,
     commands_topic,
     issue_grant,
+    verify_envelope,
 )
 
 _ids = itertools.count(1)
@@ -152,6 +153,16 @@ class Received:
     def prop(self, name: str):
         value = self.props.get(name)
         return value[0] if isinstance(value, list) and value else value
+
+    def message(self, key: VerifyKey) -> Any:
+        """The verified message (the device's signature over this topic), or a ProtocolError."""
+        return verify_envelope(
+            self.payload,
+            topic=self.topic,
+            content_type=self.prop("content_type"),
+            key=key,
+            now_ms=time.time_ns() // 1_000_000,
+        ).message
 
 
 class AppClient:

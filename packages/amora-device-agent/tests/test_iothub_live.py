@@ -27,10 +27,8 @@ from amora_protocol import (
     CommandStatus,
     Ping,
     SigningKey,
-    VerifyKey,
     commands_topic,
     responses_topic,
-    verify_envelope,
 )
 
 pytestmark = [
@@ -181,16 +179,6 @@ def connection_string() -> str:
     return f"HostName=localhost;DeviceId={DEVICE};SharedAccessKey={key}"
 
 
-def decode(received: Any, key: VerifyKey) -> Any:
-    return verify_envelope(
-        received.payload,
-        topic=received.topic,
-        content_type=received.prop("content_type"),
-        key=key,
-        now_ms=time.time_ns() // 1_000_000,
-    ).message
-
-
 async def send_ping(app, client, key) -> CommandStatus:
     command, payload = app.command(DEVICE, Ping())
     client.publish(
@@ -200,9 +188,9 @@ async def send_ping(app, client, key) -> CommandStatus:
         correlation_data=command.id.encode(),
     )
     answer = await client.wait_for(
-        lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+        lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
     )
-    status: CommandStatus = decode(answer, key).status
+    status: CommandStatus = answer.message(key).status
     return status
 
 

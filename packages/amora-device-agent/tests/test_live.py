@@ -22,7 +22,6 @@ from amora_protocol import (
     connection_topic,
     responses_topic,
     state_topic,
-    verify_envelope,
 )
 
 pytestmark = pytest.mark.services
@@ -30,21 +29,11 @@ pytestmark = pytest.mark.services
 DEVICE = "player-1"
 
 
-def decode(received: Any, key: VerifyKey) -> Any:
-    return verify_envelope(
-        received.payload,
-        topic=received.topic,
-        content_type=received.prop("content_type"),
-        key=key,
-        now_ms=__import__("time").time_ns() // 1_000_000,
-    ).message
-
-
 def is_state(key: VerifyKey, predicate: Any = None) -> Any:
     def check(received) -> bool:
         if received.topic != state_topic(DEVICE):
             return False
-        state = decode(received, key)
+        state = received.message(key)
         return isinstance(state, DeviceState) and (predicate is None or predicate(state))
 
     return check
@@ -54,7 +43,7 @@ def is_response(key: VerifyKey, command_id: str) -> Any:
     def check(received) -> bool:
         if received.topic != responses_topic(DEVICE):
             return False
-        return bool(decode(received, key).command_id == command_id)
+        return bool(received.message(key).command_id == command_id)
 
     return check
 
@@ -68,18 +57,17 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
         await asyncio.wait_for(agent.wait_online(), 15)
         await client.subscribe(state_topic(DEVICE), connection_topic(DEVICE), responses_topic(DEVICE))
         online = await client.wait_for(lambda r: r.topic == connection_topic(DEVICE))
-        status = decode(online, key)
+        status = online.message(key)
         assert isinstance(status, ConnectionStatus)
         assert status.online
         assert online.retain
-        first = decode(await client.wait_for(is_state(key)), key)
+        first = (await client.wait_for(is_state(key))).message(key)
 
         # A change on the player becomes a new signed state with a higher version.
         mark = len(client.messages)
         player.apply(Toggle())
-        playing = decode(
-            await client.wait_for(is_state(key, lambda s: s.status is PlaybackStatus.PLAY), start=mark),
-            key,
+        playing = (await client.wait_for(is_state(key, lambda s: s.status is PlaybackStatus.PLAY), start=mark)).message(
+            key
         )
         assert playing.version > first.version
 
@@ -93,7 +81,7 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
             correlation_data=command.id.encode(),
         )
         answer = await client.wait_for(is_response(key, command.id))
-        response = decode(answer, key)
+        response = answer.message(key)
         assert isinstance(response, CommandResponse)
         assert response.status is CommandStatus.SUCCEEDED
         assert answer.prop("correlation_data") == command.id.encode()
@@ -102,7 +90,7 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
         # The same bytes again: a duplicate answer, no second effect.
         mark = len(client.messages)
         client.publish(commands_topic(DEVICE), payload, qos=1, content_type=Codec.MSGPACK.value)
-        again = decode(await client.wait_for(is_response(key, command.id), start=mark), key)
+        again = (await client.wait_for(is_response(key, command.id), start=mark)).message(key)
         assert again.status is CommandStatus.DUPLICATE
         assert player.snapshot_now().volume == 50
 
@@ -114,7 +102,7 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
             content_type=Codec.MSGPACK.value,
             correlation_data=expired.id.encode(),
         )
-        rejected = decode(await client.wait_for(is_response(key, expired.id)), key)
+        rejected = (await client.wait_for(is_response(key, expired.id))).message(key)
         assert (rejected.status, rejected.reason) == (CommandStatus.REJECTED, RejectReason.EXPIRED)
         forged, payload = app.command(DEVICE, Toggle())
         payload = payload[:-1] + bytes([payload[-1] ^ 1])
@@ -124,7 +112,7 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
             content_type=Codec.MSGPACK.value,
             correlation_data=forged.id.encode(),
         )
-        rejected = decode(await client.wait_for(is_response(key, forged.id)), key)
+        rejected = (await client.wait_for(is_response(key, forged.id))).message(key)
         assert rejected.status is CommandStatus.REJECTED
         assert player.snapshot_now().status is PlaybackStatus.PLAY
 
@@ -133,7 +121,7 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
         mark = len(client.messages)
         await client.subscribe(connection_topic(DEVICE))
         retained = await client.wait_for(lambda r: r.topic == connection_topic(DEVICE), start=mark)
-        offline = decode(retained, key)
+        offline = retained.message(key)
         assert not offline.online
         assert offline.reason == "shutdown"
 
@@ -170,4 +158,4 @@ async def test_refused_subscription_is_retried_until_the_role_exists(broker, dev
                 correlation_data=command.id.encode(),
             )
             answer = await client.wait_for(is_response(signing.public_key, command.id))
-            assert decode(answer, signing.public_key).status is CommandStatus.SUCCEEDED
+            assert answer.message(signing.public_key).status is CommandStatus.SUCCEEDED

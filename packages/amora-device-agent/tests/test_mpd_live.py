@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from amora_protocol import (
     connection_topic,
     responses_topic,
     state_topic,
-    verify_envelope,
 )
 
 pytestmark = pytest.mark.services
@@ -28,21 +26,11 @@ pytestmark = pytest.mark.services
 DEVICE = "player-1"
 
 
-def decode(received: Any, key: VerifyKey) -> Any:
-    return verify_envelope(
-        received.payload,
-        topic=received.topic,
-        content_type=received.prop("content_type"),
-        key=key,
-        now_ms=time.time_ns() // 1_000_000,
-    ).message
-
-
 def state_where(key: VerifyKey, predicate: Any) -> Any:
     def check(received) -> bool:
         if received.topic != state_topic(DEVICE):
             return False
-        state = decode(received, key)
+        state = received.message(key)
         return isinstance(state, DeviceState) and predicate(state)
 
     return check
@@ -68,10 +56,9 @@ async def test_mpd_pause_and_command(broker, live_mpd, live_device, live_app) ->
         # A pause in MPD appears as a signed, retained state with the song and position.
         mark = len(client.messages)
         await asyncio.to_thread(mpd_do, live_mpd, ("play", 2), ("pause", 1))
-        paused = decode(
-            await client.wait_for(state_where(key, lambda s: s.status is PlaybackStatus.PAUSE), start=mark),
-            key,
-        )
+        paused = (
+            await client.wait_for(state_where(key, lambda s: s.status is PlaybackStatus.PAUSE), start=mark)
+        ).message(key)
         assert paused.song is not None
         assert paused.song.title == live_mpd.tracks[2].title
         assert paused.song.artist == live_mpd.tracks[2].artist
@@ -86,7 +73,7 @@ async def test_mpd_pause_and_command(broker, live_mpd, live_device, live_app) ->
             await late.subscribe(state_topic(DEVICE))
             retained = await late.wait_for(lambda r: r.topic == state_topic(DEVICE))
             assert retained.retain
-            late_state = decode(retained, key)
+            late_state = retained.message(key)
             assert late_state.version >= paused.version
             assert late_state.status is PlaybackStatus.PAUSE
 
@@ -99,9 +86,9 @@ async def test_mpd_pause_and_command(broker, live_mpd, live_device, live_app) ->
             correlation_data=command.id.encode(),
         )
         answer = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
         )
-        assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        assert answer.message(key).status is CommandStatus.SUCCEEDED
         status = await asyncio.to_thread(mpd_do, live_mpd)
         assert status["volume"] == "30"
         await client.wait_for(state_where(key, lambda s: s.volume == 30))
@@ -119,7 +106,7 @@ async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) 
         mark = len(client.messages)
         await asyncio.to_thread(live_mpd.kill)
         down = await client.wait_for(state_where(key, lambda s: s.error is not None), start=mark)
-        assert decode(down, key).error == "player unavailable"
+        assert down.message(key).error == "player unavailable"
         mark = len(client.messages)
         await asyncio.to_thread(live_mpd.restart)
         await client.wait_for(state_where(key, lambda s: s.error is None), start=mark)
@@ -132,9 +119,9 @@ async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) 
             correlation_data=command.id.encode(),
         )
         answer = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command.id
+            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
         )
-        assert decode(answer, key).status is CommandStatus.SUCCEEDED
+        assert answer.message(key).status is CommandStatus.SUCCEEDED
         assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"
 
 
@@ -153,9 +140,9 @@ async def test_a_stalled_mpd_fails_the_command_and_is_reconnected(broker, live_m
 
     async def answer_to(command_id: str, start: int) -> Any:
         found = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == command_id, start=start
+            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command_id, start=start
         )
-        return decode(found, key)
+        return found.message(key)
 
     async with device.agent(player) as agent, client:
         await asyncio.wait_for(agent.wait_online(), 15)

@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from typing import Any
 
 import pytest
 
@@ -18,27 +16,15 @@ from amora_protocol import (
     ConnectionStatus,
     DeviceState,
     Ping,
-    VerifyKey,
     commands_topic,
     connection_topic,
     responses_topic,
     state_topic,
-    verify_envelope,
 )
 
 pytestmark = pytest.mark.services
 
 DEVICE = "player-1"
-
-
-def decode(received: Any, key: VerifyKey) -> Any:
-    return verify_envelope(
-        received.payload,
-        topic=received.topic,
-        content_type=received.prop("content_type"),
-        key=key,
-        now_ms=time.time_ns() // 1_000_000,
-    ).message
 
 
 def write_config(tmp_path, device, broker, *, name: str = "agent") -> str:
@@ -98,9 +84,9 @@ class AgentProcess:
 
 async def wait_connection(client, key, *, online: bool, start: int):
     def check(received) -> bool:
-        return received.topic == connection_topic(DEVICE) and decode(received, key).online is online
+        return received.topic == connection_topic(DEVICE) and received.message(key).online is online
 
-    return decode(await client.wait_for(check, start=start), key)
+    return (await client.wait_for(check, start=start)).message(key)
 
 
 async def test_kill_publishes_the_will_and_sigterm_the_offline_status(tmp_path, broker, live_device, live_app) -> None:
@@ -115,7 +101,7 @@ async def test_kill_publishes_the_will_and_sigterm_the_offline_status(tmp_path, 
             status = await wait_connection(client, key, online=True, start=0)
             assert isinstance(status, ConnectionStatus)
             first_run = await client.wait_for(lambda r: r.topic == state_topic(DEVICE))
-            first_version = decode(first_run, key).version
+            first_version = first_run.message(key).version
             mark = len(client.messages)
             process.kill()
             will = await wait_connection(client, key, online=False, start=mark)
@@ -141,13 +127,13 @@ async def test_kill_publishes_the_will_and_sigterm_the_offline_status(tmp_path, 
         try:
             await wait_connection(client, key, online=True, start=mark)
             second = await client.wait_for(lambda r: r.topic == state_topic(DEVICE), start=mark)
-            state = decode(second, key)
+            state = second.message(key)
             assert isinstance(state, DeviceState)
             assert state.version > first_version
             answer = await client.wait_for(
-                lambda r: r.topic == responses_topic(DEVICE) and decode(r, key).command_id == queued.id
+                lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == queued.id
             )
-            assert decode(answer, key).status is CommandStatus.SUCCEEDED
+            assert answer.message(key).status is CommandStatus.SUCCEEDED
             mark = len(client.messages)
             process.proc.send_signal(signal.SIGTERM)
             offline = await wait_connection(client, key, online=False, start=mark)
@@ -185,14 +171,14 @@ async def test_several_agents_run_in_one_process(tmp_path, broker, live_device, 
             for device in devices:
                 topic = connection_topic(device.device_id)
                 key = device.signing_key.public_key
-                await client.wait_for(lambda r, t=topic, k=key: r.topic == t and decode(r, k).online)
+                await client.wait_for(lambda r, t=topic, k=key: r.topic == t and r.message(k).online)
             mark = len(client.messages)
             process.proc.send_signal(signal.SIGTERM)
             for device in devices:
                 topic = connection_topic(device.device_id)
                 key = device.signing_key.public_key
                 await client.wait_for(
-                    lambda r, t=topic, k=key: r.topic == t and not decode(r, k).online,
+                    lambda r, t=topic, k=key: r.topic == t and not r.message(k).online,
                     start=mark,
                 )
             assert await asyncio.to_thread(process.wait) == 0
