@@ -789,7 +789,7 @@ def create_session_client(
     user: str,
     device_ids: Iterable[str],
 ) -> None:
-    """Create an app session as DESIGN.md section 5 lays it out.
+    """Create an app session as docs/architecture.md ("Topics and their ACLs") lays it out.
 
     Roles ``user-device:{id}`` (``amora_protocol.user_device_acls``) are created when
     missing, group ``user:{user}`` is created when missing and given those roles, and

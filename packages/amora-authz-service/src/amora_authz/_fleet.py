@@ -1,6 +1,6 @@
 """Broker reconciliation: make every configured broker's dynsec state match the database.
 
-The desired state is computed from the store (DESIGN.md §5): a role ``device:{id}`` and
+The desired state is computed from the store (docs/architecture.md, "Topics and their ACLs"): a role ``device:{id}`` and
 a role ``user-device:{id}`` per active device, a client per device (no password, so it
 can only log in with its certificate on the mTLS listener), a group ``user:{sub}`` per
 user holding ``user-device:{id}`` for each linked device, and a client per live session
@@ -378,7 +378,7 @@ class BrokerFleet:
     def _check_persisted(self, endpoint: BrokerEndpoint, desired: DynsecState) -> None:
         """After a full pass: the broker's dynsec file must hold exactly the desired clients.
 
-        mosquitto answers success even when it cannot write its file (FACTS.md), so
+        mosquitto answers success even when it cannot write its file (docs/decisions/0004), so
         the answer alone proves nothing: a broker restart would lose the change.
         """
         if endpoint.dynsec_file is None:

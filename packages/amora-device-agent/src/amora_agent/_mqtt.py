@@ -1,9 +1,10 @@
 """The agent's MQTT 5 link: one gmqtt connection at a time, reconnection owned here.
 
 Strategy: gmqtt reconnects after a fixed delay, always to the same host, and never
-resubscribes (FACTS.md). So its reconnection is switched off and every attempt uses a
-fresh gmqtt client: endpoints are tried in order (the first is preferred), rounds are
-separated by exponential backoff with full jitter, the session is persistent
+resubscribes (docs/decisions/0003-packages-own-reconnection.md). So its reconnection is
+switched off and every attempt uses a fresh gmqtt client: endpoints are tried in order
+(the first is preferred), rounds are separated by exponential backoff with full jitter,
+the session is persistent
 (``clean_start=False`` with a session expiry) and subscriptions are renewed whenever
 the broker says it kept no session (and on the first connection to each broker). While
 on a fallback endpoint, the preferred ones are probed now and then, and the link moves

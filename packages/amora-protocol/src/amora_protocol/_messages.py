@@ -1,4 +1,4 @@
-"""Message schemas (DESIGN.md section 3): frozen msgspec Structs, times in ms since the Unix epoch.
+"""Message schemas (wire format: this package's README): frozen msgspec Structs, times in ms since the Unix epoch.
 
 Unknown fields are ignored on decode, so newer senders can add fields; a missing
 required field, a wrong type or a value out of range is a `SchemaError`.

@@ -1,4 +1,4 @@
-"""Topic names: the contract other teams code against (DESIGN.md section 2)."""
+"""Topic names: the contract other teams code against (docs/architecture.md, "Topics and their ACLs")."""
 
 from __future__ import annotations
 

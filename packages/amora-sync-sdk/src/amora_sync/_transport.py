@@ -1,7 +1,7 @@
 """One MQTT 5 link over gmqtt, with gmqtt's own reconnect switched off.
 
 gmqtt reconnects on a fixed delay, never fails over and never resubscribes
-(see FACTS.md). The SDK owns reconnection instead (`_client.ConnectionLoop`),
+(docs/decisions/0003-packages-own-reconnection.md). The SDK owns reconnection instead (`_client.AmoraClient`),
 so this wrapper turns gmqtt's loop off and turns "the connection is gone"
 into an `asyncio.Event` the owner waits on.
 """
