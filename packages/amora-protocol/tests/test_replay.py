@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 import amora_protocol as ap
@@ -84,3 +85,60 @@ def test_state_tracker():
     assert tracker.current("p1") == 6
     tracker.forget("p1")
     assert tracker.current("p1") is None
+
+
+def test_clock_skew_carries_the_measured_offset():
+    guard = ap.CommandGuard(max_skew_ms=1_000)
+    with pytest.raises(ap.ClockSkew) as caught:
+        guard.check(_header(1, ts=NOW + 5_000), _cmd("a", issued=NOW + 5_000), now_ms=NOW)
+    assert caught.value.offset_ms == -5_000
+
+
+def test_sequence_windows_survive_a_restart():
+    guard = ap.CommandGuard(window=8)
+    for seq in (10, 8, 3):
+        guard.check(_header(seq), _cmd(f"id{seq}"), now_ms=NOW)
+    saved = guard.windows()
+    assert saved == [ap.SequenceWindow(sender="s1", epoch=1, highest=10, bits=0b101 | 1 << 7)]
+    restored = ap.CommandGuard(window=8)
+    restored.restore_windows(saved)
+    for seq in (10, 8, 3, 2):  # seen, or too old
+        with pytest.raises(ap.Replayed):
+            restored.check(_header(seq), _cmd(f"new{seq}"), now_ms=NOW)
+    restored.check(_header(9), _cmd("new9"), now_ms=NOW)
+    # Replaying recorded sequence numbers rebuilds the same window.
+    replayed = ap.CommandGuard(window=8)
+    for seq in (10, 8, 3):
+        replayed.note_sequence("s1", 1, seq)
+    assert replayed.windows() == saved
+
+
+def test_response_repeats_the_original_outcome_and_old_readers_ignore_new_fields():
+
+    answer = ap.CommandResponse(
+        command_id="c1",
+        device_id="p1",
+        status=ap.CommandStatus.REJECTED,
+        at_ms=NOW,
+        reason=ap.RejectReason.CLOCK_SKEW,
+        clock_offset_ms=-45_000,
+        duplicate=True,
+    )
+    wire = msgspec.msgpack.encode(answer)
+    assert msgspec.msgpack.decode(wire, type=ap.CommandResponse) == answer
+
+    class OldResponse(msgspec.Struct):
+        command_id: str
+        device_id: str
+        status: str
+        at_ms: int
+        reason: str | None = None
+
+    old = msgspec.msgpack.decode(wire, type=OldResponse)
+    assert (old.status, old.reason) == ("rejected", "clock-skew")
+    plain = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(
+            ap.CommandResponse(command_id="c2", device_id="p1", status=ap.CommandStatus.SUCCEEDED, at_ms=NOW)
+        )
+    )
+    assert set(plain) == {"command_id", "device_id", "status", "at_ms"}  # defaults stay off the wire

@@ -70,7 +70,7 @@ from amora_protocol._messages import (
     Toggle,
     is_critical,
 )
-from amora_protocol._replay import CommandGuard, Freshness, StateTracker
+from amora_protocol._replay import CommandGuard, Freshness, SequenceWindow, StateTracker
 from amora_protocol._topics import (
     TOPIC_PREFIX,
     ParsedTopic,
@@ -137,6 +137,7 @@ __all__ = [
     "SchemaError",
     "Seek",
     "Sender",
+    "SequenceWindow",
     "SetVolume",
     "SigningKey",
     "SingleMode",

@@ -108,7 +108,17 @@ class Expired(ProtocolError):  # noqa: N818
 
 
 class ClockSkew(ProtocolError):  # noqa: N818
-    """A timestamp further in the future than the allowed clock skew."""
+    """Clocks further apart than the allowed skew (a timestamp too far in the future).
+
+    Attributes:
+        offset_ms: The verifier's clock minus the sender's, as measured (``now - ts_ms``);
+            negative when the message is dated in the verifier's future. ``None`` if unknown.
+    """
+
+    def __init__(self, message: str, *, offset_ms: int | None = None) -> None:
+        """Build the error."""
+        self.offset_ms = offset_ms
+        super().__init__(message)
 
 
 class Replayed(ProtocolError):  # noqa: N818

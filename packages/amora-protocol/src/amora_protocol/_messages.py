@@ -233,7 +233,14 @@ class Command(_Frozen, frozen=True):
 
 
 class CommandStatus(enum.StrEnum):
-    """How a device answered a command."""
+    """How a device answered a command.
+
+    ``accepted`` is not final: the command is running (an answer to a resent id whose first
+    copy is still in progress); the final answer follows. ``duplicate`` is final and means the
+    id was seen before but its outcome is not known (the device restarted while running it);
+    a device that knows the original outcome answers with it instead (see
+    `CommandResponse.duplicate`).
+    """
 
     ACCEPTED = "accepted"
     SUCCEEDED = "succeeded"
@@ -243,17 +250,35 @@ class CommandStatus(enum.StrEnum):
 
 
 class RejectReason(enum.StrEnum):
-    """Why a command was rejected."""
+    """Why a command was rejected (it did not run).
+
+    ``busy``: the device cannot take more commands now; retrying later (after
+    ``retry_after_ms``) may succeed. ``clock-skew``: the device's clock and the sender's differ
+    by more than the allowance; ``clock_offset_ms`` carries the measured difference.
+    """
 
     UNAUTHORIZED = "unauthorized"
     EXPIRED = "expired"
     VERSION_MISMATCH = "version-mismatch"
     INVALID = "invalid"
     UNSUPPORTED = "unsupported"
+    BUSY = "busy"
+    CLOCK_SKEW = "clock-skew"
 
 
 class CommandResponse(_Frozen, frozen=True):
-    """A device's answer to one command (``command_id`` is also the MQTT correlation data)."""
+    """A device's answer to one command (``command_id`` is also the MQTT correlation data).
+
+    Attributes:
+        duplicate: True when this answers an id the device had already received: ``status``,
+            ``reason``, ``message`` and ``state_version`` then repeat the original outcome (so a
+            retry after a lost response learns what happened), ``at_ms`` is when it was first
+            answered, and nothing ran again.
+        clock_offset_ms: The device's clock minus the sender's, as measured from the command
+            (``now - header.ts_ms``, transit included); set on ``clock-skew`` rejections,
+            may be set on any answer.
+        retry_after_ms: On ``busy``: how long to wait before sending again.
+    """
 
     command_id: Identifier
     device_id: DeviceId
@@ -262,16 +287,27 @@ class CommandResponse(_Frozen, frozen=True):
     reason: RejectReason | None = None
     message: ShortText | None = None
     state_version: NonNegative | None = None
+    duplicate: bool = False
+    clock_offset_ms: int | None = None
+    retry_after_ms: NonNegative | None = None
 
 
 class ConnectionStatus(_Frozen, frozen=True):
-    """Whether a device is connected; the offline form is its Last Will."""
+    """Whether a device is connected; the offline form is its Last Will.
+
+    ``version`` comes from the same counter as `DeviceState.version` (strictly increasing per
+    device): a Last Will is numbered when its connection is made, so a stale Will that a broker
+    (or a bridge) delivers late carries a lower version than the online status that followed;
+    a client ignores a status whose version is lower than the newest one it holds. Devices
+    also correct a stale offline status on their topic at once.
+    """
 
     device_id: DeviceId
     online: bool
     at_ms: TimestampMs
     agent_version: ShortText | None = None
     reason: ShortText | None = None
+    version: NonNegative | None = None
 
 
 class Right(enum.StrEnum):

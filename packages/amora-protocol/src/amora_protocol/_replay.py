@@ -6,6 +6,8 @@ import enum
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from amora_protocol._errors import ClockSkew, Expired, Replayed, SchemaError
 
 if TYPE_CHECKING:
@@ -14,7 +16,23 @@ if TYPE_CHECKING:
     from amora_protocol._envelope import Header
     from amora_protocol._messages import Command
 
-__all__ = ["CommandGuard", "Freshness", "StateTracker"]
+__all__ = ["CommandGuard", "Freshness", "SequenceWindow", "StateTracker"]
+
+
+class SequenceWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """One (sender, epoch)'s anti-replay window, for persisting it across restarts.
+
+    Attributes:
+        sender: The envelope sender (an app's session id).
+        epoch: The sender's epoch.
+        highest: The highest sequence number seen.
+        bits: Bit ``i`` set: ``highest - i`` was seen.
+    """
+
+    sender: str
+    epoch: int
+    highest: int
+    bits: int
 
 
 class _SeqWindow:
@@ -90,8 +108,41 @@ class CommandGuard:
         """The (command id, expires_at_ms) pairs held, oldest first, for persisting."""
         return [(cid, until - self.max_skew_ms) for cid, until in self._ids.items()]
 
+    def windows(self) -> list[SequenceWindow]:
+        """The sequence windows held, least recently used first, for persisting."""
+        return [
+            SequenceWindow(sender=sender, epoch=epoch, highest=w.highest, bits=w.bits)
+            for (sender, epoch), w in self._windows.items()
+        ]
+
+    def restore_windows(self, windows: Iterable[SequenceWindow]) -> None:
+        """Load windows saved with `windows` (a later one for the same sender replaces it)."""
+        mask = (1 << self.window) - 1
+        for saved in windows:
+            window = _SeqWindow(saved.highest)
+            window.bits = (saved.bits & mask) | 1
+            self._windows[saved.sender, saved.epoch] = window
+            self._windows.move_to_end((saved.sender, saved.epoch))
+        while len(self._windows) > self.max_senders:
+            self._windows.popitem(last=False)
+
+    def note_sequence(self, sender: str, epoch: int, seq: int) -> None:
+        """Mark ``seq`` of (sender, epoch) as used, e.g. replaying a persisted record."""
+        key = (sender, epoch)
+        window = self._windows.get(key)
+        if window is None:
+            self._windows[key] = _SeqWindow(seq)
+            while len(self._windows) > self.max_senders:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(key)
+            window.accept(seq, self.window)
+
     def check(self, header: Header, command: Command, *, now_ms: int) -> None:
         """Accept the command once, or raise.
+
+        ``now_ms`` is the verifier's best idea of the senders' time: a device that knows its
+        clock runs ahead or behind (see the README, "Clock skew") passes its corrected time.
 
         Raises:
             Expired: ``now_ms`` is at or past the command's (or envelope's) expiry.
@@ -106,7 +157,10 @@ class CommandGuard:
             raise Expired(f"command {command.id}", header.exp_ms, now_ms)
         latest = max(command.issued_at_ms, header.ts_ms)
         if latest > now_ms + self.max_skew_ms:
-            raise ClockSkew(f"command {command.id} is dated {latest - now_ms} ms in the future")
+            raise ClockSkew(
+                f"command {command.id} is dated {latest - now_ms} ms in the future (allowance {self.max_skew_ms} ms)",
+                offset_ms=now_ms - header.ts_ms,
+            )
         if command.expires_at_ms - command.issued_at_ms > self.max_ttl_ms:
             raise SchemaError(f"command {command.id} lives longer than {self.max_ttl_ms} ms")
         if command.id in self._ids:
