@@ -742,11 +742,11 @@ def create_device_client(
     Raises:
         DynsecError: The client or role exists already, or the broker refused.
     """
-    if acls is None:
-        from amora_protocol import device_acls  # noqa: PLC0415 - only callers need the protocol
+    from amora_protocol import device_acls, device_role  # noqa: PLC0415 - only callers need the protocol
 
+    if acls is None:
         acls = device_acls(device_id)
-    role = f"device:{device_id}"
+    role = device_role(device_id)
     dynsec(
         broker,
         [
@@ -772,11 +772,13 @@ def delete_device_client(broker: BrokerProcess, device_id: str) -> None:
     Raises:
         DynsecError: The broker refused (e.g. no such client).
     """
+    from amora_protocol import device_role  # noqa: PLC0415 - only callers need the protocol
+
     dynsec(
         broker,
         [
             {"command": "deleteClient", "username": device_id},
-            {"command": "deleteRole", "rolename": f"device:{device_id}"},
+            {"command": "deleteRole", "rolename": device_role(device_id)},
         ],
     )
 
@@ -798,12 +800,12 @@ def create_session_client(
     Raises:
         DynsecError: The client exists already, or the broker refused.
     """
-    from amora_protocol import user_device_acls  # noqa: PLC0415 - only callers need the protocol
+    from amora_protocol import user_device_acls, user_device_role, user_group  # noqa: PLC0415 - only callers need it
 
-    group = f"user:{user}"
+    group = user_group(user)
     setup: list[dict[str, Any]] = [{"command": "createGroup", "groupname": group}]
     for device_id in device_ids:
-        role = f"user-device:{device_id}"
+        role = user_device_role(device_id)
         setup.append(
             {
                 "command": "createRole",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-import time
 import uuid
 from pathlib import Path  # noqa: TC003 - pytest resolves fixture annotations
 from typing import Any, Self
@@ -25,14 +24,11 @@ from amora_protocol import (
     VerifyKey,
     commands_topic,
     issue_grant,
+    now_ms,
     verify_envelope,
 )
 
 _ids = itertools.count(1)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class App:
@@ -161,7 +157,7 @@ class Received:
             topic=self.topic,
             content_type=self.prop("content_type"),
             key=key,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms(),
         ).message
 
 

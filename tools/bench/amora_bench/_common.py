@@ -8,7 +8,6 @@ import os
 import platform
 import resource
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,16 +21,10 @@ __all__ = [
     "cpu_seconds",
     "latency_summary",
     "machine",
-    "now_ms",
     "percentile",
     "raise_fd_limit",
     "rss_mb",
 ]
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds since the Unix epoch."""
-    return time.time_ns() // 1_000_000
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

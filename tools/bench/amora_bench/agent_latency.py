@@ -115,7 +115,7 @@ class _Observer:
                 topic=topic,
                 content_type=content_type,
                 key=self._key,
-                now_ms=time.time_ns() // 1_000_000,
+                now_ms=ap.now_ms(),
             )
             if isinstance(verified.message, ap.DeviceState):
                 self.states.put_nowait((arrived, verified.message))

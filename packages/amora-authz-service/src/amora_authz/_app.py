@@ -22,7 +22,14 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from amora_authz._errors import AuthenticationError, AuthzError, InvalidInputError
 from amora_authz._runtime import AuthzRuntime
-from amora_authz._service import PublicKey, b64
+from amora_authz._service import b64
+from amora_protocol import (
+    AuthzPublicKey,
+    BrokerCredential,
+    DevicePublicKeys,
+    SessionRequest,
+    SessionResponse,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -40,44 +47,11 @@ VERSION = "0.1.0"
 # -- bodies ---------------------------------------------------------------------------
 
 
+# The session exchange's bodies (SessionRequest, SessionResponse and their parts) are the
+# published contract and live in amora_protocol, so that clients decode exactly what is sent.
+
 Base64Key = Annotated[str, msgspec.Meta(max_length=64)]
 """A 32-byte raw key in standard base64 (44 characters; a little slack)."""
-
-
-class SessionRequest(msgspec.Struct, frozen=True):
-    """``POST /v1/sessions`` body: the session's public keys (base64 of raw bytes)."""
-
-    signing_key: Base64Key
-    encryption_key: Base64Key
-    client_name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-
-
-class BrokerCredential(msgspec.Struct, frozen=True):
-    """How the app connects to the broker."""
-
-    endpoints: list[str]
-    username: str
-    password: str
-    client_id: str
-
-
-class DeviceInfo(msgspec.Struct, frozen=True):
-    """A device the session may use, with its public keys."""
-
-    device_id: str
-    signing_key: str
-    encryption_key: str
-
-
-class SessionResponse(msgspec.Struct, frozen=True):
-    """A created or refreshed session (``expires_at`` in ms since the epoch)."""
-
-    session_id: str
-    expires_at: int
-    broker: BrokerCredential
-    grant: str
-    devices: list[DeviceInfo]
-    authz_keys: list[PublicKey]
 
 
 class DeviceRegistration(msgspec.Struct, frozen=True):
@@ -129,7 +103,7 @@ class DeviceUsers(msgspec.Struct, frozen=True):
 class KeysDocument(msgspec.Struct, frozen=True):
     """``/.well-known/amora-keys``: grant-signing public keys."""
 
-    keys: list[PublicKey]
+    keys: tuple[AuthzPublicKey, ...]
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -181,13 +155,18 @@ def _session_response(runtime: AuthzRuntime, issued: SessionIssued) -> SessionRe
         session_id=session.session_id,
         expires_at=session.expires_at_ms,
         broker=BrokerCredential(
-            endpoints=runtime.broker_endpoints(),
+            endpoints=tuple(runtime.broker_endpoints()),
             username=session.session_id,
             password=issued.password,
             client_id=session.session_id,
         ),
         grant=b64(issued.grant),
-        devices=[DeviceInfo(d.device_id, b64(d.signing_key), b64(d.encryption_key)) for d in issued.devices],
+        devices=tuple(
+            DevicePublicKeys(
+                device_id=d.device_id, signing_key=b64(d.signing_key), encryption_key=b64(d.encryption_key)
+            )
+            for d in issued.devices
+        ),
         authz_keys=runtime.service.authz_keys(),
     )
 
@@ -232,11 +211,10 @@ async def delete_session(request: Request[Any, Any, Any], session_id: FromPath[s
 
 
 @get("/v1/devices/{device_id:str}/keys", tags=["devices"])
-async def device_keys(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DeviceInfo:
+async def device_keys(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DevicePublicKeys:
     """A device's public keys (for its users)."""
     claims = await _claims(request)
-    keys = await _runtime(request).service.device_keys(claims, device_id)
-    return DeviceInfo(keys.device_id, keys.signing_key, keys.encryption_key)
+    return await _runtime(request).service.device_keys(claims, device_id)
 
 
 @post("/v1/admin/devices", status_code=HTTP_201_CREATED, tags=["admin"])

@@ -35,7 +35,7 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._store import Device, Link, Session
-from amora_protocol import device_acls, user_device_acls
+from amora_protocol import device_acls, device_role, user_device_acls, user_device_role, user_group
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -48,42 +48,24 @@ __all__ = [
     "BrokerFleet",
     "BrokerStatus",
     "desired_state",
-    "device_role",
-    "group_of",
     "scope_for_device",
     "scope_for_link",
     "scope_for_session",
-    "user_device_role",
 ]
-
-
-def device_role(device_id: str) -> str:
-    """Name of the role a device holds for itself."""
-    return f"device:{device_id}"
-
-
-def user_device_role(device_id: str) -> str:
-    """Name of the role that lets a user's sessions use a device."""
-    return f"user-device:{device_id}"
-
-
-def group_of(user_sub: str) -> str:
-    """Name of a user's group."""
-    return f"user:{user_sub}"
 
 
 def scope_for_session(session_id: str, user_sub: str, devices: Iterable[str] = ()) -> Scope:
     """Names touched by creating or deleting a session."""
     return Scope(
         clients=frozenset({session_id}),
-        groups=frozenset({group_of(user_sub)}),
+        groups=frozenset({user_group(user_sub)}),
         roles=frozenset(user_device_role(d) for d in devices),
     )
 
 
 def scope_for_link(user_sub: str, device_id: str) -> Scope:
     """Names touched by linking or unlinking a user and a device."""
-    return Scope(groups=frozenset({group_of(user_sub)}), roles=frozenset({user_device_role(device_id)}))
+    return Scope(groups=frozenset({user_group(user_sub)}), roles=frozenset({user_device_role(device_id)}))
 
 
 def scope_for_device(device_id: str, users: Iterable[str] = ()) -> Scope:
@@ -91,7 +73,7 @@ def scope_for_device(device_id: str, users: Iterable[str] = ()) -> Scope:
     return Scope(
         clients=frozenset({device_id}),
         roles=frozenset({device_role(device_id), user_device_role(device_id)}),
-        groups=frozenset(group_of(u) for u in users),
+        groups=frozenset(user_group(u) for u in users),
     )
 
 
@@ -137,13 +119,13 @@ def desired_state(
     for session in sessions:
         roles_by_user.setdefault(session.user_sub, set())
     for user, roles in roles_by_user.items():
-        state.groups[group_of(user)] = GroupSpec(name=group_of(user), roles=frozenset(roles))
+        state.groups[user_group(user)] = GroupSpec(name=user_group(user), roles=frozenset(roles))
     for session in sessions:
         state.clients[session.session_id] = ClientSpec(
             username=session.session_id,
             clientid=session.session_id,
             password=password_for(session.session_id),
-            groups=frozenset({group_of(session.user_sub)}),
+            groups=frozenset({user_group(session.user_sub)}),
         )
     return state
 

@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,9 @@ from amora_authz._errors import (
 from amora_authz._fleet import scope_for_device, scope_for_link, scope_for_session
 from amora_authz._store import Certificate, Device, Session
 from amora_protocol import (
+    SESSION_ID_PREFIX,
+    AuthzPublicKey,
+    DevicePublicKeys,
     EncryptionPublicKey,
     Grant,
     InvalidDeviceId,
@@ -39,6 +41,7 @@ from amora_protocol import (
     SigningKey,
     VerifyKey,
     issue_grant,
+    now_ms,
     validate_device_id,
 )
 
@@ -54,16 +57,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthzService",
-    "DeviceKeys",
     "DeviceRegistered",
-    "PublicKey",
     "SessionIssued",
     "b64",
     "session_password",
 ]
-
-SESSION_PREFIX = "sess."
-"""Session ids start with this; the dot keeps them apart from every valid device id."""
 
 _PASSWORD_DOMAIN = b"amora-session-password-v1\x00"
 
@@ -86,21 +84,6 @@ def session_password(secret: bytes, session_id: str) -> str:
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
-class PublicKey(msgspec.Struct, frozen=True):
-    """A public key as the API shows it."""
-
-    kid: str
-    public_key: str
-
-
-class DeviceKeys(msgspec.Struct, frozen=True):
-    """A device's public keys as the API shows them."""
-
-    device_id: str
-    signing_key: str
-    encryption_key: str
-
-
 class SessionIssued(msgspec.Struct, frozen=True, kw_only=True):
     """What a session creation or refresh returns (besides the broker credential)."""
 
@@ -116,10 +99,6 @@ class DeviceRegistered(msgspec.Struct, frozen=True, kw_only=True):
     device: Device
     certificate_pem: bytes | None
     serial: int | None
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class AuthzService:
@@ -140,7 +119,7 @@ class AuthzService:
         ca: DeviceCA | None = None,
         crl_reload_command: Sequence[str] = (),
         on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         """Wire the service.
 
@@ -189,9 +168,9 @@ class AuthzService:
         """The broker password of a session."""
         return session_password(self._secret, session_id)
 
-    def authz_keys(self) -> list[PublicKey]:
+    def authz_keys(self) -> tuple[AuthzPublicKey, ...]:
         """The grant-signing public keys (all of them, during a rotation)."""
-        return [PublicKey(k.kid, b64(k.public_key.raw)) for k in self.signing_keys]
+        return tuple(AuthzPublicKey(kid=k.kid, public_key=b64(k.public_key.raw)) for k in self.signing_keys)
 
     def require_admin(self, claims: Claims) -> None:
         """Raise unless the token carries the admin role.
@@ -283,7 +262,7 @@ class AuthzService:
         raw_sign, raw_enc = self._keys(signing_key, encryption_key)
         now = self._clock_ms()
         session = Session(
-            session_id=SESSION_PREFIX + secrets.token_hex(16),
+            session_id=SESSION_ID_PREFIX + secrets.token_hex(16),
             user_sub=claims.subject,
             client_name=client_name,
             signing_key=raw_sign,
@@ -455,7 +434,7 @@ class AuthzService:
         if self._on_crl_written is not None:
             self._on_crl_written(revoked)
 
-    async def device_keys(self, claims: Claims, device_id: str) -> DeviceKeys:
+    async def device_keys(self, claims: Claims, device_id: str) -> DevicePublicKeys:
         """A device's public keys, for its users and admins.
 
         Raises:
@@ -469,7 +448,9 @@ class AuthzService:
         device = await self.store.require_device(device_id)
         if device.revoked:
             raise NotFoundError(f"device {device_id!r} is revoked", kind="device", key=device_id)
-        return DeviceKeys(device_id, b64(device.signing_key), b64(device.encryption_key))
+        return DevicePublicKeys(
+            device_id=device_id, signing_key=b64(device.signing_key), encryption_key=b64(device.encryption_key)
+        )
 
     # -- links ---------------------------------------------------------------------
 

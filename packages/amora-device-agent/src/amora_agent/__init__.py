@@ -5,7 +5,6 @@ Run it with ``amora-agent run --config FILE``; embed it (tests, simulated fleets
 """
 
 from amora_agent._agent import AGENT_VERSION, Agent, AgentOptions
-from amora_agent._backoff import Backoff
 from amora_agent._build import agent_from_config
 from amora_agent._config import (
     AgentConfig,
@@ -36,6 +35,7 @@ from amora_agent._mpd import MpdPlayer, snapshot_from_mpd
 from amora_agent._persist import ExecutedCommands, VersionCounter
 from amora_agent._player import ChangeCallback, Player, PlayerSnapshot
 from amora_agent._sim import SimulatedPlayer
+from amora_protocol import Backoff
 
 __all__ = [
     "AGENT_VERSION",

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import msgspec
 import structlog
 
-from amora_agent._backoff import Backoff
-from amora_agent._clock import now_ms
 from amora_agent._config import BrokerEndpoint, parse_verify_key
 from amora_agent._errors import ConfigError, PlayerError, PlayerUnavailable, StateDirError
 from amora_agent._mqtt import InboundMessage, MqttLink, Will
 from amora_agent._persist import ExecutedCommands, VersionCounter
 from amora_protocol import (
+    Backoff,
     BadSignature,
     Codec,
     CommandGuard,
@@ -44,6 +43,7 @@ from amora_protocol import (
     commands_topic,
     connection_topic,
     keyring,
+    now_ms,
     responses_topic,
     state_topic,
     validate_device_id,

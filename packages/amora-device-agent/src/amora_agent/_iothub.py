@@ -18,8 +18,8 @@ import structlog
 from azure.iot.device import Message
 from azure.iot.device.aio import IoTHubDeviceClient
 
-from amora_agent._backoff import Backoff
 from amora_agent._management import ManagementHost, parse_desired
+from amora_protocol import Backoff
 
 __all__ = ["IoTHubPlane"]
 

@@ -18,12 +18,11 @@ import structlog
 from mpd import CommandError, MPDError
 from mpd.asyncio import MPDClient
 
-from amora_agent._backoff import Backoff
-from amora_agent._clock import now_ms
 from amora_agent._errors import PlayerError, PlayerUnavailable
 from amora_agent._player import ChangeCallback, PlayerSnapshot
 from amora_protocol import (
     Action,
+    Backoff,
     ChangeVolume,
     Next,
     Pause,
@@ -39,6 +38,7 @@ from amora_protocol import (
     Song,
     Stop,
     Toggle,
+    now_ms,
 )
 
 __all__ = ["MpdPlayer", "snapshot_from_mpd"]

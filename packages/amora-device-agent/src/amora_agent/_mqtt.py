@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import gmqtt
 import structlog
 
-from amora_agent._backoff import Backoff
+from amora_protocol import Backoff
 
 if TYPE_CHECKING:
     import ssl

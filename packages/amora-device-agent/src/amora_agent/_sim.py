@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from amora_agent._clock import now_ms
 from amora_agent._errors import PlayerError
 from amora_agent._player import ChangeCallback, PlayerSnapshot
 from amora_protocol import (
@@ -28,6 +27,7 @@ from amora_protocol import (
     Song,
     Stop,
     Toggle,
+    now_ms,
 )
 
 if TYPE_CHECKING:

@@ -2,11 +2,20 @@
 
 Sans-IO: nothing here opens a socket, starts an event loop or reads the clock; callers pass
 ``now_ms``, keys and epochs in. The only randomness drawn inside is key generation
-(`SigningKey.generate`, `EncryptionKey.generate`) and HPKE's ephemeral key when sealing.
+(`SigningKey.generate`, `EncryptionKey.generate`), HPKE's ephemeral key when sealing, and
+`Backoff`'s jitter when no random source is passed. `now_ms` is the one clock helper for
+the callers that fill those arguments.
+
+Besides the wire format it holds the other contracts several packages share: broker
+account names (`device_role`, `user_device_role`, `user_group`), the reconnect policy
+(`Backoff`) and the authz service's session answer (`SessionResponse`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from amora_protocol._accounts import SESSION_ID_PREFIX, device_role, is_session_id, user_device_role, user_group
+from amora_protocol._backoff import Backoff
+from amora_protocol._clock import now_ms
 from amora_protocol._envelope import (
     DEFAULT_MAX_SIZE,
     PROTOCOL_VERSION,
@@ -71,6 +80,14 @@ from amora_protocol._messages import (
     is_critical,
 )
 from amora_protocol._replay import CommandGuard, Freshness, SequenceWindow, StateTracker
+from amora_protocol._sessions import (
+    AuthzPublicKey,
+    BrokerCredential,
+    DevicePublicKeys,
+    SessionRequest,
+    SessionResponse,
+    decode_session_response,
+)
 from amora_protocol._topics import (
     TOPIC_PREFIX,
     ParsedTopic,
@@ -97,9 +114,13 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "GRANT_DOMAIN",
     "PROTOCOL_VERSION",
+    "SESSION_ID_PREFIX",
     "TOPIC_PREFIX",
     "Action",
+    "AuthzPublicKey",
+    "Backoff",
     "BadSignature",
+    "BrokerCredential",
     "ChangeVolume",
     "ClockSkew",
     "Codec",
@@ -109,6 +130,7 @@ __all__ = [
     "CommandStatus",
     "ConnectionStatus",
     "DecryptionError",
+    "DevicePublicKeys",
     "DeviceState",
     "EncryptionKey",
     "EncryptionPublicKey",
@@ -138,6 +160,8 @@ __all__ = [
     "Seek",
     "Sender",
     "SequenceWindow",
+    "SessionRequest",
+    "SessionResponse",
     "SetVolume",
     "SigningKey",
     "SingleMode",
@@ -158,13 +182,17 @@ __all__ = [
     "__version__",
     "commands_topic",
     "connection_topic",
+    "decode_session_response",
     "device_acls",
+    "device_role",
     "device_topic",
     "encode_envelope",
     "is_critical",
+    "is_session_id",
     "issue_grant",
     "key_id",
     "keyring",
+    "now_ms",
     "parse_envelope",
     "parse_topic",
     "responses_topic",
@@ -172,6 +200,8 @@ __all__ = [
     "signed_bytes",
     "state_topic",
     "user_device_acls",
+    "user_device_role",
+    "user_group",
     "validate_device_id",
     "verify_command",
     "verify_envelope",
