@@ -22,7 +22,7 @@ def members() -> list[tuple[Path, list[str], str]]:
     """Return (folder, targets, mypy path) for each member that has Python code."""
     found: list[tuple[Path, list[str], str]] = []
     for pkg in sorted((ROOT / "packages").iterdir()):
-        if (pkg / "src").is_dir():
+        if (pkg / "src").is_dir() and (pkg / "pyproject.toml").is_file():  # not the npm package
             targets = [t for t in ("src", "tests") if (pkg / t).is_dir()]
             found.append((pkg, targets, "src"))
     tools = ROOT / "tools"

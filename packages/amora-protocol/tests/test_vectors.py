@@ -32,6 +32,7 @@ def _verify(vector: dict[str, Any]) -> ap.Message:
     decrypt = None
     if "recipient_private_key_hex" in vector:
         decrypt = ap.EncryptionKey.from_raw(bytes.fromhex(vector["recipient_private_key_hex"]))
+    max_size = vector.get("max_size", ap.DEFAULT_MAX_SIZE)
     if ap.parse_topic(topic).kind is ap.TopicKind.COMMANDS:
         authz = ap.VerifyKey.from_raw(bytes.fromhex(vector["authz_public_key_hex"]))
         verified = ap.verify_command(
@@ -41,11 +42,12 @@ def _verify(vector: dict[str, Any]) -> ap.Message:
             trusted_keys={authz.kid: authz},
             now_ms=vector["now"],
             decrypt_key=decrypt,
+            max_size=max_size,
         )
         assert verified.grant.signing_key == signer.raw
         return verified.command
     return ap.verify_envelope(
-        payload, topic=topic, content_type=vector["content_type"], key=signer, now_ms=vector["now"]
+        payload, topic=topic, content_type=vector["content_type"], key=signer, now_ms=vector["now"], max_size=max_size
     ).message
 
 
