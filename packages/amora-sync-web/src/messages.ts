@@ -11,7 +11,7 @@ export const IDENTIFIER_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 export type PlaybackStatus = "play" | "pause" | "stop";
 export type SingleMode = "off" | "on" | "oneshot";
 export type CommandStatus = "accepted" | "succeeded" | "failed" | "rejected" | "duplicate";
-export type RejectReason = "unauthorized" | "expired" | "version-mismatch" | "invalid" | "unsupported";
+export type RejectReason = "unauthorized" | "expired" | "version-mismatch" | "invalid" | "unsupported" | "busy" | "clock-skew";
 export type Right = "watch" | "control";
 export type MessageType = "state" | "command" | "response" | "connection";
 
@@ -75,6 +75,10 @@ export interface CommandResponse {
   reason?: RejectReason;
   message?: string;
   state_version?: number;
+  /** True when this repeats the outcome of an id the device had already answered. */
+  duplicate: boolean;
+  clock_offset_ms?: number;
+  retry_after_ms?: number;
 }
 
 export interface ConnectionStatus {
@@ -83,6 +87,8 @@ export interface ConnectionStatus {
   at_ms: number;
   agent_version?: string;
   reason?: string;
+  /** From the state's version counter: a lower one than held is a stale status (a late Will). */
+  version?: number;
 }
 
 export interface Grant {
@@ -174,9 +180,12 @@ const RESPONSE: Field[] = [
   req("device_id", deviceId),
   req("status", oneOf(["accepted", "succeeded", "failed", "rejected", "duplicate"] as const)),
   req("at_ms", nonNeg),
-  opt("reason", oneOf(["unauthorized", "expired", "version-mismatch", "invalid", "unsupported"] as const)),
+  opt("reason", oneOf(["unauthorized", "expired", "version-mismatch", "invalid", "unsupported", "busy", "clock-skew"] as const)),
   opt("message", shortText),
   opt("state_version", nonNeg),
+  opt("duplicate", bool, false),
+  opt("clock_offset_ms", int()),
+  opt("retry_after_ms", nonNeg),
 ];
 const CONNECTION: Field[] = [
   req("device_id", deviceId),
@@ -184,6 +193,7 @@ const CONNECTION: Field[] = [
   req("at_ms", nonNeg),
   opt("agent_version", shortText),
   opt("reason", shortText),
+  opt("version", nonNeg),
 ];
 const GRANT: Field[] = [
   req("grant_id", identifier),
