@@ -60,8 +60,9 @@ def test_memory_is_bounded():
         guard.check(_header(0, sender=f"s{i}"), _cmd(f"id{i}"), now_ms=NOW)
     assert len(guard) == 100
     assert len(guard._windows) == 10
-    # Ids are forgotten once their commands could no longer be accepted anyway.
-    later = NOW + 10_000 + guard.max_skew_ms
+    # Ids are forgotten once their commands could no longer be accepted anyway, whatever
+    # clock offset (within the allowance) a sender is judged with.
+    later = NOW + 10_000 + 2 * guard.max_skew_ms
     guard.check(_header(0, sender="late"), _cmd("late", issued=later), now_ms=later)
     assert len(guard) == 1
 
@@ -142,3 +143,35 @@ def test_response_repeats_the_original_outcome_and_old_readers_ignore_new_fields
         )
     )
     assert set(plain) == {"command_id", "device_id", "status", "at_ms"}  # defaults stay off the wire
+
+
+@pytest.mark.parametrize("device_ahead_ms", [-25_000, -10_000, 0, 10_000, 25_000])
+def test_skew_within_the_allowance_works_both_ways(device_ahead_ms):
+    guard = ap.CommandGuard(max_skew_ms=30_000)
+    now = NOW + device_ahead_ms + 5  # 5 ms in transit
+    guard.check(_header(1), _cmd("a", ttl=10_000), now_ms=now, clock_offset_ms=device_ahead_ms)
+    assert guard.seen("a")
+
+
+@pytest.mark.parametrize("device_ahead_ms", [-45_000, 45_000, 3_600_000])
+def test_skew_beyond_the_allowance_is_clock_skew_with_the_measured_offset(device_ahead_ms):
+    guard = ap.CommandGuard(max_skew_ms=30_000)
+    with pytest.raises(ap.ClockSkew) as caught:
+        guard.check(_header(1), _cmd("a"), now_ms=NOW + device_ahead_ms, clock_offset_ms=device_ahead_ms)
+    assert caught.value.offset_ms == device_ahead_ms
+    assert not guard.seen("a")
+
+
+def test_a_late_command_from_a_sender_with_a_good_clock_is_still_expired():
+    guard = ap.CommandGuard(max_skew_ms=30_000)
+    with pytest.raises(ap.Expired):
+        guard.check(_header(1), _cmd("a", ttl=10_000), now_ms=NOW + 12_000, clock_offset_ms=0)
+
+
+def test_ids_outlive_every_sender_time_the_allowance_lets_in():
+    guard = ap.CommandGuard(max_skew_ms=30_000)
+    guard.check(_header(1), _cmd("a", ttl=10_000), now_ms=NOW, clock_offset_ms=0)
+    # Much later, a replay judged with the largest offset allowed is still known.
+    later = NOW + 10_000 + 29_000
+    with pytest.raises(ap.Replayed):
+        guard.check(_header(2), _cmd("a", ttl=10_000), now_ms=later, clock_offset_ms=30_000)

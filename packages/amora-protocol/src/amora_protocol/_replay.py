@@ -138,28 +138,42 @@ class CommandGuard:
             self._windows.move_to_end(key)
             window.accept(seq, self.window)
 
-    def check(self, header: Header, command: Command, *, now_ms: int) -> None:
+    def check(self, header: Header, command: Command, *, now_ms: int, clock_offset_ms: int = 0) -> None:
         """Accept the command once, or raise.
 
-        ``now_ms`` is the verifier's best idea of the senders' time: a device that knows its
-        clock runs ahead or behind (see the README, "Clock skew") passes its corrected time.
+        Args:
+            header: The verified envelope header.
+            command: The verified command.
+            now_ms: The verifier's clock.
+            clock_offset_ms: The verifier's clock minus the sender's, as far as known (see the
+                README, "Clock skew"); clamped to ``max_skew_ms`` either way. Expiry and
+                future dating are judged on ``now_ms - clock_offset_ms``.
 
         Raises:
-            Expired: ``now_ms`` is at or past the command's (or envelope's) expiry.
-            ClockSkew: Issued further in the future than ``max_skew_ms``.
+            Expired: At or past the command's (or envelope's) expiry.
+            ClockSkew: Dated more than ``max_skew_ms`` in the future, or expired by more than
+                the allowance explains: the clocks differ (``offset_ms`` says by how much).
             SchemaError: A lifetime longer than ``max_ttl_ms``.
             Replayed: The command id, or (sender, epoch, seq), was seen before.
         """
-        self._forget_expired(now_ms)
-        if now_ms >= command.expires_at_ms:
-            raise Expired(f"command {command.id}", command.expires_at_ms, now_ms)
-        if header.exp_ms is not None and now_ms >= header.exp_ms:
-            raise Expired(f"command {command.id}", header.exp_ms, now_ms)
+        skew = self.max_skew_ms
+        # Ids are kept until expiry + skew as seen by the most lenient sender time allowed.
+        self._forget_expired(now_ms - skew)
+        sender_now = now_ms - max(-skew, min(skew, clock_offset_ms))
+        measured = now_ms - header.ts_ms
+        expiry = min(command.expires_at_ms, header.exp_ms if header.exp_ms is not None else command.expires_at_ms)
+        if sender_now >= expiry:
+            if abs(measured) > skew:
+                raise ClockSkew(
+                    f"command {command.id} expired: clocks differ by {measured} ms (allowance {skew} ms)",
+                    offset_ms=measured,
+                )
+            raise Expired(f"command {command.id}", expiry, sender_now)
         latest = max(command.issued_at_ms, header.ts_ms)
-        if latest > now_ms + self.max_skew_ms:
+        if latest > sender_now + skew or measured < -skew:
             raise ClockSkew(
-                f"command {command.id} is dated {latest - now_ms} ms in the future (allowance {self.max_skew_ms} ms)",
-                offset_ms=now_ms - header.ts_ms,
+                f"command {command.id} is dated {latest - now_ms} ms in the future (allowance {skew} ms)",
+                offset_ms=measured,
             )
         if command.expires_at_ms - command.issued_at_ms > self.max_ttl_ms:
             raise SchemaError(f"command {command.id} lives longer than {self.max_ttl_ms} ms")

@@ -123,6 +123,9 @@ def device_acls(device_id: str) -> tuple[TopicAcl, ...]:
     """The access a device needs for itself (its broker role ``device:{id}``).
 
     It publishes state, responses and connection (also the Last Will) and reads its commands.
+    It also reads its own connection topic: a stale Last Will delivered late (by a resumed
+    broker, through a bridge) is corrected at once, and re-subscribing to it is the
+    device's end-to-end liveness probe of the broker.
     """
     return (
         TopicAcl("publishClientSend", state_topic(device_id)),
@@ -131,6 +134,9 @@ def device_acls(device_id: str) -> tuple[TopicAcl, ...]:
         TopicAcl("subscribePattern", commands_topic(device_id)),
         TopicAcl("publishClientReceive", commands_topic(device_id)),
         TopicAcl("unsubscribePattern", commands_topic(device_id)),
+        TopicAcl("subscribePattern", connection_topic(device_id)),
+        TopicAcl("publishClientReceive", connection_topic(device_id)),
+        TopicAcl("unsubscribePattern", connection_topic(device_id)),
     )
 
 
