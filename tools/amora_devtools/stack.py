@@ -174,6 +174,8 @@ class Stack:
         real_mpd: Make the first player an agent on a real MPD.
         standby: Also run a standby broker bridged to the primary.
         users: User name -> indexes of the players they own.
+        agent_programs: Device id -> the ``amora-agent`` executable to run it with (default:
+            this environment's); the compatibility suite runs a previous release this way.
     """
 
     state_dir: Path
@@ -182,6 +184,7 @@ class Stack:
     standby: bool = True
     users: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     mpd_tracks: tuple[Track, ...] = DEFAULT_TRACKS
+    agent_programs: dict[str, Path] = field(default_factory=dict)
     pki: DevPKI | None = field(default=None, init=False)
     brokers: list[BrokerProcess] = field(default_factory=list, init=False)
     mpd: MpdProcess | None = field(default=None, init=False)
@@ -410,7 +413,12 @@ class Stack:
             return
         player.process = ManagedProcess(
             f"amora-agent[{player.device_id}]",
-            [_script("amora-agent"), "run", "--config", str(player.config_file)],
+            [
+                str(self.agent_programs.get(player.device_id) or _script("amora-agent")),
+                "run",
+                "--config",
+                str(player.config_file),
+            ],
             log_file=player.log_file,
         )
 
