@@ -182,3 +182,33 @@ def new_session() -> Any:
 def mqtt_probe() -> Any:
     """``with mqtt_probe(port, ca_file, username=..., password=..., client_id=...) as p``: paho MQTT 5."""
     return _probe
+
+
+@pytest.fixture(scope="module")
+def security_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack shared by a security test module (alice: player-1, -2; bob: player-3).
+
+    Starting a stack takes seconds; the attack cases of one module share it and each
+    leaves it as it found it (or runs last).
+    """
+    folder = tmp_path_factory.mktemp("security")
+    with Stack(folder / "stack", players=3, users={"alice": (0, 1), "bob": (2,), "carol": ()}) as running:
+        yield running
+
+
+def dev_token(stack: Stack, user: str) -> str:
+    """A development token for ``user`` from the stack's authz dev issuer."""
+    response = httpx.post(f"{stack.authz_url}/dev-issuer/token", json={"username": user}, timeout=10)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+@pytest.fixture
+def authz_http() -> Any:
+    """``authz_http(stack, user)``: an httpx client on the stack's authz, as ``user`` (None: anonymous)."""
+
+    def client(stack: Stack, user: str | None = None) -> httpx.Client:
+        headers = {} if user is None else {"Authorization": f"Bearer {dev_token(stack, user)}"}
+        return httpx.Client(base_url=stack.authz_url, headers=headers, timeout=30)
+
+    return client

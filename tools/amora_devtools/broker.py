@@ -42,6 +42,7 @@ from amora_devtools._proc import (
     tail,
     wait_until,
 )
+from amora_protocol import service_account_name
 
 if TYPE_CHECKING:
     import ssl
@@ -64,7 +65,9 @@ __all__ = [
     "template_dir",
 ]
 
-ADMIN_USERNAME: Final = "amora-admin"
+# Service accounts live under the reserved prefix (amora_protocol.SERVICE_ACCOUNT_PREFIX),
+# so no device or user id can ever take them.
+ADMIN_USERNAME: Final = service_account_name("harness-admin")
 DYNSEC_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 _BROKER_USER: Final = "mosquitto"
 _START_TIMEOUT: Final = 15.0
@@ -606,7 +609,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
 
 def _make_bridge_account(primary: BrokerProcess, standby_name: str) -> _Bridge:
     """Create the primary's dynsec client and role for a standby's bridge."""
-    username = f"bridge-{standby_name}"
+    username = service_account_name(f"bridge-{standby_name}")
     password = secrets.token_urlsafe(18)
     role = f"bridge:{standby_name}"
     acls = [

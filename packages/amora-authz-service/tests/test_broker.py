@@ -411,24 +411,43 @@ async def test_primary_and_standby_are_both_reconciled(
         ready = await svc.http.get("/readyz")
         assert ready.json()["status"] == "ready"
 
-        # With the standby down, the API still works and the primary is kept current...
+        # With the standby down, a logout is applied on the primary but not reported
+        # done (fail closed): 503 change_pending naming the standby, and not ready.
         await asyncio.to_thread(standby.stop)
-        response = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=await svc.auth("alice"))
-        assert response.status_code == 204
+        alice = await svc.auth("alice")
+        response = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=alice)
+        assert response.status_code == 503
+        assert response.json()["code"] == "change_pending"
+        assert response.json()["brokers"] == [standby.name]
+        assert response.headers["Retry-After"] == "1"
         status = svc.runtime.service.fleet.status
         assert status[primary.name].reachable
         assert not status[standby.name].reachable
+        assert status[standby.name].behind
         with pytest.raises(MqttRefused):
             await Harness(svc, primary, primary.pki, tmp_path).app(session)
-        # ...and the standby is healed by the next pass once it is back.
+        ready = await svc.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["code"] == "brokers_behind"
+        # Repeating the request answers the same while the standby is behind...
+        again = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=alice)
+        assert (again.status_code, again.json()["code"]) == (503, "change_pending")
+        # ...and the retry heals the standby once it is back; then the repeat succeeds.
         await asyncio.to_thread(standby.restart)
         with contextlib.suppress(MqttRefused):
             # Still holds the deleted session: the standby missed the change.
             (await Harness(svc, standby, standby.pki, tmp_path).app(session)).disconnect()
-        await svc.runtime.service.reconcile()
+        await svc.runtime.service.fleet.retry_pending()
         assert status[standby.name].reachable
+        assert not status[standby.name].behind
         with pytest.raises(MqttRefused):
             await Harness(svc, standby, standby.pki, tmp_path).app(session)
+        again = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=alice)
+        assert again.status_code == 204
+        assert (await svc.http.get("/readyz")).status_code == 200
+        # Once settled, the session is simply gone.
+        gone = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=alice)
+        assert gone.status_code == 404
 
 
 async def test_a_broker_that_cannot_save_is_reported(broker: BrokerProcess, tmp_path: Path) -> None:
@@ -510,14 +529,17 @@ async def test_concurrent_changes_leave_the_broker_matching_the_database(harness
     assert (await harness.svc.runtime.service.reconcile())[harness.broker.name] == 0
 
 
-async def test_an_unreachable_broker_does_not_stop_the_api(tmp_path: Path) -> None:
+async def test_no_session_is_handed_out_without_the_primary(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         down = BrokerEndpoint(name="down", host="127.0.0.1", port=port, username="x", password="y", tls=False)
         async with serve(dev_settings(tmp_path, brokers=(down,))) as svc:
             response = await svc.http.post("/v1/sessions", json=session_body(), headers=await svc.auth("alice"))
-            assert response.status_code == 201
+            assert response.status_code == 503
+            assert response.json()["code"] == "broker_unavailable"
+            # The credential that could not be created is not kept either.
+            assert await svc.runtime.store.active_sessions(now_ms=0) == []
             status = svc.runtime.service.fleet.status["down"]
             assert not status.reachable
             assert status.last_error

@@ -14,6 +14,7 @@ from amora_authz import (
     Scope,
     Session,
     desired_state,
+    foreign_names,
     plan,
 )
 from amora_protocol import device_acls, user_device_acls
@@ -164,13 +165,29 @@ def test_drifted_objects_are_corrected() -> None:
     assert {"command": "addGroupRole", "groupname": "user:alice", "rolename": "user-device:p2"} in commands
 
 
-def test_an_unmanaged_object_with_a_desired_name_is_adopted() -> None:
+def test_an_unmanaged_object_with_a_desired_name_is_never_adopted() -> None:
     want = state()
     actual = apply(DynsecState(), plan(want, DynsecState()))
+    # An operator's account that happens to bear a device's name (the takeover of issue
+    # #11: the reconciler used to strip its roles and hand it the device role).
     actual.clients["p1"] = ClientSpec(
-        username="p1", clientid="p1", password=None, roles=frozenset({"device:p1"}), textname="device p1"
+        username="p1", clientid=None, password=None, roles=frozenset({"admin"}), textname="operator"
     )
-    assert plan(want, actual) == [{"command": "modifyClient", "username": "p1", "textname": MANAGED, "clientid": "p1"}]
+    assert plan(want, actual) == []
+    assert foreign_names(want, actual).names() == ["client:p1"]
+
+
+def test_nothing_is_attached_to_a_foreign_group_or_role() -> None:
+    want = state()
+    actual = apply(DynsecState(), plan(want, DynsecState()))
+    # Foreign objects named like alice's group and p2's device role: no session joins
+    # that group, no group gets that role, no device client gets it.
+    actual.groups["user:alice"] = GroupSpec(name="user:alice", roles=frozenset({"admin"}), textname=None)
+    actual.roles["user-device:p2"] = RoleSpec(name="user-device:p2", acls=frozenset(), textname=None)
+    del actual.clients["sess.1"]
+    commands = plan(want, actual)
+    assert commands == []
+    assert foreign_names(want, actual).names() == ["group:user:alice", "role:user-device:p2"]
 
 
 def test_scoped_plan_touches_only_the_scope() -> None:

@@ -7,7 +7,7 @@ database, and runs the device registry (CSRs, revocation, CRL).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from amora_authz._app import create_app
+from amora_authz._app import create_app, create_ops_app
 from amora_authz._ca import DeviceCA, IssuedCertificate
 from amora_authz._config import DevIssuerSettings, Settings, load_settings
 from amora_authz._devissuer import DevIssuer
@@ -18,24 +18,29 @@ from amora_authz._dynsec import (
     ClientSpec,
     DynsecClient,
     DynsecState,
+    ForeignNames,
     GroupSpec,
     RoleSpec,
     Scope,
+    foreign_names,
     plan,
 )
 from amora_authz._errors import (
     AuthenticationError,
     AuthzError,
     BrokerError,
+    ChangePendingError,
     ConfigError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     StoreError,
 )
-from amora_authz._fleet import BrokerFleet, BrokerStatus, desired_state
+from amora_authz._fleet import ApplyOutcome, BrokerFleet, BrokerStatus, desired_state
 from amora_authz._jwt import Claims, JwksCache, OidcSettings, TokenValidator
+from amora_authz._limits import RateLimit, RateLimiter, RateLimitSettings
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import AuthzService, session_password
 from amora_authz._store import (
@@ -57,6 +62,7 @@ except PackageNotFoundError:  # pragma: no cover - source tree without metadata
 __all__ = [
     "MANAGED",
     "AclSpec",
+    "ApplyOutcome",
     "AuthenticationError",
     "AuthzError",
     "AuthzRuntime",
@@ -66,6 +72,7 @@ __all__ = [
     "BrokerFleet",
     "BrokerStatus",
     "Certificate",
+    "ChangePendingError",
     "Claims",
     "ClientSpec",
     "ConfigError",
@@ -76,6 +83,7 @@ __all__ = [
     "DeviceCA",
     "DynsecClient",
     "DynsecState",
+    "ForeignNames",
     "GroupSpec",
     "InvalidInputError",
     "IssuedCertificate",
@@ -85,6 +93,10 @@ __all__ = [
     "OidcSettings",
     "PermissionDeniedError",
     "PostgresStore",
+    "RateLimit",
+    "RateLimitSettings",
+    "RateLimitedError",
+    "RateLimiter",
     "RoleSpec",
     "Scope",
     "Session",
@@ -95,7 +107,9 @@ __all__ = [
     "TokenValidator",
     "__version__",
     "create_app",
+    "create_ops_app",
     "desired_state",
+    "foreign_names",
     "load_settings",
     "open_store",
     "plan",

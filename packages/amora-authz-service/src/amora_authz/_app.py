@@ -1,14 +1,20 @@
 """The HTTP API (Litestar, msgspec bodies, OpenAPI at ``/schema``).
 
 Errors are JSON ``{"code": ..., "message": ...}`` with a stable code: 401 for bad
-tokens, 403 for missing rights, 404, 409, and 422 for invalid input (including bodies
-that do not match the schema).
+tokens, 403 for missing rights, 404, 409, 422 for invalid input (including bodies
+that do not match the schema or nest too deeply), 429 with ``Retry-After`` when a rate
+limit refuses, and 503 (``change_pending`` with ``Retry-After``) when an access change
+has not reached every broker yet.
+
+The operations endpoints can be served by a second, internal-only app
+(:func:`create_ops_app`) on a listener of their own.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -20,7 +26,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from amora_authz._errors import AuthenticationError, AuthzError, InvalidInputError
+from amora_authz._errors import (
+    AuthenticationError,
+    AuthzError,
+    ChangePendingError,
+    InvalidInputError,
+    RateLimitedError,
+)
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
 from amora_protocol import (
@@ -39,7 +51,7 @@ if TYPE_CHECKING:
     from amora_authz._jwt import Claims
     from amora_authz._service import SessionIssued
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_ops_app"]
 
 VERSION = "0.1.0"
 
@@ -106,11 +118,12 @@ class KeysDocument(msgspec.Struct, frozen=True):
     keys: tuple[AuthzPublicKey, ...]
 
 
-class ErrorBody(msgspec.Struct, frozen=True):
-    """Every error answer."""
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Every error answer (``brokers``: those behind, on ``change_pending``)."""
 
     code: str
     message: str
+    brokers: list[str] | None = None
 
 
 class DevTokenRequest(msgspec.Struct, frozen=True):
@@ -149,6 +162,56 @@ async def _claims(request: Request[Any, Any, Any]) -> Claims:
     return await _runtime(request).validators.validate(token.strip())
 
 
+async def _limited(request: Request[Any, Any, Any], kind: str) -> Claims:
+    """The caller's claims, once a request of ``kind`` is within its rate limits.
+
+    Raises:
+        RateLimitedError: a per-user or global limit refuses it.
+    """
+    claims = await _claims(request)
+    runtime = _runtime(request)
+    try:
+        runtime.limits.check(kind, claims.subject)
+    except RateLimitedError as exc:
+        runtime.metrics.inc("amora_authz_rate_limited_total", limit=exc.limit)
+        raise
+    return claims
+
+
+MAX_JSON_DEPTH = 16
+"""Deepest nesting a request body may have (the API's bodies are flat objects)."""
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
+
+def _json_depth(body: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in ``body`` (strings skipped; not a validator)."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", body))
+    if len(brackets) <= MAX_JSON_DEPTH:
+        return len(brackets)
+    depth = deepest = 0
+    for char in brackets:
+        depth += 1 if char in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+async def _refuse_deep_bodies(request: Request[Any, Any, Any]) -> None:
+    """Refuse deeply nested JSON before any parser recurses into it (422, not a crash).
+
+    Raises:
+        InvalidInputError: the body nests deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    if request.method not in {"POST", "PUT", "PATCH"}:
+        return
+    if _json_depth(await request.body()) > MAX_JSON_DEPTH:
+        raise InvalidInputError(
+            f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send the flat object the API documents",
+            code="invalid_input",
+        )
+
+
 def _session_response(runtime: AuthzRuntime, issued: SessionIssued) -> SessionResponse:
     session = issued.session
     return SessionResponse(
@@ -177,7 +240,7 @@ def _session_response(runtime: AuthzRuntime, issued: SessionIssued) -> SessionRe
 @post("/v1/sessions", status_code=HTTP_201_CREATED, tags=["sessions"], cache_control=NO_STORE)
 async def create_session(request: Request[Any, Any, Any], data: JSONBody[SessionRequest]) -> SessionResponse:
     """Exchange a user JWT for a broker credential and a grant."""
-    claims = await _claims(request)
+    claims = await _limited(request, "sessions")
     runtime = _runtime(request)
     issued = await runtime.service.create_session(
         claims,
@@ -192,7 +255,7 @@ async def create_session(request: Request[Any, Any, Any], data: JSONBody[Session
 @post("/v1/sessions/{session_id:str}/refresh", status_code=HTTP_200_OK, tags=["sessions"], cache_control=NO_STORE)
 async def refresh_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> SessionResponse:
     """Extend a session with a fresh JWT: later expiry, new grant, same broker credential."""
-    claims = await _claims(request)
+    claims = await _limited(request, "sessions")
     runtime = _runtime(request)
     issued = await runtime.service.refresh_session(claims, session_id)
     runtime.metrics.inc("amora_authz_sessions_refreshed_total")
@@ -222,7 +285,7 @@ async def register_device(
     request: Request[Any, Any, Any], data: JSONBody[DeviceRegistration]
 ) -> DeviceRegisteredResponse:
     """Register a device; a CSR is answered with a client certificate."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     registered = await _runtime(request).service.register_device(
         claims,
         device_id=data.device_id,
@@ -240,7 +303,7 @@ async def register_device(
 @post("/v1/admin/devices/{device_id:str}/revoke", status_code=HTTP_200_OK, tags=["admin"])
 async def revoke_device(request: Request[Any, Any, Any], device_id: FromPath[str]) -> RevokedResponse:
     """Revoke a device: kicked from the broker, certificate in the CRL, links dropped."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     serials = await _runtime(request).service.revoke_device(claims, device_id)
     _runtime(request).metrics.inc("amora_authz_devices_revoked_total")
     return RevokedResponse(device_id=device_id, revoked_serials=[str(s) for s in serials])
@@ -249,7 +312,7 @@ async def revoke_device(request: Request[Any, Any, Any], device_id: FromPath[str
 @get("/v1/admin/devices/{device_id:str}/users", tags=["admin"])
 async def device_users(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DeviceUsers:
     """The users linked to a device."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     users = await _runtime(request).service.users_of_device(claims, device_id)
     return DeviceUsers(device_id=device_id, users=users)
 
@@ -257,7 +320,7 @@ async def device_users(request: Request[Any, Any, Any], device_id: FromPath[str]
 @put("/v1/admin/users/{user:str}/devices/{device_id:str}", tags=["admin"])
 async def link(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> LinkResponse:
     """Let a user use a device."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     created = await _runtime(request).service.link(claims, user, device_id)
     return LinkResponse(user=user, device_id=device_id, created=created)
 
@@ -269,7 +332,7 @@ async def link(request: Request[Any, Any, Any], user: FromPath[str], device_id: 
 )
 async def unlink(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> None:
     """Remove a user's access to a device; live subscriptions are cut."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     await _runtime(request).service.unlink(claims, user, device_id)
     _runtime(request).metrics.inc("amora_authz_unlinks_total")
 
@@ -277,7 +340,7 @@ async def unlink(request: Request[Any, Any, Any], user: FromPath[str], device_id
 @get("/v1/admin/users/{user:str}/devices", tags=["admin"])
 async def user_devices(request: Request[Any, Any, Any], user: FromPath[str]) -> UserDevices:
     """A user's devices (admins: any user; users: themselves)."""
-    claims = await _claims(request)
+    claims = await _limited(request, "admin")
     devices = await _runtime(request).service.devices_of_user(claims, user)
     return UserDevices(user=user, devices=devices)
 
@@ -299,12 +362,12 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz", tags=["operations"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Readiness: the database answers and at least one broker is reachable."""
+    """Readiness: the database answers and every broker holds every change (none behind)."""
     runtime = _runtime(request)
     brokers = {s.name: msgspec.to_builtins(s) for s in runtime.service.fleet.status.values()}
     try:
         await runtime.store.schema_version()
-        runtime.service.fleet.raise_if_unreachable()
+        runtime.service.fleet.raise_if_behind()
     except AuthzError as exc:
         return Response(
             {"status": "unavailable", "code": exc.code, "message": exc.message, "brokers": brokers},
@@ -368,7 +431,12 @@ def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[E
     if runtime is not None and exc.status_code >= 500:
         runtime.log.error("request.failed", path=request.url.path, code=exc.code, error=exc.message)
     headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status_code == 401 else {}
-    return _error(exc.status_code, exc.code, exc.message, **headers)
+    if isinstance(exc, RateLimitedError | ChangePendingError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    brokers = list(exc.brokers) if isinstance(exc, ChangePendingError) else None
+    return Response(
+        ErrorBody(code=exc.code, message=exc.message, brokers=brokers), status_code=exc.status_code, headers=headers
+    )
 
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
@@ -397,18 +465,27 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail)
 
 
-def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Litestar:
-    """Build the ASGI application.
+_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    AuthzError: _authz_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
 
-    Args:
-        settings: the configuration.
-        runtime: an already-built runtime to serve (its lifetime then belongs to the
-            caller); by default the app builds one and runs it for its own lifespan.
 
-    Returns:
-        The Litestar application.
-    """
+def _openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Amora authz service",
+        version=VERSION,
+        path="/schema",
+        components=Components(
+            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+        ),
+        security=[{"bearer": []}],
+    )
 
+
+def _lifespan(settings: Settings, runtime: AuthzRuntime | None) -> Any:  # noqa: ANN401 - Litestar's lifespan type
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if runtime is not None:
@@ -419,6 +496,10 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
             app.state.runtime = own
             yield
 
+    return lifespan
+
+
+def _api_handlers(settings: Settings) -> list[Any]:
     handlers: list[Any] = [
         create_session,
         refresh_session,
@@ -432,31 +513,74 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
         user_devices,
         amora_keys,
         healthz,
-        readyz,
-        metrics,
     ]
     if settings.dev_issuer.enabled:
         handlers += [dev_discovery, dev_jwks, dev_token]
+    return handlers
+
+
+def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Litestar:
+    """Build the public ASGI application.
+
+    With ``settings.ops_listen_port`` set, ``/readyz``, ``/metrics`` and ``/schema``
+    are left to :func:`create_ops_app` (``/healthz`` stays: container health checks
+    and load balancers probe the public port).
+
+    Args:
+        settings: the configuration.
+        runtime: an already-built runtime to serve (its lifetime then belongs to the
+            caller); by default the app builds one and runs it for its own lifespan.
+
+    Returns:
+        The Litestar application.
+    """
+    separate_ops = settings.ops_listen_port is not None
+    handlers = _api_handlers(settings)
+    if not separate_ops:
+        handlers += [readyz, metrics]
     return Litestar(
         route_handlers=handlers,
-        lifespan=[lifespan],
-        exception_handlers={
-            AuthzError: _authz_error,
-            ValidationException: _validation_error,
-            HTTPException: _http_error,
-            Exception: _internal_error,
-        },
+        lifespan=[_lifespan(settings, runtime)],
+        before_request=_refuse_deep_bodies,
+        exception_handlers=_EXCEPTION_HANDLERS,
         # Requests are small JSON documents (the largest is a CSR).
         request_max_body_size=64 * 1024,
-        openapi_config=OpenAPIConfig(
-            title="Amora authz service",
-            version=VERSION,
-            path="/schema",
-            components=Components(
-                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
-            ),
-            security=[{"bearer": []}],
-        ),
+        openapi_config=None if separate_ops else _openapi_config(),
+        logging_config=None,
+    )
+
+
+def create_ops_app(settings: Settings, *, runtime: AuthzRuntime) -> Litestar:
+    """Build the operations app for the internal listener (``ops_listen_port``).
+
+    It serves ``/healthz``, ``/readyz``, ``/metrics`` and the public API's OpenAPI
+    document at ``/schema/openapi.json``, and nothing else: no token is ever accepted
+    here, and nothing here changes state.
+
+    Args:
+        settings: the configuration.
+        runtime: the running service (shared with the public app).
+
+    Returns:
+        The Litestar application.
+    """
+    # The document describes the public routes: build it from an app that has them
+    # (never served), once.
+    document = Litestar(
+        route_handlers=_api_handlers(settings), openapi_config=_openapi_config(), logging_config=None
+    ).openapi_schema.to_schema()
+
+    @get("/schema/openapi.json", tags=["operations"], media_type=MediaType.JSON, include_in_schema=False)
+    async def openapi_document() -> dict[str, Any]:
+        """The public API's OpenAPI document."""
+        return document
+
+    return Litestar(
+        route_handlers=[healthz, readyz, metrics, openapi_document],
+        lifespan=[_lifespan(settings, runtime)],
+        exception_handlers=_EXCEPTION_HANDLERS,
+        request_max_body_size=1024,
+        openapi_config=None,
         logging_config=None,
     )
 

@@ -13,17 +13,19 @@ from typing import TYPE_CHECKING
 import structlog
 import uvicorn
 
-from amora_authz._app import create_app
+from amora_authz._app import create_app, create_ops_app
 from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
 from amora_authz._errors import AuthzError
 from amora_authz._logging import configure_logging
-from amora_authz._runtime import load_signing_keys
+from amora_authz._runtime import AuthzRuntime, load_signing_keys
 from amora_authz._store import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from litestar import Litestar
 
     from amora_authz._config import Settings
 
@@ -51,18 +53,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(settings: Settings) -> None:
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    await server.serve()
+    def server(app: Litestar, host: str, port: int) -> uvicorn.Server:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        return uvicorn.Server(config)
+
+    if settings.ops_listen_port is None:
+        await server(create_app(settings), settings.listen_host, settings.listen_port).serve()
+        return
+    # Two listeners share one runtime, which therefore lives here rather than in an
+    # app's lifespan. Each server handles SIGTERM/SIGINT; when one ends, so does the other.
+    async with AuthzRuntime(settings) as runtime:
+        public = server(create_app(settings, runtime=runtime), settings.listen_host, settings.listen_port)
+        ops = server(create_ops_app(settings, runtime=runtime), settings.ops_listen_host, settings.ops_listen_port)
+
+        async def run(this: uvicorn.Server, other: uvicorn.Server) -> None:
+            try:
+                await this.serve()
+            finally:
+                other.should_exit = True
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(run(public, ops), name="amora-authz.public-listener")
+            tasks.create_task(run(ops, public), name="amora-authz.ops-listener")
 
 
 async def _database(settings: Settings, args: argparse.Namespace) -> None:

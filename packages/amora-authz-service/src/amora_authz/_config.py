@@ -19,6 +19,7 @@ import msgspec
 from amora_authz._dynsec import BrokerEndpoint  # noqa: TC001 - msgspec resolves it at runtime
 from amora_authz._errors import ConfigError
 from amora_authz._jwt import OidcSettings  # noqa: TC001 - msgspec resolves it at runtime
+from amora_authz._limits import RateLimitSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,6 +54,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         database_url: ``sqlite://PATH`` or a ``postgresql://`` DSN.
         listen_host: HTTP bind address.
         listen_port: HTTP port.
+        ops_listen_host: bind address of the separate operations listener
+            (``/healthz``, ``/readyz``, ``/metrics``, ``/schema``), e.g. a pod-internal
+            address; only used when ``ops_listen_port`` is set.
+        ops_listen_port: when set, the operations endpoints are served only there
+            (the public listener keeps ``/healthz`` alone); None serves everything on
+            the public listener.
         public_url: the URL clients reach the service at (the dev issuer's ``iss``).
         state_dir: where generated development secrets are kept (signing key,
             session secret, dev issuer key) when none is configured.
@@ -72,6 +79,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         crl_reload_command: argv run after the CRL is rewritten (e.g. send SIGHUP).
         device_cert_days: lifetime of device certificates.
         reconcile_interval_s: period of the full reconcile pass.
+        broker_retry_interval_s: how often changes a broker missed are retried (also
+            the ``Retry-After`` of a ``change_pending`` answer).
+        rate_limits: per-user and global limits on sessions and the admin API.
         expiry_check_interval_s: period of the session expiry sweep.
         log_level: ``debug``, ``info``, ``warning``, ``error``.
         log_json: JSON logs (off gives console logs for development).
@@ -80,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     database_url: str = "sqlite://authz.db"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    ops_listen_host: str = "127.0.0.1"
+    ops_listen_port: int | None = None
     public_url: str | None = None
     state_dir: str = "authz-state"
     oidc: OidcSettings | None = None
@@ -96,6 +108,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     crl_reload_command: tuple[str, ...] = ()
     device_cert_days: int = 365
     reconcile_interval_s: float = 60.0
+    broker_retry_interval_s: float = 1.0
+    rate_limits: RateLimitSettings = RateLimitSettings()
     expiry_check_interval_s: float = 5.0
     log_level: str = "info"
     log_json: bool = True
@@ -109,7 +123,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _SCALARS = {
     name: info
     for name, info in Settings.__annotations__.items()
-    if info in ("str", "int", "float", "bool", "str | None")
+    if info in ("str", "int", "float", "bool", "str | None", "int | None")
 }
 
 
@@ -121,7 +135,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if kind == "bool":
             overrides[name] = value.strip().lower() in {"1", "true", "yes", "on"}
-        elif kind == "int":
+        elif kind in {"int", "int | None"}:
             overrides[name] = int(value)
         elif kind == "float":
             overrides[name] = float(value)

@@ -3,8 +3,9 @@
 The planner is pure: given the desired state (from the database) and the state a
 broker reports, it returns the dynsec commands that make the broker match, restricted
 to a *scope* of names when a single API call changed a few objects. Everything the
-service creates carries ``textname == MANAGED`` so that reconciliation deletes only
-what it owns and never the broker's admin account or other operators' entries.
+service creates carries ``textname == MANAGED`` so that reconciliation touches only
+what it owns: an object it did not create is never modified, adopted or deleted, even
+when it bears a name the database wants (it is reported by :func:`foreign_names`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,20 @@ __all__ = [
     "ClientSpec",
     "DynsecClient",
     "DynsecState",
+    "ForeignNames",
     "GroupSpec",
     "RoleSpec",
     "Scope",
+    "foreign_names",
     "plan",
 ]
 
-MANAGED = "amora-authz"
-"""The ``textname`` on every dynsec object this service owns."""
+MANAGED = "managed-by:amora-authz"
+"""The ``textname`` on every dynsec object this service owns (its ownership marker).
+
+Deliberately not a plausible account label: an operator who names their own account
+``amora-authz`` must not hand it to the reconciler by writing that into its textname.
+"""
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
@@ -168,10 +175,48 @@ def _names(desired: Mapping[str, Any], actual: Mapping[str, Any], scope: frozens
     return sorted(names)
 
 
+class ForeignNames(msgspec.Struct, frozen=True, kw_only=True):
+    """Names the database wants that the broker holds as objects this service does not own."""
+
+    roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    clients: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        """Whether any name is taken."""
+        return bool(self.roles or self.groups or self.clients)
+
+    def names(self) -> list[str]:
+        """Every taken name, prefixed with its kind (``client:amora-admin``)."""
+        return sorted(
+            [f"role:{n}" for n in self.roles]
+            + [f"group:{n}" for n in self.groups]
+            + [f"client:{n}" for n in self.clients]
+        )
+
+
+def foreign_names(desired: DynsecState, actual: DynsecState) -> ForeignNames:
+    """The desired names that ``actual`` holds as objects without the ownership marker.
+
+    The planner leaves those objects alone (no adoption), so the desired state cannot
+    be reached on that broker until an operator renames or removes them.
+    """
+    return ForeignNames(
+        roles=frozenset(n for n in desired.roles if n in actual.roles and actual.roles[n].textname != MANAGED),
+        groups=frozenset(n for n in desired.groups if n in actual.groups and actual.groups[n].textname != MANAGED),
+        clients=frozenset(n for n in desired.clients if n in actual.clients and actual.clients[n].textname != MANAGED),
+    )
+
+
 def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
     desired: DynsecState, actual: DynsecState, *, scope: Scope | None = None
 ) -> list[dict[str, Any]]:
     """Return the dynsec commands that turn ``actual`` into ``desired``.
+
+    Objects in ``actual`` without the ownership marker are never touched, whatever
+    their name: a desired object whose name is taken by one is skipped, and so is
+    anything that would reference it (a client in a foreign group, a foreign role
+    added to a group), since that would hand the foreign object's rights around.
 
     Args:
         desired: the state the database asks for.
@@ -185,6 +230,7 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
     """
     create: list[dict[str, Any]] = []
     delete: list[dict[str, Any]] = []
+    foreign = foreign_names(desired, actual)
 
     if scope is None and desired.default_acl is not None:
         for acltype, allow in sorted(desired.default_acl.items()):
@@ -209,8 +255,8 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
                 }
             )
         elif want is not None and have is not None:
-            if have.textname != MANAGED:
-                create.append({"command": "modifyRole", "rolename": name, "textname": MANAGED})
+            if name in foreign.roles:
+                continue
             create.extend(
                 {"command": "removeRoleACL", "rolename": name, "acltype": a.acltype, "topic": a.topic}
                 for a in sorted(have.acls - want.acls)
@@ -226,23 +272,30 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
         want_g, have_g = desired.groups.get(name), actual.groups.get(name)
         if want_g is not None and have_g is None:
             create.append({"command": "createGroup", "groupname": name, "textname": MANAGED})
-            create.extend({"command": "addGroupRole", "groupname": name, "rolename": r} for r in sorted(want_g.roles))
+            create.extend(
+                {"command": "addGroupRole", "groupname": name, "rolename": r}
+                for r in sorted(want_g.roles - foreign.roles)
+            )
         elif want_g is not None and have_g is not None:
-            if have_g.textname != MANAGED:
-                create.append({"command": "modifyGroup", "groupname": name, "textname": MANAGED})
+            if name in foreign.groups:
+                continue
             create.extend(
                 {"command": "removeGroupRole", "groupname": name, "rolename": r}
                 for r in sorted(have_g.roles - want_g.roles)
             )
             create.extend(
                 {"command": "addGroupRole", "groupname": name, "rolename": r}
-                for r in sorted(want_g.roles - have_g.roles)
+                for r in sorted(want_g.roles - have_g.roles - foreign.roles)
             )
         elif have_g is not None:
             deleted_groups.append({"command": "deleteGroup", "groupname": name})
 
     for name in _names(desired.clients, actual.clients, None if scope is None else scope.clients):
         want_c, have_c = desired.clients.get(name), actual.clients.get(name)
+        if want_c is not None and (
+            name in foreign.clients or want_c.roles & foreign.roles or want_c.groups & foreign.groups
+        ):
+            continue
         if want_c is not None and have_c is None:
             command: dict[str, Any] = {
                 "command": "createClient",
@@ -257,7 +310,7 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
                 command["password"] = want_c.password
             create.append(command)
         elif want_c is not None and have_c is not None:
-            if have_c.textname != MANAGED or have_c.clientid != want_c.clientid:
+            if have_c.clientid != want_c.clientid:
                 modify: dict[str, Any] = {
                     "command": "modifyClient",
                     "username": name,

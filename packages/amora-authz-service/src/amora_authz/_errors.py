@@ -6,17 +6,22 @@ answers with, so the HTTP layer maps them without a lookup table of its own.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "AuthenticationError",
     "AuthzError",
     "BrokerError",
+    "ChangePendingError",
     "ConfigError",
     "ConflictError",
     "InvalidInputError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "StoreError",
 ]
 
@@ -125,3 +130,56 @@ class ConfigError(AuthzError):
     """The configuration file or environment is invalid."""
 
     default_code = "config_error"
+
+
+class ChangePendingError(AuthzError):
+    """An access change is in the database but not yet on every broker (fail closed).
+
+    The service keeps retrying in the background; repeating the same request answers
+    this again until every broker holds the change, then the request's normal success.
+
+    Attributes:
+        brokers: the brokers that do not hold the change yet.
+        retry_after_s: when repeating the request is worth it.
+    """
+
+    default_code = "change_pending"
+    status_code = 503
+
+    def __init__(self, message: str, *, brokers: Sequence[str], retry_after_s: int, code: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: human-readable explanation.
+            brokers: the brokers that do not hold the change yet.
+            retry_after_s: seconds before repeating the request is worth it.
+            code: stable error code; the class default when omitted.
+        """
+        super().__init__(message, code=code)
+        self.brokers = tuple(brokers)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(AuthzError):
+    """Too many requests of one kind, from one user or from everyone together.
+
+    Attributes:
+        retry_after_s: seconds until the request would be admitted.
+        limit: which limit refused it (``sessions_per_user``, ``admin_global``...).
+    """
+
+    default_code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: int, limit: str, code: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: human-readable explanation.
+            retry_after_s: seconds until the request would be admitted.
+            limit: which limit refused it.
+            code: stable error code; the class default when omitted.
+        """
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+        self.limit = limit

@@ -8,6 +8,12 @@ user holding ``user-device:{id}`` for each linked device, and a client per live 
 
 After each API change only the touched names are reconciled (a scope); a full pass runs
 at start-up and periodically, which heals a broker that was down or lost its file.
+
+Fail closed: every pass reports which brokers hold the change (:class:`ApplyOutcome`).
+A broker that missed a change is *behind*: the names it missed are kept and retried
+(:meth:`BrokerFleet.retry_pending`) until it holds them, and readiness fails meanwhile.
+Names held on a broker by objects this service does not own (see
+:func:`amora_authz._dynsec.foreign_names`) also keep it behind: they are never adopted.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from amora_authz._dynsec import (
     ClientSpec,
     DynsecClient,
     DynsecState,
+    ForeignNames,
     GroupSpec,
     RoleSpec,
     Scope,
+    foreign_names,
     plan,
 )
 from amora_authz._errors import AuthzError, BrokerError
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
     from amora_authz._store import Store
 
 __all__ = [
+    "ApplyOutcome",
     "BrokerFleet",
     "BrokerStatus",
     "desired_state",
@@ -149,6 +158,11 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
         last_error: the last failure, if any.
         last_full_reconcile_ms: when the last full pass finished.
         commands_applied: dynsec commands sent since start.
+        behind: whether the broker misses changes the database holds (a failed
+            pass, a full pass still owed, or names taken by foreign objects).
+        pending_names: how many role, group and client names wait for a retry.
+        foreign: names the database wants that the broker holds as objects this
+            service does not own (``client:amora-admin``); never adopted.
     """
 
     name: str
@@ -157,6 +171,48 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     last_full_reconcile_ms: int | None = None
     commands_applied: int = 0
+    behind: bool = True
+    pending_names: int = 0
+    foreign: list[str] = msgspec.field(default_factory=list)
+
+
+class ApplyOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Which brokers hold a change after a pass.
+
+    Attributes:
+        applied: brokers that hold it (primary first, in configuration order).
+        behind: brokers that do not (unreachable, refused a command, or a name is
+            taken by a foreign object); the change is retried on them in the background.
+        primary: the configured name of the first broker.
+    """
+
+    applied: tuple[str, ...]
+    behind: tuple[str, ...]
+    primary: str | None
+
+    @property
+    def complete(self) -> bool:
+        """Every broker holds the change."""
+        return not self.behind
+
+    @property
+    def on_primary(self) -> bool:
+        """The primary broker holds the change (or there is no broker at all)."""
+        return self.primary is None or self.primary in self.applied
+
+
+def _scope_size(scope: Scope) -> int:
+    return len(scope.roles) + len(scope.groups) + len(scope.clients)
+
+
+def _minus(scope: Scope, done: Scope) -> Scope:
+    return Scope(
+        roles=scope.roles - done.roles, groups=scope.groups - done.groups, clients=scope.clients - done.clients
+    )
+
+
+def _foreign_scope(foreign: ForeignNames) -> Scope:
+    return Scope(roles=foreign.roles, groups=foreign.groups, clients=foreign.clients)
 
 
 class BrokerFleet:
@@ -191,6 +247,12 @@ class BrokerFleet:
         # Reconcile passes on one broker must not interleave: a scoped pass racing a
         # full pass could re-create what the other just deleted.
         self._locks = {e.name: asyncio.Lock() for e in endpoints}
+        # What each broker missed: names to re-apply, and whether a full pass is owed
+        # (start-up or a periodic pass failed there). Nothing is owed only after a
+        # pass succeeded, so a broker starts out owing its first full pass.
+        self._pending: dict[str, Scope] = {e.name: Scope() for e in endpoints}
+        self._full_owed: dict[str, bool] = {e.name: True for e in endpoints}
+        self._foreign: dict[str, Scope] = {e.name: Scope() for e in endpoints}
         self.full_passes = 0
         self._passes_changed = asyncio.Condition()
 
@@ -256,18 +318,87 @@ class BrokerFleet:
             if group not in state.groups and await self._store.count_active_sessions_of_user(user, now_ms=now):
                 state.groups[group] = GroupSpec(name=group, roles=frozenset())
 
-    async def apply(self, scope: Scope) -> None:
+    async def apply(self, scope: Scope) -> ApplyOutcome:
         """Reconcile only the names in ``scope`` on every broker (concurrently).
 
         Failures are recorded in :attr:`status` and logged, not raised: the database
-        is already updated, and the next full pass retries.
+        is already updated, and the names are retried until the broker holds them.
+
+        Returns:
+            Which brokers hold the change now.
         """
+        applied: dict[str, bool] = {}
         async with asyncio.TaskGroup() as tg:
             for client in self.clients:
-                tg.create_task(
-                    self._guarded(client, scope),
-                    name=f"amora-authz[{client.endpoint.name}].reconcile-scope",
-                )
+
+                async def run(c: DynsecClient = client) -> None:
+                    applied[c.endpoint.name] = await self._guarded(c, scope) is not None
+
+                tg.create_task(run(), name=f"amora-authz[{client.endpoint.name}].reconcile-scope")
+        return self._outcome(applied)
+
+    def _outcome(self, applied: dict[str, bool]) -> ApplyOutcome:
+        names = [c.endpoint.name for c in self.clients]
+        return ApplyOutcome(
+            applied=tuple(n for n in names if applied.get(n)),
+            behind=tuple(n for n in names if not applied.get(n)),
+            primary=names[0] if names else None,
+        )
+
+    def holds(self, scope: Scope) -> ApplyOutcome:
+        """Which brokers hold every name of ``scope`` as the database last asked.
+
+        A broker that owes a full pass holds nothing for sure; one with any of the
+        names pending or taken by a foreign object does not hold the change.
+        """
+        applied = {}
+        for client in self.clients:
+            name = client.endpoint.name
+            owed = self._pending[name] | self._foreign[name]
+            overlap = scope.roles & owed.roles or scope.groups & owed.groups or scope.clients & owed.clients
+            applied[name] = not self._full_owed[name] and not overlap
+        return self._outcome(applied)
+
+    async def taken_names(self, scope: Scope) -> list[str]:
+        """Names of ``scope`` that a reachable broker holds as objects this service does not own.
+
+        Unreachable brokers are skipped: should one hold such a name, its passes
+        report it (and never adopt it) once it is back.
+        """
+        taken: set[str] = set()
+        for client in self.clients:
+            try:
+                actual = await client.fetch_scope(scope)
+            except AuthzError:
+                continue
+            taken.update(f"role:{n}" for n, r in actual.roles.items() if r.textname != MANAGED)
+            taken.update(f"group:{n}" for n, g in actual.groups.items() if g.textname != MANAGED)
+            taken.update(f"client:{n}" for n, c in actual.clients.items() if c.textname != MANAGED)
+        return sorted(taken)
+
+    def behind(self) -> list[str]:
+        """The brokers that miss any change the database holds."""
+        return [s.name for s in self.status.values() if s.behind]
+
+    async def retry_pending(self) -> None:
+        """Re-apply what each broker missed: a full pass where one is owed, else the names."""
+        async with asyncio.TaskGroup() as tg:
+            for client in self.clients:
+                name = client.endpoint.name
+                if self._full_owed[name]:
+                    tg.create_task(self._guarded(client, None), name=f"amora-authz[{name}].retry-full")
+                elif _scope_size(self._pending[name]):
+                    # Names taken by foreign objects are not retried here: only an
+                    # operator can free them, and the periodic full pass notices that.
+                    scope = self._pending[name]
+                    tg.create_task(self._guarded(client, scope), name=f"amora-authz[{name}].retry-scope")
+
+    def _update_status(self, name: str) -> None:
+        status = self.status[name]
+        status.pending_names = _scope_size(self._pending[name])
+        foreign = self._foreign[name]
+        status.foreign = ForeignNames(roles=foreign.roles, groups=foreign.groups, clients=foreign.clients).names()
+        status.behind = self._full_owed[name] or bool(status.pending_names) or bool(status.foreign)
 
     async def reconcile_all(self) -> dict[str, int]:
         """Run a full pass on every broker.
@@ -296,22 +427,51 @@ class BrokerFleet:
             await self._passes_changed.wait_for(lambda: self.full_passes >= count)
 
     async def _guarded(self, client: DynsecClient, scope: Scope | None) -> int | None:
-        status = self.status[client.endpoint.name]
+        """Run one pass; return the commands sent, or None when the broker does not hold it.
+
+        Whatever the broker missed is remembered for :meth:`retry_pending`. Names are
+        cleared only by a pass that started after they were recorded: a pass's
+        database read happens under the broker's lock, after this snapshot.
+        """
+        name = client.endpoint.name
+        status = self.status[name]
+        pending_before = self._pending[name]
         try:
-            count = await self._reconcile(client, scope)
+            count, foreign = await self._reconcile(client, scope)
         except AuthzError as exc:
             status.reachable = False
             status.last_error = exc.message
-            self._log.warning("broker.reconcile_failed", broker=client.endpoint.name, error=exc.message)
+            if scope is None:
+                self._full_owed[name] = True
+            else:
+                self._pending[name] = self._pending[name] | scope
+            self._update_status(name)
+            self._log.warning("broker.reconcile_failed", broker=name, error=exc.message)
             return None
         status.reachable = True
         status.last_error = None
         status.commands_applied += count
+        taken = _foreign_scope(foreign)
         if scope is None:
             status.last_full_reconcile_ms = self._clock_ms()
-        return count
+            self._full_owed[name] = False
+            self._pending[name] = _minus(self._pending[name], pending_before)
+            self._foreign[name] = taken
+        else:
+            self._pending[name] = _minus(self._pending[name], scope)
+            self._foreign[name] = _minus(self._foreign[name], scope) | taken
+        if foreign:
+            status.last_error = f"names taken by objects this service does not own: {', '.join(foreign.names()[:10])}"
+            self._log.error(
+                "broker.foreign_names",
+                broker=name,
+                names=foreign.names()[:20],
+                fix="rename or delete those broker objects (service accounts belong under the reserved prefix)",
+            )
+        self._update_status(name)
+        return None if foreign else count
 
-    async def _reconcile(self, client: DynsecClient, scope: Scope | None) -> int:
+    async def _reconcile(self, client: DynsecClient, scope: Scope | None) -> tuple[int, ForeignNames]:
         # The database is read under the broker's lock: a pass that read the database
         # before a later change must not apply after that change's own pass (an unlink
         # undone by a concurrent, stale link pass). Every change is followed by a pass
@@ -321,9 +481,12 @@ class BrokerFleet:
             if scope is None:
                 actual = await client.fetch_state()
                 commands = plan(desired, actual)
+                foreign = foreign_names(desired, actual)
             else:
                 actual = await client.fetch_scope(scope)
-                commands = plan(_restrict(desired, scope), actual, scope=scope)
+                wanted = _restrict(desired, scope)
+                commands = plan(wanted, actual, scope=scope)
+                foreign = foreign_names(wanted, actual)
             before: int | None = None
             if commands:
                 before = self._mtime(client.endpoint)
@@ -339,7 +502,7 @@ class BrokerFleet:
                 self._check_persisted(client.endpoint, desired)
             elif commands:
                 self._check_modified(client.endpoint, before)
-            return len(commands)
+            return len(commands), foreign
 
     @staticmethod
     def _mtime(endpoint: BrokerEndpoint) -> int | None:
@@ -411,3 +574,18 @@ class BrokerFleet:
         """
         if self.status and not any(s.reachable for s in self.status.values()):
             raise BrokerError("no broker is reachable", broker="*", code="brokers_unreachable")
+
+    def raise_if_behind(self) -> None:
+        """Raise when any broker misses a change the database holds (readiness).
+
+        Raises:
+            BrokerError: code ``brokers_behind``, naming the brokers.
+        """
+        self.raise_if_unreachable()
+        behind = self.behind()
+        if behind:
+            raise BrokerError(
+                f"brokers behind the database (retrying): {', '.join(behind)}",
+                broker=behind[0],
+                code="brokers_behind",
+            )

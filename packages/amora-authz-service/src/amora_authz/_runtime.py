@@ -2,8 +2,8 @@
 
 :class:`AuthzRuntime` is an async context manager: entering it opens the store,
 migrates, runs a first full reconcile and starts the background loops (periodic full
-reconcile, session expiry sweep) in a task group; leaving it stops them and closes
-every connection.
+reconcile, session expiry sweep, retry of what a broker missed) in a task group;
+leaving it stops them and closes every connection.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from amora_authz._devissuer import DevIssuer
 from amora_authz._errors import AuthenticationError, AuthzError, ConfigError
 from amora_authz._fleet import BrokerFleet
 from amora_authz._jwt import Claims, OidcSettings, TokenValidator, _unverified_header
+from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
 from amora_authz._store import Store, open_store
 from amora_protocol import ProtocolError, SigningKey
@@ -176,6 +177,7 @@ class AuthzRuntime:
         self.settings = settings
         self.log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger("amora_authz")
         self.metrics = Metrics()
+        self.limits = RateLimiter(settings.rate_limits)
         self._on_crl_written = on_crl_written
         self._background = background
         self._stack = contextlib.AsyncExitStack()
@@ -268,6 +270,7 @@ class AuthzRuntime:
             ca=ca,
             crl_reload_command=settings.crl_reload_command,
             on_crl_written=self._on_crl_written,
+            retry_after_s=max(1, round(settings.broker_retry_interval_s)),
         )
         await self.service.write_crl()
         await self.service.reconcile()
@@ -276,6 +279,7 @@ class AuthzRuntime:
             self._stack.callback(self._stop.set)
             self._tasks.create_task(self._reconcile_loop(), name="amora-authz.reconcile-loop")
             self._tasks.create_task(self._expiry_loop(), name="amora-authz.session-expiry")
+            self._tasks.create_task(self._retry_loop(), name="amora-authz.broker-retry")
         self.log.info(
             "authz.started",
             database=settings.database_url.split(":", 1)[0],
@@ -297,6 +301,16 @@ class AuthzRuntime:
             except AuthzError as exc:
                 self.log.warning("reconcile.failed", error=exc.message)
 
+    async def _retry_loop(self) -> None:
+        """Re-apply what a broker missed until it holds everything (fail closed)."""
+        fleet = self.service.fleet
+        while await self._sleep(self.settings.broker_retry_interval_s):
+            if fleet.behind():
+                try:
+                    await fleet.retry_pending()
+                except AuthzError as exc:
+                    self.log.warning("broker.retry_failed", error=exc.message)
+
     async def _expiry_loop(self) -> None:
         while await self._sleep(self.settings.expiry_check_interval_s):
             try:
@@ -317,6 +331,8 @@ class AuthzRuntime:
                 ({"broker": s.name}, float(s.persisting)) for s in status if s.persisting is not None
             ],
             "amora_authz_broker_commands_total": [({"broker": s.name}, float(s.commands_applied)) for s in status],
+            "amora_authz_broker_behind": [({"broker": s.name}, float(s.behind)) for s in status],
+            "amora_authz_broker_pending_names": [({"broker": s.name}, float(s.pending_names)) for s in status],
         }
 
     async def __aexit__(

@@ -3,6 +3,12 @@
 Every method takes already-validated token claims; the HTTP layer (``_app``) only
 parses requests and renders answers. The database is updated first, then the brokers
 are reconciled for the names the change touched.
+
+Fail closed: a change that takes access away (logout, unlink, revocation) is reported
+done only once every configured broker holds it; until then the call raises
+:class:`ChangePendingError` (the fleet keeps retrying), and repeating it answers the
+same until the brokers caught up. A session is handed out only once its broker
+credential exists on the primary broker.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,14 +29,19 @@ import msgspec
 from amora_authz._dynsec import Scope
 from amora_authz._errors import (
     AuthzError,
+    BrokerError,
+    ChangePendingError,
     ConfigError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
 from amora_authz._fleet import scope_for_device, scope_for_link, scope_for_session
+from amora_authz._keycheck import is_degenerate_ed25519, is_degenerate_x25519
 from amora_authz._store import Certificate, Device, Session
 from amora_protocol import (
+    SERVICE_ACCOUNT_PREFIX,
     SESSION_ID_PREFIX,
     AuthzPublicKey,
     DevicePublicKeys,
@@ -40,6 +52,7 @@ from amora_protocol import (
     Right,
     SigningKey,
     VerifyKey,
+    is_reserved_account_name,
     issue_grant,
     now_ms,
     validate_device_id,
@@ -51,7 +64,7 @@ if TYPE_CHECKING:
     import structlog
 
     from amora_authz._ca import DeviceCA
-    from amora_authz._fleet import BrokerFleet
+    from amora_authz._fleet import ApplyOutcome, BrokerFleet
     from amora_authz._jwt import Claims
     from amora_authz._store import Store
 
@@ -62,6 +75,9 @@ __all__ = [
     "b64",
     "session_password",
 ]
+
+_MAX_UNSETTLED = 10_000
+"""Access changes answered ``change_pending`` that are remembered for their repeat."""
 
 _PASSWORD_DOMAIN = b"amora-session-password-v1\x00"
 
@@ -120,6 +136,7 @@ class AuthzService:
         crl_reload_command: Sequence[str] = (),
         on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
         clock_ms: Callable[[], int] = now_ms,
+        retry_after_s: int = 1,
     ) -> None:
         """Wire the service.
 
@@ -140,6 +157,8 @@ class AuthzService:
             on_crl_written: called with the revoked certificates after the CRL is
                 rewritten (tests, embedding).
             clock_ms: wall clock in ms.
+            retry_after_s: the ``Retry-After`` of a pending access change (about the
+                fleet's retry interval).
 
         Raises:
             ConfigError: no signing key, or a short session secret.
@@ -161,6 +180,10 @@ class AuthzService:
         self._crl_reload_command = tuple(crl_reload_command)
         self._on_crl_written = on_crl_written
         self._clock_ms = clock_ms
+        self._retry_after_s = max(1, retry_after_s)
+        # Access changes the database holds but some broker did not when they were
+        # answered: key -> (names, what the successful answer returns).
+        self._unsettled: OrderedDict[str, tuple[Scope, list[int]]] = OrderedDict()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -182,13 +205,43 @@ class AuthzService:
             raise PermissionDeniedError(f"the admin API needs the role {self.admin_role!r}", code="not_admin")
 
     @staticmethod
-    def _device_id(device_id: str) -> str:
+    def _reserved(name: str, what: str) -> None:
+        if is_reserved_account_name(name):
+            raise InvalidInputError(
+                f"{what} {name!r} is in a reserved namespace: names starting with "
+                f"{SERVICE_ACCOUNT_PREFIX!r} (service accounts) or {SESSION_ID_PREFIX!r} "
+                "(sessions) belong to the system; choose another",
+                code="reserved_name",
+            )
+
+    @classmethod
+    def _device_id(cls, device_id: str) -> str:
+        cls._reserved(device_id, "device id")
         try:
             return validate_device_id(device_id)
         except InvalidDeviceId as exc:
             raise InvalidInputError(
                 f"invalid device id {device_id!r}: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit",
                 code="invalid_device_id",
+            ) from exc
+
+    @classmethod
+    def user_id(cls, user: str, *, what: str = "user id") -> str:
+        """Validate a user id (an issuer's ``sub``): the device-id alphabet, never reserved.
+
+        User ids name broker groups (``user:{id}``), so they get the same rules as
+        device ids: no wildcards, quotes, separators or reserved prefixes.
+
+        Raises:
+            InvalidInputError: ``reserved_name`` or ``invalid_user_id``.
+        """
+        cls._reserved(user, what)
+        try:
+            return validate_device_id(user)
+        except InvalidDeviceId as exc:
+            raise InvalidInputError(
+                f"invalid {what} {user!r}: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit",
+                code="invalid_user_id",
             ) from exc
 
     @staticmethod
@@ -207,7 +260,54 @@ class AuthzService:
             raise InvalidInputError(
                 "encryption_key must be a raw X25519 public key (32 bytes)", code="invalid_key"
             ) from exc
+        if is_degenerate_ed25519(raw_sign):
+            raise InvalidInputError(
+                "signing_key is a degenerate Ed25519 key (all-zero, small-order or not a curve point): "
+                "send the public key of a freshly generated key pair",
+                code="invalid_key",
+            )
+        if is_degenerate_x25519(raw_enc):
+            raise InvalidInputError(
+                "encryption_key is a degenerate X25519 key (all-zero or small-order): "
+                "send the public key of a freshly generated key pair",
+                code="invalid_key",
+            )
         return raw_sign, raw_enc
+
+    def _settle(self, key: str, scope: Scope, outcome: ApplyOutcome, result: list[int] | None = None) -> None:
+        """Report an access change done only when every broker holds it.
+
+        Raises:
+            ChangePendingError: some broker does not hold it yet (remembered, so that
+                a repeat of the request can tell when it does).
+        """
+        if outcome.complete:
+            self._unsettled.pop(key, None)
+            return
+        self._unsettled[key] = (scope, result or [])
+        self._unsettled.move_to_end(key)
+        while len(self._unsettled) > _MAX_UNSETTLED:
+            self._unsettled.popitem(last=False)
+        raise ChangePendingError(
+            "the change is saved but not yet applied on broker(s) "
+            f"{', '.join(outcome.behind)}; the service keeps retrying: repeat this request "
+            "to learn when every broker holds it",
+            brokers=outcome.behind,
+            retry_after_s=self._retry_after_s,
+        )
+
+    def _repeat(self, key: str) -> list[int] | None:
+        """For a change the database already holds: None if it was never pending here.
+
+        Raises:
+            ChangePendingError: it is still pending on some broker.
+        """
+        entry = self._unsettled.get(key)
+        if entry is None:
+            return None
+        scope, result = entry
+        self._settle(key, scope, self.fleet.holds(scope), result)
+        return result
 
     async def _active_devices(self, user_sub: str) -> tuple[Device, ...]:
         devices = []
@@ -259,6 +359,7 @@ class AuthzService:
         Raises:
             InvalidInputError: a key is malformed.
         """
+        self.user_id(claims.subject, what="token subject")
         raw_sign, raw_enc = self._keys(signing_key, encryption_key)
         now = self._clock_ms()
         session = Session(
@@ -283,10 +384,19 @@ class AuthzService:
         for session_id in ended:
             await self.store.delete_session(session_id)
         devices = await self._active_devices(claims.subject)
-        await self.fleet.apply(
-            scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
-            | Scope(clients=frozenset(ended))
-        )
+        scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
+        outcome = await self.fleet.apply(scope | Scope(clients=frozenset(ended)))
+        if not outcome.on_primary:
+            # A credential that does not exist on the primary is useless to the app and
+            # would appear later behind its back: drop it (the other brokers follow).
+            await self.store.delete_session(session.session_id)
+            await self.fleet.apply(scope)
+            raise BrokerError(
+                f"the session's broker credential could not be created on the primary broker "
+                f"{outcome.primary}; retry later",
+                broker=outcome.primary or "*",
+                code="broker_unavailable",
+            )
         if ended:
             self._log.info("session.evicted", user=claims.subject, sessions=ended)
         self._log.info(
@@ -329,11 +439,18 @@ class AuthzService:
 
         Raises:
             NotFoundError: no such session for this user.
+            ChangePendingError: a broker still holds the credential (retrying).
         """
+        key = f"logout:{claims.subject}:{session_id}"
+        session = await self.store.get_session(session_id)
+        if session is None and self._repeat(key) is not None:
+            return
         session = await self._own_session(claims, session_id)
         await self.store.delete_session(session_id)
-        await self.fleet.apply(scope_for_session(session_id, session.user_sub))
-        self._log.info("session.deleted", session_id=session_id, user=claims.subject)
+        scope = scope_for_session(session_id, session.user_sub)
+        outcome = await self.fleet.apply(scope)
+        self._log.info("session.deleted", session_id=session_id, user=claims.subject, behind=outcome.behind)
+        self._settle(key, scope, outcome)
 
     async def expire_sessions(self) -> list[str]:
         """Delete expired sessions and their broker clients; return their ids."""
@@ -359,11 +476,22 @@ class AuthzService:
         Raises:
             PermissionDeniedError: the caller is not an admin.
             InvalidInputError: bad id, key or CSR, or a CSR without a configured CA.
-            ConflictError: the device id is taken.
+            ConflictError: the device id is taken (``device_exists``, ``device_revoked``),
+                or a broker holds an account of that name (``name_taken_on_broker``).
         """
         self.require_admin(claims)
         device_id = self._device_id(device_id)
         raw_sign, raw_enc = self._keys(signing_key, encryption_key)
+        taken = await self.fleet.taken_names(scope_for_device(device_id))
+        if taken:
+            # The device's certificate CN becomes its broker username: a device named
+            # after an existing account would log in as that account.
+            raise ConflictError(
+                f"device id {device_id!r} is taken on a broker by objects this service does not own "
+                f"({', '.join(taken)}); choose another id (service accounts belong under "
+                f"{SERVICE_ACCOUNT_PREFIX!r})",
+                code="name_taken_on_broker",
+            )
         now = self._clock_ms()
         issued = None
         if csr_pem is not None:
@@ -408,15 +536,28 @@ class AuthzService:
             PermissionDeniedError: the caller is not an admin.
             NotFoundError: no such device.
             ConflictError: already revoked.
+            InvalidInputError: the device id is invalid or reserved.
+            ChangePendingError: a broker still holds the device's access (retrying).
         """
         self.require_admin(claims)
+        device_id = self._device_id(device_id)
+        key = f"revoke:{device_id}"
+        existing = await self.store.get_device(device_id)
+        if existing is not None and existing.revoked:
+            repeated = self._repeat(key)
+            if repeated is not None:
+                return repeated
         users = await self.store.users_of_device(device_id)
         serials = await self.store.revoke_device(device_id, at_ms=self._clock_ms())
         # CRL first: once the client is deleted the device reconnects at once, and the
         # new handshake must already meet the CRL.
         await self.write_crl()
-        await self.fleet.apply(scope_for_device(device_id, users))
-        self._log.warning("device.revoked", device_id=device_id, by=claims.subject, serials=len(serials))
+        scope = scope_for_device(device_id, users)
+        outcome = await self.fleet.apply(scope)
+        self._log.warning(
+            "device.revoked", device_id=device_id, by=claims.subject, serials=len(serials), behind=outcome.behind
+        )
+        self._settle(key, scope, outcome, serials)
         return serials
 
     async def write_crl(self) -> None:
@@ -461,11 +602,11 @@ class AuthzService:
             PermissionDeniedError: the caller is not an admin.
             NotFoundError: no such device.
             ConflictError: the device is revoked.
+            InvalidInputError: the user or device id is invalid or reserved.
         """
         self.require_admin(claims)
+        user_sub = self.user_id(user_sub)
         device_id = self._device_id(device_id)
-        if not user_sub:
-            raise InvalidInputError("user must not be empty", code="invalid_user")
         created = await self.store.link(user_sub, device_id, at_ms=self._clock_ms())
         await self.fleet.apply(scope_for_link(user_sub, device_id))
         self._log.info("link.created", user=user_sub, device_id=device_id, new=created)
@@ -477,17 +618,25 @@ class AuthzService:
         Raises:
             PermissionDeniedError: the caller is not an admin.
             NotFoundError: there was no such link.
+            InvalidInputError: the user or device id is invalid or reserved.
+            ChangePendingError: a broker still grants the access (retrying).
         """
         self.require_admin(claims)
+        user_sub = self.user_id(user_sub)
         device_id = self._device_id(device_id)
+        key = f"unlink:{user_sub}:{device_id}"
         if not await self.store.unlink(user_sub, device_id):
+            if self._repeat(key) is not None:
+                return
             raise NotFoundError(
                 f"user {user_sub!r} is not linked to device {device_id!r}",
                 kind="link",
                 key=f"{user_sub}/{device_id}",
             )
-        await self.fleet.apply(scope_for_link(user_sub, device_id))
-        self._log.info("link.removed", user=user_sub, device_id=device_id)
+        scope = scope_for_link(user_sub, device_id)
+        outcome = await self.fleet.apply(scope)
+        self._log.info("link.removed", user=user_sub, device_id=device_id, behind=outcome.behind)
+        self._settle(key, scope, outcome)
 
     async def devices_of_user(self, claims: Claims, user_sub: str) -> list[str]:
         """A user's devices (admins: anyone's; users: their own)."""

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import uvicorn
 
-from amora_authz._app import create_app
+from amora_authz._app import create_app, create_ops_app
 from amora_authz._config import DevIssuerSettings, Settings
 from amora_authz._runtime import AuthzRuntime
 from amora_protocol import EncryptionKey, SigningKey
@@ -73,11 +73,13 @@ class RunningService:
         base_url: where it answers.
         runtime: its parts (service, store, fleet) for white-box checks.
         http: a client bound to ``base_url``.
+        ops_url: the operations listener, when ``ops_listen_port`` was set.
     """
 
     base_url: str
     runtime: AuthzRuntime
     http: httpx.AsyncClient
+    ops_url: str | None = None
 
     async def token(self, user: str) -> str:
         """A development token for ``user`` (from the service's own dev issuer)."""
@@ -99,24 +101,39 @@ async def serve(settings: Settings, **runtime_options: Any) -> AsyncIterator[Run
     the server's start-up.
 
     Args:
-        settings: the configuration (``listen_port`` is replaced by a free port).
+        settings: the configuration (``listen_port``, and ``ops_listen_port`` when set,
+            are replaced by free ports).
         **runtime_options: passed to :class:`AuthzRuntime`.
     """
     sock = socket.socket()
     sock.bind((settings.listen_host, 0))
     sock.listen(128)
+    ops_sock: socket.socket | None = None
     settings = msgspec.structs.replace(settings, listen_port=sock.getsockname()[1])
+    if settings.ops_listen_port is not None:
+        ops_sock = socket.socket()
+        ops_sock.bind((settings.ops_listen_host, 0))
+        ops_sock.listen(16)
+        settings = msgspec.structs.replace(settings, ops_listen_port=ops_sock.getsockname()[1])
     try:
-        async with AuthzRuntime(settings, **runtime_options) as runtime:
-            app = create_app(settings, runtime=runtime)
-            config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http="h11", ws="none")
-            server = uvicorn.Server(config)
-            task = asyncio.create_task(server.serve(sockets=[sock]), name="amora-authz.uvicorn")
-            try:
-                async with httpx.AsyncClient(base_url=settings.base_url, timeout=10) as http:
-                    yield RunningService(settings.base_url, runtime, http)
-            finally:
-                server.should_exit = True
-                await task
+        async with AuthzRuntime(settings, **runtime_options) as runtime, contextlib.AsyncExitStack() as servers:
+            apps = [(create_app(settings, runtime=runtime), sock)]
+            if ops_sock is not None:
+                apps.append((create_ops_app(settings, runtime=runtime), ops_sock))
+            for app, listening in apps:
+                config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http="h11", ws="none")
+                server = uvicorn.Server(config)
+                task = asyncio.create_task(server.serve(sockets=[listening]), name="amora-authz.uvicorn")
+                servers.push_async_callback(_stop, server, task)
+            ops_url = None if ops_sock is None else f"http://{settings.ops_listen_host}:{settings.ops_listen_port}"
+            async with httpx.AsyncClient(base_url=settings.base_url, timeout=10) as http:
+                yield RunningService(settings.base_url, runtime, http, ops_url)
     finally:
         sock.close()
+        if ops_sock is not None:
+            ops_sock.close()
+
+
+async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task

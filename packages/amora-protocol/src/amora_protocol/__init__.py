@@ -13,7 +13,16 @@ account names (`device_role`, `user_device_role`, `user_group`), the reconnect p
 
 from importlib.metadata import PackageNotFoundError, version
 
-from amora_protocol._accounts import SESSION_ID_PREFIX, device_role, is_session_id, user_device_role, user_group
+from amora_protocol._accounts import (
+    SERVICE_ACCOUNT_PREFIX,
+    SESSION_ID_PREFIX,
+    device_role,
+    is_reserved_account_name,
+    is_session_id,
+    service_account_name,
+    user_device_role,
+    user_group,
+)
 from amora_protocol._backoff import Backoff
 from amora_protocol._clock import now_ms
 from amora_protocol._envelope import (
@@ -114,6 +123,7 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "GRANT_DOMAIN",
     "PROTOCOL_VERSION",
+    "SERVICE_ACCOUNT_PREFIX",
     "SESSION_ID_PREFIX",
     "TOPIC_PREFIX",
     "Action",
@@ -188,6 +198,7 @@ __all__ = [
     "device_topic",
     "encode_envelope",
     "is_critical",
+    "is_reserved_account_name",
     "is_session_id",
     "issue_grant",
     "key_id",
@@ -197,6 +208,7 @@ __all__ = [
     "parse_topic",
     "responses_topic",
     "seal_info",
+    "service_account_name",
     "signed_bytes",
     "state_topic",
     "user_device_acls",
