@@ -91,7 +91,9 @@ def service_account_name(name: str) -> str:
             with a letter or digit.
     """
     if not isinstance(name, str) or _SERVICE_NAME.fullmatch(name) is None:
-        msg = f"invalid service account name {name!r}: 1-60 characters of [A-Za-z0-9_.-], starting with a letter or digit"
+        msg = (
+            f"invalid service account name {name!r}: 1-60 characters of [A-Za-z0-9_.-], starting with a letter or digit"
+        )
         raise ValueError(msg)
     return SERVICE_ACCOUNT_PREFIX + name
 
