@@ -95,8 +95,12 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
     admins: Sequence[str] = (ADMIN_USER,),
     crl_reload_command: Sequence[str] = (),
     session_ttl_s: int = 3600,
+    rate_limits: bool = True,
 ) -> tuple[ManagedProcess, str]:
     """Start the authz service (SQLite, development issuer on) for ``brokers``; wait until ready.
+
+    ``rate_limits=False`` turns the service's per-user and global rate limits off (for
+    benchmarks that create thousands of sessions); the stack keeps the defaults.
 
     Returns:
         The process and the service's base URL.
@@ -125,6 +129,10 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
         "enabled = true",
         f"users = {json.dumps(list(users))}",
         f"admins = {json.dumps(list(admins))}",
+        "",
+        "[rate_limits]",
+        # Benchmarks that measure throughput turn the service's limits off.
+        f"enabled = {'true' if rate_limits else 'false'}",
     ]
     for broker in brokers:
         endpoints = [f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]

@@ -63,6 +63,9 @@ max_sessions_per_user = 1000000
 reconcile_interval_s = 3600
 expiry_check_interval_s = 3600
 
+[rate_limits]
+enabled = false  # this measures the service, not its limits
+
 [dev_issuer]
 enabled = true
 users = [{user_list}]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from amora_authz import BrokerEndpoint
+from amora_authz import BrokerEndpoint, RateLimitSettings
 from amora_authz.testing import dev_settings, serve, session_body
 from amora_devtools import DevPKI, MqttClient, client_ssl_context, start_broker
 from amora_protocol import EncryptionKey, SigningKey, state_topic
@@ -55,6 +55,7 @@ async def run(rounds: int, sessions: int) -> None:
             settings = dev_settings(
                 folder,
                 max_sessions_per_user=sessions + 1,
+                rate_limits=RateLimitSettings(enabled=False),  # thousands of set-up sessions
                 brokers=(
                     BrokerEndpoint(
                         name=broker.name,

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from amora_authz import BrokerEndpoint, Scope, Session
 from amora_authz.testing import RunningService, dev_settings, serve, session_body
 from amora_devtools import MqttClient, MqttError, MqttRefused, client_ssl_context
+from amora_devtools.broker import dynsec
 from amora_protocol import (
     EncryptionKey,
     SigningKey,
@@ -573,3 +574,42 @@ async def test_the_background_loops_heal_and_expire(broker: BrokerProcess, tmp_p
             assert await kicked, "the expiry sweep did not remove the expired session's client"
         finally:
             alice.disconnect()
+
+
+async def test_a_foreign_object_with_a_desired_name_is_never_taken_over(harness: Harness) -> None:
+    """Issue #11: the reconciler used to adopt any object bearing a name it wanted."""
+    await harness.register("player-9", "alice")
+    broker, service = harness.broker, harness.svc.runtime.service
+    # An operator's account takes the device's name (it is deleted and re-created
+    # without the service's marker, with a role of its own).
+    await asyncio.to_thread(
+        dynsec,
+        broker,
+        [
+            {"command": "deleteClient", "username": "player-9"},
+            {"command": "createRole", "rolename": "ops-tool", "acls": []},
+            {"command": "createClient", "username": "player-9", "textname": "ops", "roles": [{"rolename": "ops-tool"}]},
+        ],
+    )
+    try:
+        await service.reconcile()  # a full pass
+        answer = (await asyncio.to_thread(dynsec, broker, [{"command": "getClient", "username": "player-9"}]))[0]
+        client = answer["data"]["client"]
+        assert client["textname"] == "ops"
+        assert [r["rolename"] for r in client["roles"]] == ["ops-tool"]
+        status = service.fleet.status[broker.name]
+        assert status.foreign == ["client:player-9"]
+        assert status.behind
+        ready = await harness.svc.http.get("/readyz")
+        assert (ready.status_code, ready.json()["code"]) == (503, "brokers_behind")
+        assert ready.json()["brokers"][broker.name]["foreign"] == ["client:player-9"]
+    finally:
+        await asyncio.to_thread(
+            dynsec,
+            broker,
+            [{"command": "deleteClient", "username": "player-9"}, {"command": "deleteRole", "rolename": "ops-tool"}],
+        )
+    # Once the operator freed the name, the next pass restores the device.
+    await service.reconcile()
+    assert not service.fleet.status[broker.name].behind
+    assert (await harness.svc.http.get("/readyz")).status_code == 200

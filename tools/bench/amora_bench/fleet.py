@@ -320,7 +320,7 @@ def run(  # noqa: PLR0915 - one orchestration, step by step
         pki = DevPKI.create(work / "pki")
         users = [USER_FMT.format(i) for i in range(players)]
         with start_broker(work / "brokers", pki) as broker:
-            authz, url = start_authz(work / "authz", pki, [broker], users=[*users, "admin"])
+            authz, url = start_authz(work / "authz", pki, [broker], users=[*users, "admin"], rate_limits=False)
             children: list[Any] = []
             try:
                 import httpx  # noqa: PLC0415

@@ -109,7 +109,7 @@ def run(*, rounds: int = 20) -> dict[str, Any]:
         work = Path(tmp)
         pki = DevPKI.create(work / "pki")
         with start_broker(work / "brokers", pki) as broker:
-            authz, url = start_authz(work / "authz", pki, [broker], users=[USER, "admin"])
+            authz, url = start_authz(work / "authz", pki, [broker], users=[USER, "admin"], rate_limits=False)
             try:
                 admin = httpx.post(f"{url}/dev-issuer/token", json={"username": "admin"}, timeout=10).json()
                 figures = asyncio.run(_rounds(url, admin["access_token"], broker, broker.client_context(), rounds))
