@@ -76,7 +76,8 @@ async def test_captured_command_replayed_has_no_second_effect(stack: Stack, sdk_
                     return False
                 env = parse_envelope(m.payload)
                 answer = msgspec.msgpack.decode(env.body, type=CommandResponse)
-                return answer.command_id == command_id and answer.status is CommandStatus.DUPLICATE
+                # The original outcome, flagged as a repeat.
+                return answer.command_id == command_id and answer.duplicate and answer.status is CommandStatus.SUCCEEDED
 
             assert await asyncio.to_thread(replayer.wait_message, duplicate_answer) is not None
             # Still one effect: the volume was raised once.

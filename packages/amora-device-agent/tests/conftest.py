@@ -117,6 +117,7 @@ def make_offline_agent(tmp_path: Path, authz_key: SigningKey, device_key: Signin
         player: SimulatedPlayer | None = None,
         trusted: tuple[VerifyKey, ...] | None = None,
         state_dir: Path | None = None,
+        options: AgentOptions | None = None,
         **kwargs: object,
     ) -> Agent:
         return Agent(
@@ -127,7 +128,7 @@ def make_offline_agent(tmp_path: Path, authz_key: SigningKey, device_key: Signin
             ssl_context=None,
             state_dir=state_dir or tmp_path / device_id,
             player=player or SimulatedPlayer(),
-            options=AgentOptions(durable=False),
+            options=options or AgentOptions(durable=False),
             **kwargs,  # type: ignore[arg-type]
         )
 

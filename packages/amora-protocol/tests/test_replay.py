@@ -175,3 +175,10 @@ def test_ids_outlive_every_sender_time_the_allowance_lets_in():
     later = NOW + 10_000 + 29_000
     with pytest.raises(ap.Replayed):
         guard.check(_header(2), _cmd("a", ttl=10_000), now_ms=later, clock_offset_ms=30_000)
+
+
+def test_a_forgotten_id_is_accepted_again():
+    guard = ap.CommandGuard()
+    guard.check(_header(1), _cmd("a"), now_ms=NOW)
+    guard.forget("a")  # e.g. it could not be recorded, so it never ran
+    guard.check(_header(2), _cmd("a"), now_ms=NOW)

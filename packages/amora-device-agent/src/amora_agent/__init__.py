@@ -32,8 +32,9 @@ from amora_agent._iothub import IoTHubPlane
 from amora_agent._logging import configure_logging
 from amora_agent._management import DesiredSettings, ManagementHost, ManagementPlane, parse_desired
 from amora_agent._mpd import MpdPlayer, snapshot_from_mpd
-from amora_agent._persist import ExecutedCommands, VersionCounter
+from amora_agent._persist import VersionCounter
 from amora_agent._player import ChangeCallback, Player, PlayerSnapshot
+from amora_agent._replaylog import ReplayLog
 from amora_agent._sim import SimulatedPlayer
 from amora_protocol import Backoff
 
@@ -48,7 +49,6 @@ __all__ = [
     "ChangeCallback",
     "ConfigError",
     "DesiredSettings",
-    "ExecutedCommands",
     "IoTHubConfig",
     "IoTHubPlane",
     "KeysConfig",
@@ -64,6 +64,7 @@ __all__ = [
     "PlayerKind",
     "PlayerSnapshot",
     "PlayerUnavailable",
+    "ReplayLog",
     "SimulatedPlayer",
     "StateDirError",
     "TlsConfig",

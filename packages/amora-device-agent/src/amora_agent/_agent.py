@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import msgspec
 import structlog
 
+from amora_agent._commands import CommandBook
 from amora_agent._config import BrokerEndpoint, parse_verify_key
 from amora_agent._errors import ConfigError, PlayerError, PlayerUnavailable, StateDirError
 from amora_agent._mqtt import InboundMessage, MqttLink, Will
-from amora_agent._persist import ExecutedCommands, VersionCounter
+from amora_agent._persist import VersionCounter
 from amora_protocol import (
     Backoff,
     BadSignature,
+    ClockSkew,
     Codec,
-    CommandGuard,
     CommandResponse,
     CommandStatus,
     ConnectionStatus,
@@ -48,6 +49,7 @@ from amora_protocol import (
     state_topic,
     validate_device_id,
     verify_command,
+    verify_envelope,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 
     from amora_agent._management import DesiredSettings, ManagementPlane
     from amora_agent._player import Player
+    from amora_protocol import Action
 
 __all__ = ["AGENT_VERSION", "Agent", "AgentOptions"]
 
@@ -85,14 +88,22 @@ class AgentOptions:
         backoff_initial_s: Cap of the first reconnection delay (full jitter).
         backoff_max_s: Largest reconnection delay cap.
         failback_interval_s: How often to probe preferred brokers while on a fallback.
-        command_queue: Commands waiting to run; when full, newer ones are dropped (logged
-            and counted): their senders see no answer and time out, as on a lost message.
+        command_queue: Commands waiting to run; when full, a new one is answered at once
+            with ``rejected`` / ``busy`` (and ``retry_after_ms``), never dropped.
+        busy_retry_after_ms: The ``retry_after_ms`` of a ``busy`` answer.
         version_block: State versions reserved per write to the state directory.
-        executed_capacity: Executed command ids remembered (until they expire).
-        durable: fsync the executed-command log (off only for simulated fleets).
+        executed_capacity: Executed command ids (and their outcomes) remembered, until they
+            expire.
+        durable: fsync the replay log before each command runs (off only for simulated
+            fleets: a power cut may then forget executed commands).
         codec: Encoding of everything the agent publishes.
         max_command_ttl_ms: Longest command lifetime accepted.
-        max_skew_ms: How far in the future a command may be dated.
+        max_skew_ms: The clock-skew allowance, either way.
+        max_inflight: Unacknowledged QoS 1/2 publishes allowed at once (further ones are
+            refused and counted; state is republished on the next connection).
+        liveness_interval_s: How often the broker is probed end to end.
+        liveness_timeout_s: How long a probe may go unanswered before the broker counts
+            as hung and the link leaves it.
     """
 
     session_expiry_s: int = 600
@@ -102,12 +113,16 @@ class AgentOptions:
     backoff_max_s: float = 60.0
     failback_interval_s: float = 60.0
     command_queue: int = 64
+    busy_retry_after_ms: int = 1000
     version_block: int = 1000
     executed_capacity: int = 4096
     durable: bool = True
     codec: Codec = Codec.MSGPACK
     max_command_ttl_ms: int = 10 * 60_000
     max_skew_ms: int = 30_000
+    max_inflight: int = 16
+    liveness_interval_s: float = 1.5
+    liveness_timeout_s: float = 3.0
 
 
 def _reject_reason(exc: ProtocolError) -> RejectReason:
@@ -180,14 +195,29 @@ class Agent:
         self.display_name = display_name
         # The wall clock as a floor: versions stay newer than before even if the state
         # directory is lost (a re-flashed player), as long as the clock is sane.
-        self._versions = VersionCounter(state_dir, block=opts.version_block, floor=now_ms())
-        self._executed = ExecutedCommands(state_dir, capacity=opts.executed_capacity, durable=opts.durable)
-        self._guard = CommandGuard(
+        self.last_error: str | None = None
+        # Opened before the version counter: a state directory used before must hold a log.
+        self._book = CommandBook(
+            state_dir,
+            capacity=opts.executed_capacity,
+            durable=opts.durable,
             max_skew_ms=opts.max_skew_ms,
             max_ttl_ms=opts.max_command_ttl_ms,
-            max_ids=opts.executed_capacity,
+            now_ms=now_ms(),
         )
-        self._guard.remember(self._executed.items())
+        if self._book.damage is not None:
+            self.last_error = f"replay log: {self._book.damage}"
+            horizon = self._book.horizon
+            self._log.error(
+                "replay log damaged; older commands are refused",
+                error=self._book.damage,
+                refused_if_issued_before_ms=horizon.issued_before_ms if horizon else None,
+            )
+        # The wall clock as a floor: versions stay newer than before even if the state
+        # directory is lost (a re-flashed player), as long as the clock is sane.
+        self._versions = VersionCounter(state_dir, block=opts.version_block, floor=now_ms())
+        self._connection_versions: tuple[int | None, int | None] = (None, None)
+        self._stopping = False
         self._topics = {
             "state": state_topic(device_id),
             "commands": commands_topic(device_id),
@@ -201,12 +231,12 @@ class Agent:
         self._stop = asyncio.Event()
         self._commands: asyncio.Queue[InboundMessage] = asyncio.Queue(opts.command_queue)
         self._usage: Counter[str] = Counter()
-        self.last_error: str | None = None
         self._link = MqttLink(
             client_id=device_id,
             endpoints=endpoints,
             ssl_context=ssl_context,
             subscriptions=[(self._topics["commands"], 2)],
+            probe_topic=self._topics["connection"],
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
@@ -216,6 +246,9 @@ class Agent:
             connect_timeout_s=opts.connect_timeout_s,
             backoff=Backoff(initial=opts.backoff_initial_s, maximum=opts.backoff_max_s),
             failback_interval_s=opts.failback_interval_s,
+            max_inflight=opts.max_inflight,
+            liveness_interval_s=opts.liveness_interval_s,
+            liveness_timeout_s=opts.liveness_timeout_s,
             logger=self._log,
         )
         self._task: asyncio.Task[None] | None = None
@@ -302,12 +335,13 @@ class Agent:
                 await self._stop.wait()
                 # Shutdown: the offline status goes out on the live connection, then a
                 # normal DISCONNECT (which makes the broker drop the Will).
+                self._stopping = True
                 self._publish_connection(online=False, reason="shutdown")
                 for task in tasks:
                     task.cancel()
         finally:
             await self._link.close()
-            self._executed.close()
+            self._book.close()
             self._log.info("agent stopped")
 
     # -- MQTT callbacks -------------------------------------------------------------------
@@ -315,13 +349,26 @@ class Agent:
     def _encode(self, topic: str, message: Message) -> bytes:
         return self._sender.encode(topic, message, now_ms=now_ms(), codec=self._options.codec)
 
+    def _next_version(self) -> int | None:
+        try:
+            return self._versions.next()
+        except StateDirError as exc:
+            self.last_error = str(exc)
+            self._log.error("cannot reserve state versions", error=str(exc))
+            return None
+
     def _will(self) -> Will:
+        # Numbered between this connection's online status and anything later: a stale Will
+        # delivered after a newer connection's online status is older than it.
+        online, will = self._next_version(), self._next_version()
+        self._connection_versions = (online, will)
         status = ConnectionStatus(
             device_id=self.device_id,
             online=False,
             at_ms=now_ms(),
             agent_version=AGENT_VERSION,
             reason="connection lost",
+            version=will,
         )
         topic = self._topics["connection"]
         return Will(topic, self._encode(topic, status), self._options.codec.value)
@@ -333,6 +380,7 @@ class Agent:
             at_ms=now_ms(),
             agent_version=AGENT_VERSION,
             reason=reason,
+            version=self._connection_versions[0] if online else self._next_version(),
         )
         topic = self._topics["connection"]
         self._link.publish(
@@ -359,13 +407,48 @@ class Agent:
         self._log.info("offline", broker=str(endpoint))
 
     def _on_message(self, message: InboundMessage) -> None:
+        if message.topic == self._topics["connection"]:
+            self._check_own_status(message)
+            return
         if message.topic != self._topics["commands"]:
             return
         try:
             self._commands.put_nowait(message)
         except asyncio.QueueFull:
-            self._usage["commands_dropped"] += 1
-            self._log.warning("command queue full; command dropped", qos=message.qos)
+            # Push back at once and cheaply (no signature check): the sender learns it did
+            # not run and when to try again, instead of timing out.
+            self._usage["commands_busy"] += 1
+            self._log.warning("command queue full; answered busy", qos=message.qos)
+            response = CommandResponse(
+                command_id=_correlation_id(message.correlation_data),
+                device_id=self.device_id,
+                status=CommandStatus.REJECTED,
+                at_ms=now_ms(),
+                reason=RejectReason.BUSY,
+                message=f"{self._commands.maxsize} commands waiting",
+                retry_after_ms=self._options.busy_retry_after_ms,
+            )
+            self._respond(response, message.correlation_data)
+
+    def _check_own_status(self, message: InboundMessage) -> None:
+        """Correct a stale offline status (an old connection's Last Will, delivered late)."""
+        if self._stopping or not self._online.is_set():
+            return
+        try:
+            verified = verify_envelope(
+                message.payload,
+                topic=message.topic,
+                content_type=message.content_type,
+                key=self._sender.signing_key.public_key,
+                now_ms=now_ms(),
+            )
+        except ProtocolError:
+            return
+        status = verified.message
+        if isinstance(status, ConnectionStatus) and not status.online:
+            self._usage["stale_wills_corrected"] += 1
+            self._log.info("stale offline status seen; online status republished", version=status.version)
+            self._publish_connection(online=True)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -460,6 +543,7 @@ class Agent:
         *,
         reason: RejectReason | None = None,
         message: str | None = None,
+        clock_offset_ms: int | None = None,
     ) -> CommandResponse:
         if status is CommandStatus.REJECTED:
             self._usage["commands_rejected"] += 1
@@ -478,54 +562,136 @@ class Agent:
             reason=reason,
             message=message[:1024] if message else None,
             state_version=self._state.version if self._state is not None else None,
+            clock_offset_ms=clock_offset_ms,
         )
 
-    async def _handle_command(self, message: InboundMessage) -> CommandResponse:  # noqa: PLR0911 - one answer per outcome
-        now = now_ms()
+    def _repeat(self, command_id: str, detail: str) -> CommandResponse:
+        """The answer to an id already received: its original outcome, if known."""
+        self._usage["commands_duplicate"] += 1
+        original = self._book.original(command_id)
+        if original is not None:
+            self._log.info("command repeated; original outcome answered", command_id=command_id)
+            return CommandResponse(
+                command_id=command_id,
+                device_id=self.device_id,
+                status=original.status,
+                at_ms=original.at_ms,
+                reason=original.reason,
+                message=original.message,
+                state_version=original.state_version,
+                duplicate=True,
+            )
+        if self._book.running(command_id):
+            response = self._answer(command_id, CommandStatus.ACCEPTED, message="running; the answer follows")
+            return msgspec.structs.replace(response, duplicate=True)
+        return self._answer(
+            command_id,
+            CommandStatus.DUPLICATE,
+            message=f"{detail}; its outcome is unknown (the device restarted while running it)",
+        )
+
+    def _verify(self, message: InboundMessage, now: int) -> tuple[VerifiedCommand, int | None, int] | CommandResponse:
+        """The verified command with its measured and judged clock offsets, or the refusal."""
+        book = self._book
+        measured, offset = book.judge_offset(message, now)
         try:
-            verified: VerifiedCommand = verify_command(
+            verified = verify_command(
                 message.payload,
                 topic=message.topic,
                 content_type=message.content_type,
                 trusted_keys=self._trusted,
-                now_ms=now,
+                now_ms=book.sender_time(now, offset),
                 decrypt_key=self._encryption_key,
             )
         except ProtocolError as exc:
+            reason = _reject_reason(exc)
+            if reason is RejectReason.EXPIRED and measured is not None and abs(measured) > book.max_skew_ms:
+                reason = RejectReason.CLOCK_SKEW
             return self._answer(
                 _correlation_id(message.correlation_data),
                 CommandStatus.REJECTED,
-                reason=_reject_reason(exc),
+                reason=reason,
                 message=str(exc),
+                clock_offset_ms=measured if reason is RejectReason.CLOCK_SKEW else None,
             )
+        return verified, measured, offset
+
+    async def _handle_command(self, message: InboundMessage) -> CommandResponse:  # noqa: PLR0911 - one answer per outcome
+        now = now_ms()
+        book = self._book
+        checked = self._verify(message, now)
+        if isinstance(checked, CommandResponse):
+            return checked
+        verified, measured, offset = checked
         command = verified.command
+        if book.refuses(command):
+            return self._answer(
+                command.id,
+                CommandStatus.REJECTED,
+                reason=RejectReason.EXPIRED,
+                message="issued before the device lost part of its replay record; send it again with a new id",
+            )
         try:
-            self._guard.check(verified.header, command, now_ms=now)
+            book.guard.check(verified.header, command, now_ms=now, clock_offset_ms=offset)
         except Replayed as exc:
-            if self._guard.seen(command.id):
-                return self._answer(command.id, CommandStatus.DUPLICATE, message=str(exc))
+            if book.guard.seen(command.id):
+                return self._repeat(command.id, str(exc))
             # A new id on an envelope whose (sender, epoch, seq) was already used or is too old:
             # it never ran, so it must not read as a duplicate (which apps take as done).
             return self._answer(command.id, CommandStatus.REJECTED, reason=RejectReason.INVALID, message=str(exc))
+        except ClockSkew as exc:
+            self._usage["commands_clock_skew"] += 1
+            reason, offset_ms = RejectReason.CLOCK_SKEW, exc.offset_ms
+            return self._answer(
+                command.id, CommandStatus.REJECTED, reason=reason, message=str(exc), clock_offset_ms=offset_ms
+            )
         except ProtocolError as exc:
             return self._answer(command.id, CommandStatus.REJECTED, reason=_reject_reason(exc), message=str(exc))
-        # Recorded before it runs: at most once, even across a crash.
-        self._executed.add(command.id, command.expires_at_ms, now_ms=now)
-        current = self._state.version if self._state is not None else None
-        if command.if_version is not None and command.if_version != current:
+        if measured is not None and book.note_skew(verified, measured, now):
+            self._log.info(
+                "clock offset estimated", clock_offset_ms=book.clock_offset_ms, allowance_ms=book.max_skew_ms
+            )
+        # Recorded (durably) before it runs: at most once, even across a crash.
+        try:
+            book.start(verified, now)
+        except StateDirError as exc:
+            self.last_error = str(exc)
+            self._log.error("cannot record a command; not run", error=str(exc))
             return self._answer(
                 command.id,
+                CommandStatus.REJECTED,
+                reason=RejectReason.BUSY,
+                message=f"cannot record the command, so it did not run: {exc}",
+            )
+        try:
+            response = await self._run(command.id, command.action, command.if_version)
+        except BaseException:
+            book.abandon(command.id)
+            raise
+        book.finish(response, self._log)
+        return response
+
+    async def _run(self, command_id: str, action: Action, if_version: int | None) -> CommandResponse:
+        current = self._state.version if self._state is not None else None
+        if if_version is not None and if_version != current:
+            return self._answer(
+                command_id,
                 CommandStatus.REJECTED,
                 reason=RejectReason.VERSION_MISMATCH,
                 message=f"state version is {current}",
             )
         self._usage["commands"] += 1
         try:
-            await self._player.execute(command.action)
+            await self._player.execute(action)
         except PlayerError as exc:
             self._usage["errors"] += 1
-            return self._answer(command.id, CommandStatus.FAILED, message=str(exc))
-        return self._answer(command.id, CommandStatus.SUCCEEDED)
+            return self._answer(command_id, CommandStatus.FAILED, message=str(exc))
+        return self._answer(command_id, CommandStatus.SUCCEEDED)
+
+    @property
+    def clock_offset_ms(self) -> int | None:
+        """This device's clock minus its senders' as estimated from the commands it verified."""
+        return self._book.clock_offset_ms
 
     # -- management -------------------------------------------------------------------------
 
@@ -565,6 +731,8 @@ class Agent:
             "display_name": self.display_name,
             "trusted_authz_kids": sorted(self._trusted),
             "last_error": self.last_error,
+            "clock_offset_ms": self._book.clock_offset_ms,
+            "replay_log_damage": self._book.damage,
         }
 
     def take_usage(self) -> dict[str, int]:

@@ -3,12 +3,25 @@
 Strategy: gmqtt reconnects after a fixed delay, always to the same host, and never
 resubscribes (docs/decisions/0003-packages-own-reconnection.md). So its reconnection is
 switched off and every attempt uses a fresh gmqtt client: endpoints are tried in order
-(the first is preferred), rounds are separated by exponential backoff with full jitter,
-the session is persistent
-(``clean_start=False`` with a session expiry) and subscriptions are renewed whenever
-the broker says it kept no session (and on the first connection to each broker). While
-on a fallback endpoint, the preferred ones are probed now and then, and the link moves
-back as soon as one answers.
+(the first is preferred, brokers that were just found hung last), rounds are separated by
+exponential backoff with full jitter, the session is persistent (``clean_start=False`` with a
+session expiry) and subscriptions are renewed whenever the broker says it kept no session (and
+on the first connection to each broker).
+
+A hung broker (stopped, wedged) keeps its TCP connections open and its kernel still
+acknowledges bytes, so neither TCP nor a long MQTT keep-alive notices it quickly. The link
+therefore probes end to end: every ``liveness_interval_s`` it re-subscribes to the device's
+own connection topic and expects the SUBACK within ``liveness_timeout_s``; a QoS 1/2 publish
+left unacknowledged that long counts the same. A broker that fails either is left at once
+(the DISCONNECT is sent but never waited on for more than a second) and tried last.
+
+While on a fallback broker, the preferred ones are tried now and then (with jitter, so a
+fleet does not move back all at once) with a real MQTT connection; the link moves once one
+is up and subscribed, then leaves the fallback with a normal DISCONNECT.
+
+QoS 1/2 publishes waiting for their acknowledgement are bounded (``max_inflight``, and below
+the broker's receive maximum) so that gmqtt's packet ids never run out; a publish over the
+bound is refused and counted.
 """
 
 from __future__ import annotations
@@ -17,6 +30,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 import gmqtt
@@ -33,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["InboundMessage", "MqttLink", "Will"]
 
 _NO_RECONNECT: Final = -2  # gmqtt: any value below -1 disables its own reconnection
-_SUBACK_TIMEOUT_S: Final = 10.0
+_CLOSE_TIMEOUT_S: Final = 1.0  # a DISCONNECT to a hung broker is never waited on longer
 _gmqtt_logger = logging.getLogger("amora_agent.gmqtt")
 
 
@@ -66,6 +82,77 @@ def _prop(properties: dict[str, Any], name: str) -> Any:  # noqa: ANN401 - gmqtt
     return value
 
 
+class _Inflight:
+    """gmqtt's store of unacknowledged QoS 1/2 publishes (its ``persistent_storage``), counted.
+
+    Same interface as gmqtt's in-memory store; it also knows when the oldest entry went out.
+    """
+
+    def __init__(self) -> None:
+        self._messages: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest unacknowledged publish went out (0 when none)."""
+        if not self._messages:
+            return 0.0
+        _, sent = next(iter(self._messages.values()))
+        return time.monotonic() - sent
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        # gmqtt also swaps a PUBLISH for its PUBREL here: keep the first send time.
+        previous = self._messages.get(mid)
+        self._messages[mid] = (raw_package, previous[1] if previous else time.monotonic())
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        if self._messages.pop(mid, None) is not None and not self._messages:
+            self._wake()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._messages
+
+    async def wait_empty(self) -> None:
+        if not self._messages:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+    def clear(self) -> None:
+        self._messages.clear()
+        self._wake()
+
+    def get_all(self) -> list[tuple[int, bytes]]:
+        return [(mid, package) for mid, (package, _) in self._messages.items()]
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Connection:
+    """One gmqtt client and what the link tracks about it."""
+
+    client: gmqtt.Client
+    endpoint: BrokerEndpoint
+    inflight: _Inflight
+    lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    subacks: dict[int, asyncio.Event] = dataclasses.field(default_factory=dict)
+    granted: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    session_present: bool = False
+    receive_maximum: int = 65535
+
+
 class MqttLink:
     """Keeps one MQTT 5 connection to the best reachable broker, forever.
 
@@ -78,11 +165,17 @@ class MqttLink:
         on_connected: Called after each connection is up and subscribed.
         on_disconnected: Called when that connection ends.
         will: Builds the Last Will for the next connection.
+        probe_topic: A topic the client may subscribe to, re-subscribed as the liveness
+            probe (the device's connection topic; its own messages are not echoed back).
         session_expiry_s: How long the broker keeps the session (and queued commands).
         keepalive_s: MQTT keep-alive.
-        connect_timeout_s: Bound on one connection attempt.
+        connect_timeout_s: Bound on one connection attempt (connect and subscribe).
         backoff: Delays between rounds of attempts.
-        failback_interval_s: How often to probe preferred brokers while on a fallback.
+        failback_interval_s: Mean time between tries of a preferred broker while on a
+            fallback (jittered between half and one and a half times it).
+        max_inflight: Unacknowledged QoS 1/2 publishes allowed at once.
+        liveness_interval_s: Time between liveness probes.
+        liveness_timeout_s: How long a probe, or a publish, may go unanswered.
         logger: A structlog logger.
     """
 
@@ -97,11 +190,15 @@ class MqttLink:
         on_connected: Callable[[BrokerEndpoint], None],
         on_disconnected: Callable[[BrokerEndpoint], None],
         will: Callable[[], Will],
+        probe_topic: str | None = None,
         session_expiry_s: int = 600,
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         failback_interval_s: float = 60.0,
+        max_inflight: int = 16,
+        liveness_interval_s: float = 1.5,
+        liveness_timeout_s: float = 3.0,
         logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
     ) -> None:
         """Configure; nothing connects before `run`."""
@@ -111,6 +208,7 @@ class MqttLink:
         self._endpoints = tuple(endpoints)
         self._ssl = ssl_context
         self._subscriptions = tuple(subscriptions)
+        self._probe_topic = probe_topic
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
@@ -120,23 +218,27 @@ class MqttLink:
         self._connect_timeout_s = connect_timeout_s
         self._backoff = backoff or Backoff(initial=0.5, maximum=60.0)
         self._failback_interval_s = failback_interval_s
+        self._max_inflight = max_inflight
+        self._liveness_interval_s = liveness_interval_s
+        self._liveness_timeout_s = liveness_timeout_s
         self._log = logger if logger is not None else structlog.get_logger("amora_agent.mqtt")
-        self._client: gmqtt.Client | None = None
-        self._endpoint: BrokerEndpoint | None = None
+        self._current: _Connection | None = None
         self._reselect = asyncio.Event()
         self._subscribed: set[BrokerEndpoint] = set()
+        self._hung: set[BrokerEndpoint] = set()
         self.connections = 0
+        self.refused_publishes = 0
         self.last_error: str | None = None
 
     @property
     def connected(self) -> bool:
         """Whether a connection is up (and subscribed)."""
-        return self._client is not None
+        return self._current is not None
 
     @property
     def endpoint(self) -> BrokerEndpoint | None:
         """The broker in use, if connected."""
-        return self._endpoint if self._client is not None else None
+        return self._current.endpoint if self._current is not None else None
 
     @property
     def endpoints(self) -> tuple[BrokerEndpoint, ...]:
@@ -151,7 +253,8 @@ class MqttLink:
         if new == self._endpoints:
             return
         self._endpoints = new
-        if self._endpoint is not None and (self._endpoint not in new or self._endpoint != new[0]):
+        current = self.endpoint
+        if current is not None and current != new[0]:
             self._reselect.set()
 
     def publish(  # noqa: PLR0913 - MQTT 5 publish properties
@@ -167,10 +270,18 @@ class MqttLink:
         """Queue a publish on the current connection.
 
         Returns:
-            False when there is no connection (the caller republishes on reconnect).
+            False when there is no connection, or too many publishes await their
+            acknowledgement (the caller republishes what matters on reconnect).
         """
-        client = self._client
-        if client is None:
+        connection = self._current
+        if connection is None:
+            return False
+        limit = min(self._max_inflight, connection.receive_maximum - 2)
+        if qos > 0 and len(connection.inflight) >= limit:
+            self.refused_publishes += 1
+            self._log.warning(
+                "publish refused: too many unacknowledged", topic=topic, inflight=len(connection.inflight)
+            )
             return False
         properties: dict[str, Any] = {}
         if content_type is not None:
@@ -178,7 +289,7 @@ class MqttLink:
         if correlation_data is not None:
             properties["correlation_data"] = correlation_data
         try:
-            client.publish(topic, payload, qos=qos, retain=retain, **properties)
+            connection.client.publish(topic, payload, qos=qos, retain=retain, **properties)
         except Exception as exc:  # noqa: BLE001 - gmqtt raises assorted errors on a dead socket
             self._log.warning("publish failed", topic=topic, error=repr(exc))
             return False
@@ -187,40 +298,50 @@ class MqttLink:
     async def run(self) -> None:
         """Connect, serve, and reconnect until cancelled."""
         while True:
-            for index, endpoint in enumerate(self._endpoints):
-                connection = await self._connect(endpoint)
-                if connection is None:
-                    continue
+            connection = await self._connect_round()
+            while connection is not None:
                 self._backoff.reset()
-                await self._serve(*connection, endpoint, index)
-                break
+                # Serving returns the next connection when it moved to a preferred broker.
+                connection = await self._serve(connection)
             await asyncio.sleep(self._backoff.next_delay())
 
-    async def _connect(self, endpoint: BrokerEndpoint) -> tuple[gmqtt.Client, asyncio.Event] | None:
+    def _order(self) -> list[BrokerEndpoint]:
+        """Endpoints to try: by preference, brokers just found hung last."""
+        return sorted(self._endpoints, key=lambda e: e in self._hung)
+
+    async def _connect_round(self) -> _Connection | None:
+        for endpoint in self._order():
+            connection = await self._connect(endpoint)
+            if connection is not None:
+                return connection
+        return None
+
+    async def _connect(self, endpoint: BrokerEndpoint) -> _Connection | None:  # noqa: C901 - gmqtt callbacks
         will = self._will()
+        inflight = _Inflight()
         client = gmqtt.Client(
             self._client_id,
             clean_session=False,
             will_message=gmqtt.Message(will.topic, will.payload, qos=1, retain=True, content_type=will.content_type),
             session_expiry_interval=self._session_expiry_s,
+            persistent_storage=inflight,
             logger=_gmqtt_logger,
         )
         client.set_config({"reconnect_retries": _NO_RECONNECT})
-        lost = asyncio.Event()
-        session: list[bool] = []
-        subacks: dict[int, asyncio.Event] = {}
+        connection = _Connection(client, endpoint, inflight)
 
-        def on_connect(_c: object, flags: int, _rc: int, _props: object) -> None:
-            session.append(bool(flags))
+        def on_connect(_c: object, flags: int, _rc: int, props: Any) -> None:  # noqa: ANN401 - gmqtt's
+            connection.session_present = bool(flags)
+            maximum = _prop(props, "receive_maximum") if isinstance(props, dict) else None
+            if isinstance(maximum, int) and maximum > 0:
+                connection.receive_maximum = maximum
 
         def on_disconnect(_c: object, _packet: object, _exc: object = None) -> None:
-            lost.set()
-
-        granted: dict[int, tuple[int, ...]] = {}
+            connection.lost.set()
 
         def on_subscribe(_c: object, mid: int, qos: tuple[int, ...], _props: object) -> None:
-            granted[mid] = tuple(qos)
-            event = subacks.get(mid)
+            connection.granted[mid] = tuple(qos)
+            event = connection.subacks.get(mid)
             if event is not None:
                 event.set()
 
@@ -244,96 +365,121 @@ class MqttLink:
         client.on_subscribe = on_subscribe
         client.on_message = on_message
         try:
-            await asyncio.wait_for(
-                client.connect(
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=self._ssl or False,
-                    keepalive=self._keepalive_s,
-                ),
-                self._connect_timeout_s,
-            )
-            if not (session and session[0]) or endpoint not in self._subscribed:
-                # The broker kept no session, or this process has not seen its subscriptions
-                # confirmed there (a session can survive a crash between CONNACK and SUBACK).
-                self._subscribed.discard(endpoint)
-                await self._subscribe(client, subacks, granted)
-                self._subscribed.add(endpoint)
-            if lost.is_set():
+            async with asyncio.timeout(self._connect_timeout_s):
+                await client.connect(endpoint.host, endpoint.port, ssl=self._ssl or False, keepalive=self._keepalive_s)
+                if not connection.session_present or endpoint not in self._subscribed:
+                    # The broker kept no session, or this process has not seen its subscriptions
+                    # confirmed there (a session can survive a crash between CONNACK and SUBACK).
+                    self._subscribed.discard(endpoint)
+                    await self._subscribe(connection)
+                    self._subscribed.add(endpoint)
+            if connection.lost.is_set():
                 raise ConnectionError("connection lost during setup")  # noqa: TRY301
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(client.disconnect())
+            await self._close(client)
             raise
         except Exception as exc:  # noqa: BLE001 - gmqtt/ssl/socket errors of every kind
             self.last_error = f"{endpoint}: {exc!r}"
             self._log.warning("mqtt connect failed", broker=str(endpoint), error=repr(exc))
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+            await self._close(client)
             return None
-        self._log.info("mqtt connected", broker=str(endpoint), session_present=bool(session and session[0]))
-        return client, lost
+        self._hung.discard(endpoint)
+        self._log.info("mqtt connected", broker=str(endpoint), session_present=connection.session_present)
+        return connection
 
-    async def _subscribe(
-        self, client: gmqtt.Client, subacks: dict[int, asyncio.Event], granted: dict[int, tuple[int, ...]]
-    ) -> None:
-        for topic, qos in self._subscriptions:
-            mid = client.subscribe(gmqtt.Subscription(topic, qos=qos))
-            subacks[mid] = asyncio.Event()
-            await asyncio.wait_for(subacks[mid].wait(), _SUBACK_TIMEOUT_S)
-            if any(code >= 0x80 for code in granted.get(mid, ())):
+    async def _subscribe(self, connection: _Connection) -> None:
+        subscriptions = [gmqtt.Subscription(topic, qos=qos) for topic, qos in self._subscriptions]
+        if self._probe_topic is not None:
+            # Retained status delivered once; the client's own publishes never echoed back.
+            subscriptions.append(gmqtt.Subscription(self._probe_topic, qos=1, no_local=True))
+        for subscription in subscriptions:
+            mid = connection.client.subscribe(subscription)
+            connection.subacks[mid] = asyncio.Event()
+            await connection.subacks[mid].wait()
+            codes = connection.granted.get(mid, ())
+            if any(code >= 0x80 for code in codes):
                 # Usually the broker's ACL (the device's dynsec role is missing).
-                raise PermissionError(f"subscription to {topic} refused: {granted[mid]}")
+                raise PermissionError(f"subscription to {subscription.topic} refused: {codes}")
 
-    async def _serve(self, client: gmqtt.Client, lost: asyncio.Event, endpoint: BrokerEndpoint, index: int) -> None:
-        self._client = client
-        self._endpoint = endpoint
+    async def _serve(self, connection: _Connection) -> _Connection | None:
+        """Serve ``connection`` until it ends; return a better connection if one was made."""
+        endpoint = connection.endpoint
+        index = self._endpoints.index(endpoint) if endpoint in self._endpoints else len(self._endpoints)
+        self._current = connection
         self._reselect.clear()
         self.connections += 1
+        hung = False
+        better: _Connection | None = None
         try:
             self._on_connected(endpoint)
             async with asyncio.TaskGroup() as group:
-                waits: list[asyncio.Task[Any]] = [
-                    group.create_task(lost.wait(), name="amora-agent.mqtt-lost"),
-                    group.create_task(self._reselect.wait(), name="amora-agent.mqtt-reselect"),
-                ]
+                lost = group.create_task(connection.lost.wait(), name="amora-agent.mqtt-lost")
+                reselect = group.create_task(self._reselect.wait(), name="amora-agent.mqtt-reselect")
+                alive = group.create_task(self._watch_liveness(connection), name="amora-agent.mqtt-liveness")
+                waits: list[asyncio.Task[Any]] = [lost, reselect, alive]
+                failback = None
                 if index > 0:
-                    waits.append(group.create_task(self._probe_preferred(index), name="amora-agent.mqtt-failback"))
+                    failback = group.create_task(self._try_preferred(index), name="amora-agent.mqtt-failback")
+                    waits.append(failback)
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                hung = alive.done() and not lost.done()
+                if failback is not None and failback.done() and not failback.cancelled():
+                    better = failback.result()
                 for task in waits:
                     task.cancel()
         finally:
-            self._client = None
+            self._current = None
             self._on_disconnected(endpoint)
-            if lost.is_set():
+            if connection.lost.is_set():
                 self._log.warning("mqtt connection lost", broker=str(endpoint))
             else:
-                # Moving to a better broker (or shutting down): a normal disconnect, no Will.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(client.disconnect())
+                if hung:
+                    self._hung.add(endpoint)
+                    self._log.warning("broker not answering; leaving it", broker=str(endpoint))
+                # Moving on (a better broker, a hung one, shutdown): a normal DISCONNECT, no Will.
+                await self._close(connection.client)
+        return better
 
-    async def _probe_preferred(self, index: int) -> None:
-        """Return once a broker preferred over the current one accepts TCP connections."""
+    async def _watch_liveness(self, connection: _Connection) -> None:
+        """Return when the broker stops answering (probe SUBACK or publish acks overdue)."""
+        if self._probe_topic is None:
+            await asyncio.Event().wait()
+        probe = gmqtt.Subscription(self._probe_topic, qos=1, no_local=True, retain_handling_options=1)
         while True:
-            await asyncio.sleep(self._failback_interval_s)
-            for endpoint in self._endpoints[:index]:
-                try:
-                    _, writer = await asyncio.wait_for(
-                        asyncio.open_connection(endpoint.host, endpoint.port),
-                        self._connect_timeout_s,
-                    )
-                except (OSError, TimeoutError):
-                    continue
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                self._log.info("preferred broker is back", broker=str(endpoint))
+            await asyncio.sleep(self._liveness_interval_s)
+            if connection.inflight.oldest_age() > self._liveness_timeout_s:
                 return
+            try:
+                mid = connection.client.resubscribe(probe)
+            except Exception:  # noqa: BLE001 - a dead socket: the lost event follows
+                return
+            answered = connection.subacks[mid] = asyncio.Event()
+            try:
+                async with asyncio.timeout(self._liveness_timeout_s):
+                    await answered.wait()
+            except TimeoutError:
+                return
+            finally:
+                connection.subacks.pop(mid, None)
+
+    async def _try_preferred(self, index: int) -> _Connection:
+        """Return a connection to a broker preferred over the current one, once one is up."""
+        while True:
+            await asyncio.sleep(self._failback_interval_s * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+            for endpoint in self._endpoints[:index]:
+                connection = await self._connect(endpoint)
+                if connection is not None:
+                    self._log.info("preferred broker is back", broker=str(endpoint))
+                    return connection
+
+    async def _close(self, client: gmqtt.Client) -> None:
+        """Disconnect normally (the broker drops the Will), never waiting long on a hung broker."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), _CLOSE_TIMEOUT_S)
 
     async def close(self) -> None:
         """Disconnect normally (the broker drops the Will)."""
-        client = self._client
-        self._client = None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+        connection = self._current
+        self._current = None
+        if connection is not None:
+            await self._close(connection.client)

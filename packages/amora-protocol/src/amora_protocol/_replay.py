@@ -99,6 +99,10 @@ class CommandGuard:
         """Whether ``command_id`` was accepted before (and is still remembered)."""
         return command_id in self._ids
 
+    def forget(self, command_id: str) -> None:
+        """Forget an accepted id whose command could not run after all (it may come again)."""
+        self._ids.pop(command_id, None)
+
     def remember(self, ids: Iterable[tuple[str, int]]) -> None:
         """Load (command id, expires_at_ms) pairs, e.g. persisted across a restart."""
         for command_id, expires_at_ms in ids:
