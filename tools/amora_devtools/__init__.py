@@ -15,15 +15,13 @@ from amora_devtools._errors import (
     ServiceStartError,
 )
 from amora_devtools._mqtt import Message, MqttClient, Will, client_ssl_context
-from amora_devtools.broker import (
-    BrokerProcess,
+from amora_devtools.broker import BrokerProcess, start_broker, start_broker_pair
+from amora_devtools.dynsec import (
     create_device_client,
     create_session_client,
     delete_device_client,
     delete_session_client,
     dynsec,
-    start_broker,
-    start_broker_pair,
 )
 from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import Track

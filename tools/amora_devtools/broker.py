@@ -14,24 +14,21 @@ own temporary directories are private to root.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import pwd
 import re
 import secrets
 import shutil
 import signal
-import string
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
-from amora_devtools._errors import DevtoolsError, DynsecError, MqttError, ServiceStartError
+from amora_devtools._broker_config import dynsec_plugin, render_template, template_dir
+from amora_devtools._errors import DevtoolsError, MqttError, ServiceStartError
 from amora_devtools._mqtt import MqttClient, client_ssl_context
 from amora_devtools._proc import (
     ManagedProcess,
@@ -42,11 +39,22 @@ from amora_devtools._proc import (
     tail,
     wait_until,
 )
+from amora_devtools.dynsec import (
+    ADMIN_USERNAME,
+    DYNSEC_TOPIC,
+    PROBE_TOPIC_PREFIX,
+    acl,
+    create_device_client,
+    create_session_client,
+    delete_device_client,
+    delete_session_client,
+    dynsec,
+    initial_dynsec_state,
+)
 from amora_protocol import service_account_name
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Iterable, Mapping, Sequence
     from types import TracebackType
 
     from amora_devtools.pki import DevPKI
@@ -65,46 +73,11 @@ __all__ = [
     "template_dir",
 ]
 
-# Service accounts live under the reserved prefix (amora_protocol.SERVICE_ACCOUNT_PREFIX),
-# so no device or user id can ever take them.
-ADMIN_USERNAME: Final = service_account_name("harness-admin")
-DYNSEC_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 _BROKER_USER: Final = "mosquitto"
 _START_TIMEOUT: Final = 15.0
 _START_ATTEMPTS: Final = 3
 _PROBE_ROLE: Final = "amora-harness-write-probe"
-# The admin may publish here (and nowhere else): the harness's end-to-end bridge probe.
-_PROBE_TOPIC_PREFIX: Final = "amora/harness"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-def template_dir() -> Path:
-    """Where the mosquitto configuration templates are.
-
-    ``AMORA_MOSQUITTO_TEMPLATES`` if set, else the copy inside an installed wheel, else
-    the repository's ``infra/mosquitto``.
-    """
-    override = os.environ.get("AMORA_MOSQUITTO_TEMPLATES")
-    if override:
-        return Path(override)
-    packaged = Path(__file__).resolve().parent / "mosquitto"
-    if (packaged / "mosquitto.conf.template").is_file():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "infra" / "mosquitto"
-
-
-def _dynsec_plugin() -> str:
-    override = os.environ.get("AMORA_MOSQUITTO_DYNSEC_PLUGIN")
-    if override:
-        return override
-    name = "mosquitto_dynamic_security.so"
-    found = [
-        *sorted(Path("/usr/lib").glob(f"*/{name}")),
-        *[p for p in (Path("/usr/lib") / name, Path("/usr/local/lib") / name) if p.exists()],
-    ]
-    if not found:
-        raise ServiceStartError("mosquitto", "mosquitto_dynamic_security.so not found (apt-get install mosquitto)")
-    return str(found[0])
 
 
 def _broker_user() -> str | None:
@@ -118,63 +91,6 @@ def _broker_user() -> str | None:
             "mosquitto", f"running as root but there is no user {_BROKER_USER!r} to drop to"
         ) from exc
     return _BROKER_USER
-
-
-def _hash_password(password: str) -> dict[str, Any]:
-    """A dynsec password entry (PBKDF2-SHA512, as mosquitto_ctrl writes it)."""
-    salt = secrets.token_bytes(12)
-    iterations = 101
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
-    return {
-        "password": base64.b64encode(digest).decode(),
-        "salt": base64.b64encode(salt).decode(),
-        "iterations": iterations,
-    }
-
-
-def _acl(acltype: str, topic: str, *, allow: bool = True) -> dict[str, Any]:
-    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": allow}
-
-
-def _initial_dynsec(admin_password: str) -> dict[str, Any]:
-    """Dynsec state: one admin (dynsec control, read everything), deny by default."""
-    control = "$CONTROL/dynamic-security/#"
-    return {
-        "defaultACLAccess": [
-            {"acltype": "publishClientSend", "allow": False},
-            {"acltype": "publishClientReceive", "allow": False},
-            {"acltype": "subscribe", "allow": False},
-            {"acltype": "unsubscribe", "allow": False},
-        ],
-        "clients": [
-            {
-                "username": ADMIN_USERNAME,
-                "textname": "Amora harness admin (development only)",
-                "roles": [{"rolename": "admin"}],
-                **_hash_password(admin_password),
-            }
-        ],
-        "groups": [],
-        "roles": [
-            {
-                "rolename": "admin",
-                "textname": "dynsec administration; reads every topic, writes amora/harness/#",
-                "acls": [
-                    _acl("publishClientSend", control),
-                    _acl("publishClientReceive", control),
-                    _acl("subscribePattern", control),
-                    _acl("unsubscribePattern", control),
-                    _acl("publishClientReceive", "$SYS/#"),
-                    _acl("subscribePattern", "$SYS/#"),
-                    _acl("unsubscribePattern", "$SYS/#"),
-                    _acl("publishClientReceive", "#"),
-                    _acl("subscribePattern", "#"),
-                    _acl("unsubscribePattern", "#"),
-                    _acl("publishClientSend", f"{_PROBE_TOPIC_PREFIX}/#"),
-                ],
-            }
-        ],
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +251,7 @@ class BrokerProcess:
         primary = self.bridge_peer
         if primary is None:
             raise DevtoolsError(f"broker {self.name} has no bridge")
-        topic = f"{_PROBE_TOPIC_PREFIX}/bridge/{uuid.uuid4().hex}"
+        topic = f"{PROBE_TOPIC_PREFIX}/bridge/{uuid.uuid4().hex}"
         try:
             with self.admin_client() as sub, primary.admin_client() as pub:
                 sub.subscribe(topic)
@@ -463,18 +379,6 @@ class BrokerProcess:
         self.close()
 
 
-def _render(template: str, values: Mapping[str, str]) -> str:
-    """Fill ``${name}`` placeholders; comment lines are copied as they are."""
-    out = []
-    try:
-        for line in template.splitlines():
-            keep = line.lstrip().startswith("#")
-            out.append(line if keep else string.Template(line).substitute(values))
-    except (KeyError, ValueError) as exc:
-        raise ServiceStartError("mosquitto", f"bad configuration template: {exc!r}") from exc
-    return "\n".join(out) + "\n"
-
-
 def _prepare_state_dir(workdir: Path, name: str, pki: DevPKI) -> tuple[Path, bool]:
     """Make the state dir (see module doc) with copies of the TLS files."""
     if is_root():
@@ -537,13 +441,13 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
     except OSError as exc:
         raise ServiceStartError("mosquitto", f"configuration templates not found: {exc}") from exc
     bridge = None if bridge_to is None else _make_bridge_account(bridge_to, name)
-    plugin = _dynsec_plugin()
+    plugin = dynsec_plugin()
     user = _broker_user()
     last_error: ServiceStartError | None = None
     for _ in range(_START_ATTEMPTS):
         state_dir, owned = _prepare_state_dir(broker_dir, name, pki)
         admin_password = secrets.token_urlsafe(18)
-        (state_dir / "dynamic-security.json").write_text(json.dumps(_initial_dynsec(admin_password), indent=2))
+        (state_dir / "dynamic-security.json").write_text(json.dumps(initial_dynsec_state(admin_password), indent=2))
         tls = state_dir / "tls"
         values = {
             "bind_address": host,
@@ -558,9 +462,9 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             "state_dir": str(state_dir),
             "dynsec_plugin": plugin,
         }
-        config = _render(main_template, values)
+        config = render_template(main_template, values)
         if bridge is not None:
-            config += "\n" + _render(
+            config += "\n" + render_template(
                 bridge_template,
                 {
                     "bridge_name": bridge.name,
@@ -613,7 +517,7 @@ def _make_bridge_account(primary: BrokerProcess, standby_name: str) -> _Bridge:
     password = secrets.token_urlsafe(18)
     role = f"bridge:{standby_name}"
     acls = [
-        _acl(acltype, "amora/#")
+        acl(acltype, "amora/#")
         for acltype in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
     ]
     dynsec(
@@ -659,191 +563,3 @@ def start_broker_pair(
         primary.close()
         raise
     return primary, standby
-
-
-# -- dynamic security -------------------------------------------------------------------
-
-
-def dynsec(
-    broker: BrokerProcess,
-    commands: Sequence[Mapping[str, Any]],
-    *,
-    check: bool = True,
-    timeout: float = 10.0,
-) -> list[dict[str, Any]]:
-    """Send dynamic-security commands as the admin and return the broker's responses.
-
-    One MQTT connection per call; the commands go in one request and the answer is the
-    broker's ``responses`` list, in order.
-
-    Args:
-        broker: The broker to administer.
-        commands: dynsec commands, e.g. ``{"command": "createClient", "username": ...}``.
-        check: Raise `DynsecError` if any response carries an ``error``.
-        timeout: Bound for connecting and for the answer, in seconds.
-
-    Returns:
-        One response dict per command (``{"command": ..., "error": ...?, "data": ...?}``).
-
-    Raises:
-        DynsecError: No answer in time, the connection failed, or (with ``check``) a
-            command failed.
-    """
-    request_id = uuid.uuid4().hex
-    payload = json.dumps(
-        {"commands": [{**cmd, "correlationData": f"{request_id}:{i}"} for i, cmd in enumerate(commands)]}
-    ).encode()
-    try:
-        with broker.admin_client(timeout=timeout) as client:
-            client.subscribe(f"{DYNSEC_TOPIC}/response")
-            client.publish(DYNSEC_TOPIC, payload, qos=1)
-            responses = _await_responses(client, request_id, timeout)
-    except MqttError as exc:
-        raise DynsecError(f"dynsec request to broker {broker.name} failed: {exc}") from exc
-    if check:
-        failures = tuple((str(r.get("command")), str(r["error"])) for r in responses if r.get("error"))
-        if failures:
-            raise DynsecError(f"broker {broker.name} refused dynsec commands", failures=failures)
-    return responses
-
-
-def _await_responses(client: MqttClient, request_id: str, timeout: float) -> list[dict[str, Any]]:
-    def probe() -> list[dict[str, Any]] | None:
-        message = client.receive(timeout=timeout)
-        if message is None:
-            raise DynsecError(f"no dynsec answer within {timeout}s")
-        try:
-            responses = json.loads(message.payload)["responses"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DynsecError(f"unreadable dynsec answer: {message.payload[:200]!r}") from exc
-        ours = [r for r in responses if str(r.get("correlationData", "")).startswith(f"{request_id}:")]
-        return ours or None
-
-    result = wait_until(probe, timeout=timeout, interval=0)
-    if result is None:
-        raise DynsecError(f"no dynsec answer within {timeout}s")
-    return result
-
-
-def create_device_client(
-    broker: BrokerProcess,
-    device_id: str,
-    *,
-    acls: Iterable[tuple[str, str, bool]] | None = None,
-) -> None:
-    """Create role ``device:{id}`` with the device ACLs and a passwordless client ``id``.
-
-    This is what the authz service does for a registered device: the device then
-    connects on the device listener with a certificate whose CN is ``device_id``.
-
-    Args:
-        broker: Where.
-        device_id: The device id (validated by amora-protocol).
-        acls: ``(acltype, topic, allow)`` triples instead of
-            ``amora_protocol.device_acls(device_id)``.
-
-    Raises:
-        DynsecError: The client or role exists already, or the broker refused.
-    """
-    from amora_protocol import device_acls, device_role  # noqa: PLC0415 - only callers need the protocol
-
-    if acls is None:
-        acls = device_acls(device_id)
-    role = device_role(device_id)
-    dynsec(
-        broker,
-        [
-            {
-                "command": "createRole",
-                "rolename": role,
-                "acls": [_acl(t, topic, allow=allow) for t, topic, allow in acls],
-            },
-            {
-                "command": "createClient",
-                "username": device_id,
-                "clientid": device_id,
-                "textname": f"device {device_id}",
-                "roles": [{"rolename": role}],
-            },
-        ],
-    )
-
-
-def delete_device_client(broker: BrokerProcess, device_id: str) -> None:
-    """Delete the device's dynsec client (disconnecting it) and its role.
-
-    Raises:
-        DynsecError: The broker refused (e.g. no such client).
-    """
-    from amora_protocol import device_role  # noqa: PLC0415 - only callers need the protocol
-
-    dynsec(
-        broker,
-        [
-            {"command": "deleteClient", "username": device_id},
-            {"command": "deleteRole", "rolename": device_role(device_id)},
-        ],
-    )
-
-
-def create_session_client(
-    broker: BrokerProcess,
-    session_id: str,
-    password: str,
-    *,
-    user: str,
-    device_ids: Iterable[str],
-) -> None:
-    """Create an app session as docs/architecture.md ("Topics and their ACLs") lays it out.
-
-    Roles ``user-device:{id}`` (``amora_protocol.user_device_acls``) are created when
-    missing, group ``user:{user}`` is created when missing and given those roles, and
-    client ``session_id`` (client id fixed to ``session_id``) joins the group.
-
-    Raises:
-        DynsecError: The client exists already, or the broker refused.
-    """
-    from amora_protocol import user_device_acls, user_device_role, user_group  # noqa: PLC0415 - only callers need it
-
-    group = user_group(user)
-    setup: list[dict[str, Any]] = [{"command": "createGroup", "groupname": group}]
-    for device_id in device_ids:
-        role = user_device_role(device_id)
-        setup.append(
-            {
-                "command": "createRole",
-                "rolename": role,
-                "acls": [_acl(a.acltype, a.topic, allow=a.allow) for a in user_device_acls(device_id)],
-            }
-        )
-        setup.append({"command": "addGroupRole", "groupname": group, "rolename": role})
-    for response in dynsec(broker, setup, check=False):
-        error = str(response.get("error") or "")
-        # Idempotent set-up: an existing group, role or membership is what we wanted.
-        if error and "already" not in error.lower():
-            raise DynsecError(
-                f"broker {broker.name} refused session set-up",
-                failures=((str(response.get("command")), error),),
-            )
-    dynsec(
-        broker,
-        [
-            {
-                "command": "createClient",
-                "username": session_id,
-                "password": password,
-                "clientid": session_id,
-                "textname": f"session of {user}",
-                "groups": [{"groupname": group}],
-            }
-        ],
-    )
-
-
-def delete_session_client(broker: BrokerProcess, session_id: str) -> None:
-    """Delete an app session's dynsec client (disconnecting it); groups and roles stay.
-
-    Raises:
-        DynsecError: The broker refused (e.g. no such client).
-    """
-    dynsec(broker, [{"command": "deleteClient", "username": session_id}])

@@ -172,12 +172,50 @@ async def subscribe(client: MqttClient, topic: str) -> int:
     return await asyncio.to_thread(client.subscribe, topic, qos=1, timeout=WAIT)
 
 
-async def publish(client: MqttClient, topic: str, payload: bytes, **options: Any) -> int:
-    return await asyncio.to_thread(client.publish, topic, payload, qos=1, timeout=WAIT, **options)
+async def publish(client: MqttClient, topic: str, payload: bytes, **options: Any) -> None:
+    await asyncio.to_thread(client.publish, topic, payload, qos=1, timeout=WAIT, **options)
 
 
 async def receive(client: MqttClient) -> Any:
     return await asyncio.to_thread(client.receive, timeout=WAIT)
+
+
+async def watch_everything(harness: Harness) -> MqttClient:
+    """The broker's admin account, subscribed to every topic (amora/... and dynsec control)."""
+    watcher = await asyncio.to_thread(harness.broker.admin_client, timeout=WAIT)
+    assert await subscribe(watcher, "#") < 0x80
+    assert await subscribe(watcher, "$CONTROL/dynamic-security/#") < 0x80
+    return watcher
+
+
+async def next_live(watcher: MqttClient) -> Any:
+    """The watcher's next message published after it subscribed (retained copies skipped)."""
+    while True:
+        message = await receive(watcher)
+        assert message is not None, "the watcher received nothing"
+        if not message.retain:
+            return message
+
+
+async def assert_dropped(watcher: MqttClient, sender: MqttClient, topic: str, payload: bytes, *, marker: str) -> None:
+    """The broker drops ``sender``'s publish to ``topic``.
+
+    paho 1.6 does not report PUBACK reason codes, so this looks at delivery: the broker
+    handles one connection's publishes in order, so when the sender's next publish (to
+    ``marker``, a topic it may use) is the first the watcher sees, the first was dropped.
+    """
+    await publish(sender, topic, payload)
+    token = os.urandom(8).hex().encode()
+    await publish(sender, marker, token)
+    message = await next_live(watcher)
+    assert (message.topic, message.payload) == (marker, token), f"{topic} was delivered"
+
+
+async def assert_delivered(watcher: MqttClient, sender: MqttClient, topic: str, payload: bytes) -> None:
+    """The broker delivers ``sender``'s publish to ``topic`` (the watcher sees it next)."""
+    await publish(sender, topic, payload)
+    message = await next_live(watcher)
+    assert (message.topic, message.payload) == (topic, payload)
 
 
 async def test_a_user_reaches_exactly_their_devices(harness: Harness) -> None:
@@ -185,6 +223,7 @@ async def test_a_user_reaches_exactly_their_devices(harness: Harness) -> None:
     await harness.register("player-b", "bob")
     alice = await harness.app(await harness.session("alice"))
     device_a = await harness.device("player-a")
+    watcher = await watch_everything(harness)
     try:
         for topic in (
             state_topic("player-a"),
@@ -202,24 +241,28 @@ async def test_a_user_reaches_exactly_their_devices(harness: Harness) -> None:
         ):
             assert await subscribe(alice, topic) == NOT_AUTHORISED, topic
         # Commands: to her device yes, to another user's device no; no device topics.
-        assert await publish(alice, commands_topic("player-a"), b"cmd") < 0x80
-        assert await publish(alice, commands_topic("player-b"), b"cmd") == NOT_AUTHORISED
-        assert await publish(alice, state_topic("player-a"), b"forged") == NOT_AUTHORISED
-        assert await publish(alice, "$CONTROL/dynamic-security/v1", b'{"commands":[]}') == NOT_AUTHORISED
+        own_commands = commands_topic("player-a")
+        await assert_delivered(watcher, alice, own_commands, b"cmd")
+        await assert_dropped(watcher, alice, commands_topic("player-b"), b"cmd", marker=own_commands)
+        await assert_dropped(watcher, alice, state_topic("player-a"), b"forged", marker=own_commands)
+        await assert_dropped(watcher, alice, "$CONTROL/dynamic-security/v1", b'{"commands":[]}', marker=own_commands)
 
         # The device publishes its own topics and reads its commands; alice sees them.
         assert await subscribe(device_a, commands_topic("player-a")) < 0x80
         assert await subscribe(device_a, commands_topic("player-b")) == NOT_AUTHORISED
-        assert await publish(device_a, state_topic("player-b"), b"forged") == NOT_AUTHORISED
-        assert await publish(device_a, state_topic("player-a"), b"state-1", retain=True) < 0x80
+        await assert_dropped(watcher, device_a, state_topic("player-b"), b"forged", marker=responses_topic("player-a"))
+        await publish(device_a, state_topic("player-a"), b"state-1", retain=True)
+        marker = await receive(alice)  # the marker above, on a topic she reads
+        assert marker.topic == responses_topic("player-a")
         message = await receive(alice)
         assert (message.topic, message.payload) == (state_topic("player-a"), b"state-1")
-        assert await publish(alice, commands_topic("player-a"), b"play") < 0x80
+        await publish(alice, commands_topic("player-a"), b"play")
         command = await receive(device_a)
         assert (command.topic, command.payload) == (commands_topic("player-a"), b"play")
     finally:
         alice.disconnect()
         device_a.disconnect()
+        watcher.disconnect()
 
     # Bob cannot read alice's device, even retained state.
     bob = await harness.app(await harness.session("bob"))
@@ -251,7 +294,7 @@ async def test_unlinking_cuts_a_live_subscription(harness: Harness) -> None:
     try:
         assert await subscribe(alice, state_topic("player-a")) < 0x80
         assert await subscribe(alice, state_topic("player-c")) < 0x80
-        assert await publish(device_a, state_topic("player-a"), b"before") < 0x80
+        await publish(device_a, state_topic("player-a"), b"before")
         assert (await receive(alice)).payload == b"before"
 
         kicked = asyncio.create_task(asyncio.to_thread(alice.closed_by_broker, timeout=WAIT))
@@ -265,8 +308,8 @@ async def test_unlinking_cuts_a_live_subscription(harness: Harness) -> None:
             assert again.session_present
             # Ordered after player-a's publish (acknowledged first): once c's arrives,
             # a's would have arrived before it if it were delivered at all.
-            assert await publish(device_a, state_topic("player-a"), b"after") < 0x80
-            assert await publish(device_c, state_topic("player-c"), b"marker") < 0x80
+            await publish(device_a, state_topic("player-a"), b"after")
+            await publish(device_c, state_topic("player-c"), b"marker")
             message = await receive(again)
             assert (message.topic, message.payload) == (state_topic("player-c"), b"marker")
             assert await subscribe(again, state_topic("player-a")) == NOT_AUTHORISED
@@ -330,11 +373,18 @@ async def test_revoking_a_device_kicks_it_and_the_crl_keeps_it_out(harness: Harn
     # Before the broker reloads the CRL the certificate still completes a handshake,
     # but the broker account is gone: default ACL, nothing allowed.
     device = await harness.device("player-r")
+    watcher = await watch_everything(harness)
     try:
         assert await subscribe(device, commands_topic("player-r")) == NOT_AUTHORISED
-        assert await publish(device, state_topic("player-r"), b"x") == NOT_AUTHORISED
+        await publish(device, state_topic("player-r"), b"x")
+        # Published after the device's PUBACK, so after the broker handled its publish: the
+        # watcher would have received that first had it been delivered.
+        await publish(watcher, "amora/harness/marker", b"after")
+        message = await next_live(watcher)
+        assert (message.topic, message.payload) == ("amora/harness/marker", b"after")
     finally:
         device.disconnect()
+        watcher.disconnect()
 
     await asyncio.to_thread(harness.broker.reload)
     with pytest.raises(MqttError):
