@@ -61,12 +61,14 @@ from amora_protocol import (
     verify_command,
 )
 from amora_sync import AmoraClient, ReconnectPolicy
+from amora_sync._mqtt import NO_RECONNECT
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator
 
 WAIT = 15.0  # bound on every wait for an event in these tests, in seconds
+_DISCONNECT_WITH_WILL = 0x04
 
 
 def now_ms() -> int:
@@ -265,11 +267,7 @@ class StandInAuthz:
 
 def _no_reconnect_client(client_id: str, **kwargs: Any) -> gmqtt.Client:
     client = gmqtt.Client(client_id, **kwargs)
-
-    async def _no_reconnect(*_a: object, **_k: object) -> None:
-        return
-
-    client._package_handler._reconnect_callback = _no_reconnect
+    client.set_config({"reconnect_retries": NO_RECONNECT})  # the tests reconnect devices themselves
     return client
 
 
@@ -320,11 +318,15 @@ class Device:
             client.subscribe(commands_topic(self.device_id), qos=2)
         await self.publish_status(online=True)
 
-    def crash(self) -> None:
-        """Drop the connection without DISCONNECT: the broker publishes the Last Will."""
+    async def crash(self) -> None:
+        """Leave as a crash does, as far as the broker can tell: it publishes the Last Will.
+
+        MQTT 5 DISCONNECT reason 0x04 ("disconnect with Will Message") has the broker treat
+        the end like a lost connection, through gmqtt's public API.
+        """
         assert self.client is not None
-        self.client._connection._transport.abort()
-        self.client = None
+        client, self.client = self.client, None
+        await asyncio.wait_for(client.disconnect(reason_code=_DISCONNECT_WITH_WILL), WAIT)
 
     async def disconnect(self) -> None:
         if self.client is not None:

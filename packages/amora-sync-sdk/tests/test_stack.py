@@ -100,7 +100,7 @@ async def test_a_crashed_device_shows_offline_through_its_signed_last_will(stack
             async for event in events:
                 if isinstance(event, ConnectionStatus) and event.online:
                     break
-            device.crash()
+            await device.crash()
             async for event in events:
                 if isinstance(event, ConnectionStatus):
                     assert not event.online

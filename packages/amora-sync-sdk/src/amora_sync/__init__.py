@@ -34,14 +34,9 @@ from amora_protocol import (
     Stop,
     Toggle,
 )
-from amora_sync._client import (
-    AmoraClient,
-    ClientStats,
-    ConnectionInfo,
-    ConnectionState,
-    Watch,
-    WatchEvent,
-)
+from amora_sync._cache import Watch, WatchEvent
+from amora_sync._client import AmoraClient
+from amora_sync._connection import ConnectionInfo, ConnectionState
 from amora_sync._errors import (
     AmoraSyncError,
     AuthenticationError,
@@ -60,6 +55,7 @@ from amora_sync._errors import (
 )
 from amora_sync._flow import ReconnectPolicy
 from amora_sync._session import BrokerCredentials, DeviceInfo, Endpoint, Session, TokenProvider
+from amora_sync._stats import ClientStats
 
 try:
     __version__ = version("amora-sync-sdk")

@@ -48,7 +48,8 @@ from amora_protocol import (
     Stop,
     Toggle,
 )
-from amora_sync._client import AmoraClient, ConnectionState, now_ms, validate_command
+from amora_sync._client import AmoraClient
+from amora_sync._connection import ConnectionState
 from amora_sync._errors import (
     AmoraSyncError,
     CommandError,
@@ -58,6 +59,8 @@ from amora_sync._errors import (
     SessionError,
     UnknownDeviceError,
 )
+from amora_sync._outbox import validate_command
+from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

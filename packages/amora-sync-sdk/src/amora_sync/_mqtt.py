@@ -1,9 +1,16 @@
-"""One MQTT 5 link over gmqtt, with gmqtt's own reconnect switched off.
+"""The SDK's one adapter over gmqtt: one MQTT 5 link, gmqtt's own reconnect switched off.
 
-gmqtt reconnects on a fixed delay, never fails over and never resubscribes
-(docs/decisions/0003-packages-own-reconnection.md). The SDK owns reconnection instead (`_client.AmoraClient`),
-so this wrapper turns gmqtt's loop off and turns "the connection is gone"
-into an `asyncio.Event` the owner waits on.
+Every use of gmqtt in the SDK is in this module. gmqtt reconnects on a fixed delay to the
+same endpoint, never fails over and never resubscribes, so the SDK owns reconnection
+(`_connection.ConnectionLoop`; docs/decisions/0003-packages-own-reconnection.md) and this
+adapter turns "the connection is gone" into an `asyncio.Event` the owner waits on.
+
+gmqtt's public API covers nearly all of it: `Client` and its callbacks, `connect`,
+`subscribe`, `publish`, `disconnect`, the `reconnect_retries` setting, the
+`persistent_storage` argument (so the adapter holds the in-flight store it waits on) and
+`MQTTConnectError`. Two things it does not offer are done in the section marked
+"gmqtt internals" at the end, against the tested range in `TESTED_GMQTT` (the package pins
+it; ``tests/test_mqtt_adapter.py`` fails loudly when gmqtt changes under them).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gmqtt
-from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.storage import PersistentStorage
 
 if TYPE_CHECKING:
     import logging
@@ -21,13 +28,40 @@ if TYPE_CHECKING:
 
     from amora_sync._session import Endpoint
 
+__all__ = [
+    "CREDENTIAL_REFUSED",
+    "NO_RECONNECT",
+    "TESTED_GMQTT",
+    "LinkError",
+    "MessageHandler",
+    "MqttLink",
+    "gmqtt_version",
+]
+
 MessageHandler = Callable[[str, bytes, Mapping[str, Any]], None]
+
+TESTED_GMQTT = ((0, 8), (0, 9))
+"""gmqtt versions this adapter is tested with: at least the first, below the second."""
+
+NO_RECONNECT = -2
+"""gmqtt's ``reconnect_retries`` value that switches its reconnect off.
+
+gmqtt reconnects while its failed attempts are ``<= reconnect_retries``, with -1 meaning
+"forever"; its own ``stop_reconnect()`` sets 0, which still allows one reconnect. Any value
+below -1 allows none. Set with ``client.set_config({"reconnect_retries": NO_RECONNECT})``:
+the one way the project switches gmqtt's reconnect off (docs/decisions/0003).
+"""
 
 # CONNACK reason codes that mean "this credential will not do" (MQTT 5 §3.2.2.2),
 # plus the MQTT 3.1.1 equivalents: the SDK then exchanges the token again.
 CREDENTIAL_REFUSED = frozenset({4, 5, 133, 134, 135, 138})
 
-_SUBACK_FAILURE = 0x80
+_CLOSE_LIMIT = 1.0  # seconds a clean DISCONNECT may take before the socket is cut
+
+
+def gmqtt_version() -> tuple[int, ...]:
+    """Return the installed gmqtt's version as numbers (``(0, 8, 0)``)."""
+    return tuple(int(part) for part in str(gmqtt.__version__).split(".")[:3] if part.isdigit())
 
 
 class LinkError(Exception):
@@ -48,8 +82,10 @@ class LinkError(Exception):
         return self.reason_code in CREDENTIAL_REFUSED
 
 
-async def _no_reconnect(*_args: object, **_kwargs: object) -> None:
-    """Stand in for gmqtt's reconnect callback: the SDK reconnects by itself."""
+def _refusal_code(exc: gmqtt.MQTTConnectError) -> int | None:
+    # gmqtt raises MQTTConnectError(code): the code is the exception's first argument.
+    code = exc.args[0] if exc.args else None
+    return code if isinstance(code, int) else None
 
 
 class MqttLink:
@@ -70,17 +106,17 @@ class MqttLink:
         self.client_id = client_id
         self._logger = logger
         self._on_message_cb = on_message
+        # QoS 1/2 publishes stay here until acknowledged, across our reconnects to the
+        # same broker session (gmqtt replays them); we hold it to wait for it to drain.
+        self._inflight = PersistentStorage()
         self._client = gmqtt.Client(
             client_id,
             clean_session=False,
             logger=logger.getChild("gmqtt"),
             session_expiry_interval=session_expiry,
+            persistent_storage=self._inflight,
         )
-        # Strategy: gmqtt schedules its reconnect through the handler's callback
-        # (fixed delay, same endpoint, no resubscribe). Replacing that callback is
-        # the one way to switch it off without racing it; everything else about
-        # the client (QoS in-flight store, packet ids) is kept across our reconnects.
-        self._client._package_handler._reconnect_callback = _no_reconnect  # noqa: SLF001
+        self._client.set_config({"reconnect_retries": NO_RECONNECT})
         self._client.set_auth_credentials(username, password)
         self._client.on_message = self._handle_message
         self._client.on_disconnect = self._handle_disconnect
@@ -113,6 +149,9 @@ class MqttLink:
     def _handle_disconnect(self, _client: object, _packet: object, *_exc: object) -> None:
         if not self.lost.is_set():
             self._logger.info("amora-sync: connection to %s lost", self.endpoint)
+        self._mark_lost()
+
+    def _mark_lost(self) -> None:
         self.lost.set()
         for fut in self._suback.values():
             if not fut.done():
@@ -140,25 +179,18 @@ class MqttLink:
                     ssl=ssl_context,
                     keepalive=self._keepalive,
                 )
-        except MQTTConnectError as exc:
-            await self._abort()
-            code = getattr(exc, "_code", None)
+        except gmqtt.MQTTConnectError as exc:
+            self.abort()
+            code = _refusal_code(exc)
             raise LinkError(f"broker {endpoint} refused the connection: {exc}", reason_code=code) from exc
         except (OSError, TimeoutError) as exc:
-            await self._abort()
+            self.abort()
             raise LinkError(f"cannot connect to {endpoint}: {exc!r}") from exc
         self.lost.clear()
         if not self._client.is_connected:
-            self.lost.set()
+            self._mark_lost()
             raise LinkError(f"connection to {endpoint} dropped during set-up")
         return self._session_present
-
-    async def _abort(self) -> None:
-        self.lost.set()
-        try:
-            await self._client.disconnect()
-        except Exception:  # noqa: BLE001 - tearing down a failed attempt: nothing to report
-            self._logger.debug("amora-sync: ignored error closing a failed attempt")
 
     async def subscribe(self, topics: list[str], *, qos: int, limit: float) -> tuple[int, ...]:
         """Subscribe to `topics` in one SUBSCRIBE; return the granted codes.
@@ -166,10 +198,10 @@ class MqttLink:
         Raises:
             LinkError: The SUBACK did not arrive in time or the link dropped.
         """
+        if not self.connected:
+            raise LinkError("not connected")
         subs = [gmqtt.Subscription(topic, qos=qos) for topic in topics]
-        # gmqtt appends every subscription to its list and never uses the list
-        # to resubscribe (we do that), so keep it from growing per reconnect.
-        self._client.subscriptions = []
+        _forget_subscriptions(self._client)
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         try:
             mid = self._client.subscribe(subs)
@@ -184,7 +216,7 @@ class MqttLink:
             raise LinkError("no SUBACK in time") from exc
 
     def publish(self, topic: str, payload: bytes, *, qos: int, **properties: object) -> bool:
-        """Publish (QoS 1/2 are kept by gmqtt until acknowledged, across reconnects).
+        """Publish (QoS 1/2 are kept until acknowledged, across reconnects to the same session).
 
         Returns:
             False when the broker's receive maximum is reached (too many QoS 1/2
@@ -198,8 +230,7 @@ class MqttLink:
 
     async def wait_inflight_drained(self) -> None:
         """Wait until every QoS 1/2 publish is acknowledged, or the link is lost."""
-        storage = self._client._persistent_storage  # noqa: SLF001
-        drained = asyncio.ensure_future(storage.wait_empty())
+        drained = asyncio.ensure_future(self._inflight.wait_empty())
         lost = asyncio.ensure_future(self.lost.wait())
         try:
             await asyncio.wait({drained, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -208,23 +239,55 @@ class MqttLink:
                 task.cancel()
 
     async def close(self, *, end_session: bool = False) -> None:
-        """Disconnect cleanly.
+        """Disconnect: a DISCONNECT if the broker takes it within a second, else cut the socket.
+
+        Never blocks longer than that: a hung broker (stopped, not dead) would otherwise
+        hold the TLS shutdown for asyncio's full shutdown timeout.
 
         Args:
             end_session: Also tell the broker to drop our session now (MQTT 5
                 DISCONNECT with session expiry 0) instead of keeping it until it expires.
         """
-        self.lost.set()
-        properties = {"session_expiry_interval": 0} if end_session else {}
-        try:
-            async with asyncio.timeout(2):
-                await self._client.disconnect(**properties)
-        except Exception:  # noqa: BLE001 - closing: nothing useful to report
-            self._logger.debug("amora-sync: ignored error while disconnecting")
+        was_up = self.connected
+        self._mark_lost()
+        if was_up:
+            properties = {"session_expiry_interval": 0} if end_session else {}
+            try:
+                async with asyncio.timeout(_CLOSE_LIMIT):
+                    await self._client.disconnect(**properties)
+            except Exception:  # noqa: BLE001 - closing: nothing useful to report
+                self._logger.debug("amora-sync: ignored error while disconnecting")
+        self.abort()
 
-    def force_drop(self) -> None:
-        """Close the socket without a DISCONNECT (used when credentials changed)."""
-        self.lost.set()
-        conn = self._client._connection  # noqa: SLF001
-        if conn is not None:
-            conn._transport.close()  # noqa: SLF001
+    def abort(self) -> None:
+        """Cut the connection at once, without a DISCONNECT (never blocks)."""
+        self._mark_lost()
+        _abort_transport(self._client)
+
+
+# ---------------------------------------------------------------------- gmqtt internals
+#
+# The two places where gmqtt's public API falls short. Both are checked against the
+# installed gmqtt by tests/test_mqtt_adapter.py; TESTED_GMQTT and the package's pin say
+# which versions they were written for.
+
+
+def _forget_subscriptions(client: gmqtt.Client) -> None:
+    # gmqtt appends every Subscription to its `subscriptions` list and uses the list only
+    # to mark SUBACKs (it never resubscribes: the SDK does, after every reconnect). Left
+    # alone it grows by every topic on every reconnect; the SDK starts it afresh instead.
+    client.subscriptions = []
+
+
+def _abort_transport(client: gmqtt.Client) -> bool:
+    # gmqtt's disconnect() (and its keepalive) close the socket gracefully: under TLS that
+    # waits for the peer's close_notify for asyncio's shutdown timeout (30 s), which a
+    # stopped broker never sends. Aborting the transport drops it at once. gmqtt exposes
+    # neither the transport nor an abort; `_connection._transport` is where 0.8 keeps it.
+    # Returns whether there was a transport to abort (tests check that gmqtt still has it).
+    connection = getattr(client, "_connection", None)
+    transport = getattr(connection, "_transport", None)
+    if transport is None:
+        return False
+    transport.abort()
+    return True

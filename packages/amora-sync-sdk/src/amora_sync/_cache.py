@@ -1,0 +1,174 @@
+"""The last verified state and status per device, and their fan-out to watches.
+
+The cache sees only verified messages (from `_inbound`); it orders states by version,
+keeps the newest per device and offers each new one to the watches that want it. Each
+`Watch` has its own bounded latest-per-key queue, so a slow consumer never blocks the
+others or the connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+from amora_protocol import ConnectionStatus, DeviceState
+from amora_sync._flow import LatestPerKeyQueue, QueueClosedError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from amora_sync._stats import ClientStats
+
+__all__ = ["DeviceCache", "Watch", "WatchEvent"]
+
+WatchEvent = DeviceState | ConnectionStatus
+"""What a watch yields: a verified state or a verified connection status."""
+
+
+class Watch:
+    """A stream of verified `DeviceState` and `ConnectionStatus` for some devices.
+
+    Use it as ``async with client.watch(...) as events: async for event in events``
+    (or directly with ``async for``). It yields the current state first, then
+    only newer versions. Its queue holds at most one waiting state and one
+    waiting status per device: when the consumer is slower than the devices,
+    intermediate versions are skipped (counted in `superseded`) and the newest
+    is delivered, so neither memory nor other watchers suffer.
+    """
+
+    def __init__(
+        self,
+        cache: DeviceCache,
+        device_ids: frozenset[str] | None,
+        *,
+        include_connection: bool,
+        max_devices: int,
+    ) -> None:
+        """Create the watch (use `AmoraClient.watch`)."""
+        self._cache = cache
+        self.device_ids = device_ids
+        self.include_connection = include_connection
+        self._queue: LatestPerKeyQueue[tuple[str, str], WatchEvent] = LatestPerKeyQueue(max_keys=2 * max_devices)
+        self._registered = False
+
+    @property
+    def superseded(self) -> int:
+        """How many waiting events were replaced by newer ones (slow consumer)."""
+        return self._queue.superseded
+
+    def wants(self, device_id: str) -> bool:
+        """Whether this watch covers `device_id`."""
+        return self.device_ids is None or device_id in self.device_ids
+
+    def offer(self, event: WatchEvent) -> None:
+        """Queue `event` (called by the cache; never blocks)."""
+        kind = "state" if isinstance(event, DeviceState) else "connection"
+        self._queue.put((event.device_id, kind), event)
+
+    def _register(self) -> None:
+        if not self._registered:
+            self._registered = True
+            self._cache.add_watch(self)
+
+    def close(self) -> None:
+        """Stop the watch: iteration ends after what is already queued."""
+        self._queue.close()
+        self._cache.remove_watch(self)
+
+    async def __aenter__(self) -> Self:
+        """Start watching."""
+        self._register()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Stop watching."""
+        self.close()
+
+    def __aiter__(self) -> Self:
+        """Return self (registering if needed)."""
+        self._register()
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        """Return the next event."""
+        try:
+            return await self._queue.get()
+        except QueueClosedError:
+            raise StopAsyncIteration from None
+
+
+class DeviceCache:
+    """The newest verified state and status of each device, fanned out to watches."""
+
+    def __init__(self, *, stats: ClientStats) -> None:
+        """Create an empty cache that counts into `stats`."""
+        self._stats = stats
+        self._states: dict[str, DeviceState] = {}
+        self._statuses: dict[str, ConnectionStatus] = {}
+        self._watches: set[Watch] = set()
+        self.accepting = True
+        """False once closed: a watch registered then ends at once."""
+
+    def state(self, device_id: str) -> DeviceState | None:
+        """The newest verified state of `device_id`, or None."""
+        return self._states.get(device_id)
+
+    def status(self, device_id: str) -> ConnectionStatus | None:
+        """The newest verified connection status of `device_id`, or None."""
+        return self._statuses.get(device_id)
+
+    def on_state(self, state: DeviceState) -> None:
+        """Keep `state` if it is newer than the one held and offer it to the watches."""
+        held = self._states.get(state.device_id)
+        if held is not None and state.version <= held.version:
+            self._stats.stale += 1
+            return
+        self._states[state.device_id] = state
+        self._stats.delivered += 1
+        for watch in list(self._watches):
+            if watch.wants(state.device_id):
+                watch.offer(state)
+
+    def on_status(self, status: ConnectionStatus) -> None:
+        """Keep `status` and offer it to the watches that include connection changes."""
+        # Statuses arrive in order per topic; the device's Last Will is signed when it
+        # connects, so its timestamp can be older than the online status: last one wins.
+        if self._statuses.get(status.device_id) == status:
+            self._stats.stale += 1
+            return
+        self._statuses[status.device_id] = status
+        self._stats.delivered += 1
+        for watch in list(self._watches):
+            if watch.include_connection and watch.wants(status.device_id):
+                watch.offer(status)
+
+    def retain_only(self, device_ids: Iterable[str]) -> None:
+        """Forget the devices not in `device_ids` (the session no longer covers them)."""
+        keep = set(device_ids)
+        for device_id in set(self._states) - keep:
+            del self._states[device_id]
+        for device_id in set(self._statuses) - keep:
+            del self._statuses[device_id]
+
+    def add_watch(self, watch: Watch) -> None:
+        """Register `watch` and offer it what is known now (the current state first)."""
+        if not self.accepting:
+            watch.close()
+            return
+        self._watches.add(watch)
+        for device_id, state in list(self._states.items()):
+            if watch.wants(device_id):
+                watch.offer(state)
+        if watch.include_connection:
+            for device_id, status in list(self._statuses.items()):
+                if watch.wants(device_id):
+                    watch.offer(status)
+
+    def remove_watch(self, watch: Watch) -> None:
+        """Unregister `watch` (idempotent)."""
+        self._watches.discard(watch)
+
+    def close(self) -> None:
+        """End every watch; later ones end at once."""
+        self.accepting = False
+        for watch in list(self._watches):
+            watch.close()

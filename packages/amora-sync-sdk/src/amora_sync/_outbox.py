@@ -1,0 +1,289 @@
+"""The outbox and the command lifecycle: build, sign, publish, resend, match the response.
+
+A command waits here from `send` until its final response, its deadline or the client's
+end. It is published at once when a link is up, else on the next connect; a command whose
+deadline passes before it could be published is never sent (`CommandExpiredError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from amora_protocol import Command, CommandResponse, CommandStatus, commands_topic, is_critical, responses_topic
+from amora_sync._errors import (
+    ClientClosedError,
+    CommandExpiredError,
+    CommandRejectedError,
+    CommandTimeoutError,
+    InvalidCommandError,
+    OutboxFullError,
+)
+from amora_sync._stats import now_ms
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+
+    from amora_protocol import Action, Codec, Sender
+    from amora_sync._mqtt import MqttLink
+    from amora_sync._session import DeviceInfo, Session
+    from amora_sync._stats import ClientStats
+
+__all__ = ["Outbox", "validate_command"]
+
+_FINAL_OK = frozenset({"succeeded", "duplicate"})
+_FINAL_BAD = frozenset({"rejected", "failed"})
+
+
+@dataclass(kw_only=True)
+class _Pending:
+    command: Command
+    device: DeviceInfo
+    qos: int
+    seal: bool
+    deadline: float  # loop time
+    final: asyncio.Future[CommandResponse]
+    published: bool = False
+    last: CommandResponse | None = None
+
+
+class Outbox:
+    """Pending commands, bounded, published over whichever link is up."""
+
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
+        self,
+        *,
+        max_pending: int,
+        codec: Codec,
+        session: Callable[[], Session],
+        sender: Callable[[], Sender],
+        stats: ClientStats,
+        logger: logging.Logger,
+    ) -> None:
+        """Wire the outbox.
+
+        Args:
+            max_pending: Bound on pending commands; one more raises `OutboxFullError`.
+            codec: Encoding of the commands.
+            session: Returns the current session (its grant goes with each command).
+            sender: Returns the envelope signer of the current session.
+            stats: Counts publishes.
+            logger: Where to log.
+        """
+        self._max_pending = max_pending
+        self._codec = codec
+        self._session = session
+        self._sender = sender
+        self._stats = stats
+        self._log = logger
+        self._pending: dict[str, _Pending] = {}
+        self._link: MqttLink | None = None
+        self._wakeup = asyncio.Event()
+
+    def __len__(self) -> int:
+        """Return the number of pending commands."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ link changes
+
+    def attach(self, link: MqttLink, *, session_present: bool) -> None:
+        """Use `link` from now on and flush the outbox.
+
+        What was never sent goes out, and, when the broker lost our session, everything
+        in flight too (the device drops duplicates by command id).
+        """
+        self._link = link
+        self._flush(link, resend=not session_present)
+
+    def detach(self) -> None:
+        """The link is gone: hold commands until the next `attach`."""
+        self._link = None
+
+    # ------------------------------------------------------------------ commands
+
+    async def send(  # noqa: PLR0913 - keyword-only options
+        self,
+        device: DeviceInfo,
+        action: Action,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the command's deadline, not a wait bound
+        qos: int | None,
+        if_version: int | None,
+        seal: bool,
+    ) -> CommandResponse:
+        """Send `action` to `device` and return its final response (see `AmoraClient.command`)."""
+        device_id = device.device_id
+        if seal and device.encryption_key is None:
+            raise InvalidCommandError(f"device {device_id!r} has no encryption key to seal to")
+        if qos is None:
+            qos = 2 if is_critical(action) else 1
+        if qos not in {0, 1, 2}:
+            raise InvalidCommandError(f"qos must be 0, 1 or 2, not {qos!r}")
+        issued = now_ms()
+        command = Command(
+            id=str(_uuid7(issued)),
+            issued_at_ms=issued,
+            expires_at_ms=issued + max(1, int(timeout * 1000)),
+            action=action,
+            if_version=if_version,
+        )
+        validate_command(command)
+        if len(self._pending) >= self._max_pending:
+            raise OutboxFullError(
+                f"{len(self._pending)} commands pending; try again later",
+                device_id=device_id,
+                command_id=command.id,
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            command=command,
+            device=device,
+            qos=qos,
+            seal=seal,
+            deadline=loop.time() + timeout,
+            final=loop.create_future(),
+        )
+        self._pending[command.id] = pending
+        try:
+            if self._link is not None and self._link.connected:
+                self._publish(self._link, pending)
+            response = await self._settle(pending, timeout)
+        finally:
+            self._pending.pop(command.id, None)
+        if _status(response) in _FINAL_BAD:
+            raise CommandRejectedError(response, device_id=device_id, command_id=command.id)
+        return response
+
+    async def _settle(self, pending: _Pending, timeout: float) -> CommandResponse:  # noqa: ASYNC109
+        command, device_id = pending.command, pending.device.device_id
+        try:
+            async with asyncio.timeout_at(pending.deadline):
+                return await asyncio.shield(pending.final)
+        except TimeoutError:
+            if not pending.published:
+                raise CommandExpiredError(
+                    f"command {command.id} to {device_id!r} expired in the outbox (never sent)",
+                    device_id=device_id,
+                    command_id=command.id,
+                ) from None
+            raise CommandTimeoutError(
+                f"no final response from {device_id!r} to {command.id} within {timeout} s",
+                device_id=device_id,
+                command_id=command.id,
+                last_response=pending.last,
+            ) from None
+
+    def on_response(self, response: CommandResponse) -> None:
+        """Settle the pending command `response` answers (a verified response)."""
+        pending = self._pending.get(response.command_id)
+        if pending is None or pending.device.device_id != response.device_id or pending.final.done():
+            return  # someone else's command (same user, other app) or already settled
+        status = _status(response)
+        if status in _FINAL_OK or status in _FINAL_BAD:
+            pending.final.set_result(response)
+        else:
+            pending.last = response
+
+    def fail_all(self, error: str | None) -> None:
+        """End every pending command with `ClientClosedError` (the client is closing)."""
+        for pending in list(self._pending.values()):
+            if not pending.final.done():
+                why = error or "the client closed before the command completed"
+                pending.final.set_exception(ClientClosedError(why))
+                # Retrieved by the waiter, or by nobody: do not warn either way.
+                pending.final.exception()
+
+    # ------------------------------------------------------------------ publishing
+
+    async def run(self) -> None:
+        """Send what waited for the broker's receive window, as acknowledgements free it."""
+        # Strategy: commands that could not be published because too many QoS 1/2
+        # publishes await acknowledgement are sent once those drain (an event from the
+        # link's in-flight store, not a poll), oldest first.
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            link = self._link
+            if link is None:
+                continue  # the next connection flushes the outbox
+            await link.wait_inflight_drained()
+            if link.connected and link is self._link:
+                self._flush(link, resend=False)
+
+    def _flush(self, link: MqttLink, *, resend: bool) -> None:
+        loop = asyncio.get_running_loop()
+        for pending in list(self._pending.values()):
+            if pending.final.done() or loop.time() >= pending.deadline:
+                continue  # expired ones are never sent: send() reports them
+            if (not pending.published or resend) and not self._publish(link, pending):
+                return  # the broker's receive maximum is reached; run() resumes
+
+    def _publish(self, link: MqttLink, pending: _Pending) -> bool:
+        session = self._session()
+        device_id = pending.device.device_id
+        topic = commands_topic(device_id)
+        now = now_ms()
+        payload = self._sender().encode(
+            topic,
+            pending.command,
+            now_ms=now,
+            expires_at_ms=pending.command.expires_at_ms,
+            grant=session.grant,
+            codec=self._codec,
+            seal_to=pending.device.encryption_key if pending.seal else None,
+        )
+        remaining_s = max(1, math.ceil((pending.command.expires_at_ms - now) / 1000))
+        sent = link.publish(
+            topic,
+            payload,
+            qos=pending.qos,
+            content_type=str(self._codec.value),
+            response_topic=responses_topic(device_id),
+            correlation_data=pending.command.id.encode(),
+            message_expiry_interval=remaining_s,
+        )
+        if not sent:
+            self._wakeup.set()
+            return False
+        pending.published = True
+        self._stats.commands_sent += 1
+        return True
+
+
+_command_codec = msgspec.msgpack.Encoder()
+_command_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def validate_command(command: Command) -> None:
+    """Check `command` against the schema the device will apply (structs do not check on build).
+
+    Raises:
+        InvalidCommandError: A field is out of range or of the wrong type.
+    """
+    try:
+        _command_decoder.decode(_command_codec.encode(command))
+    except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+        raise InvalidCommandError(f"invalid command: {exc}") from exc
+
+
+def _status(response: CommandResponse) -> str:
+    status: CommandStatus = response.status
+    return str(getattr(status, "value", status))
+
+
+def _uuid7(ms: int) -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit ms timestamp, version, 74 random bits."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)

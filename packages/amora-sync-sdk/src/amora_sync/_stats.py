@@ -1,0 +1,39 @@
+"""The client's counters and clock, shared by the modules that make up the client."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+__all__ = ["ClientStats", "now_ms"]
+
+
+def now_ms() -> int:
+    """Return the wall clock in ms since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(kw_only=True)
+class ClientStats:
+    """Counters, for dashboards and tests.
+
+    Attributes:
+        received: Messages received on the device topics.
+        delivered: Verified states and statuses handed to watchers (before fan-out).
+        invalid: Messages dropped because verification failed (bad signature, wrong key,
+            wrong topic, malformed, not from a session device).
+        stale: Verified states dropped as duplicates or older versions.
+        connects: Successful connections (the first one included).
+        session_exchanges: Token exchanges (``POST /v1/sessions``).
+        session_refreshes: Successful session refreshes.
+        commands_sent: Command publishes (re-sends after a lost session included).
+    """
+
+    received: int = 0
+    delivered: int = 0
+    invalid: int = 0
+    stale: int = 0
+    connects: int = 0
+    session_exchanges: int = 0
+    session_refreshes: int = 0
+    commands_sent: int = 0
