@@ -25,6 +25,7 @@ from amora_protocol._accounts import (
 )
 from amora_protocol._backoff import Backoff
 from amora_protocol._clock import now_ms
+from amora_protocol._deprecation import AmoraDeprecationWarning, deprecated, deprecated_names, warn_deprecated
 from amora_protocol._envelope import (
     DEFAULT_MAX_SIZE,
     PROTOCOL_VERSION,
@@ -127,6 +128,7 @@ __all__ = [
     "SESSION_ID_PREFIX",
     "TOPIC_PREFIX",
     "Action",
+    "AmoraDeprecationWarning",
     "AuthzPublicKey",
     "Backoff",
     "BadSignature",
@@ -193,6 +195,8 @@ __all__ = [
     "commands_topic",
     "connection_topic",
     "decode_session_response",
+    "deprecated",
+    "deprecated_names",
     "device_acls",
     "device_role",
     "device_topic",
@@ -218,4 +222,5 @@ __all__ = [
     "verify_command",
     "verify_envelope",
     "verify_grant",
+    "warn_deprecated",
 ]
