@@ -10,8 +10,11 @@ starts, in order:
 4. development users who own different players (``alice``, ``bob``; ``carol`` owns none).
 
 Once every player is online it writes ``DIR/stack.json`` and runs until interrupted, then stops
-everything it started, by PID, in reverse order. DEVELOPMENT ONLY: the PKI, the tokens and the
-issuer are for local work; production keys never come from here.
+everything it started, by PID, in reverse order. Meanwhile it restarts brokers and agents that
+die, with backoff (0.5 s doubling to 10 s, reset after 10 s up), as systemd's ``Restart=`` and
+Kubernetes do (see `amora_devtools.supervise`; ``--no-restart`` turns it off).
+DEVELOPMENT ONLY: the PKI, the tokens and the issuer are for local work; production keys
+never come from here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -41,10 +45,11 @@ from amora_devtools.broker import BrokerProcess, start_broker
 from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import DEFAULT_TRACKS, Track
 from amora_devtools.pki import DevPKI
+from amora_devtools.supervise import Supervisor
 from amora_protocol import EncryptionKey, SigningKey
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
 __all__ = ["DEFAULT_USERS", "Player", "Stack", "main", "start_authz"]
@@ -66,6 +71,8 @@ class Player:
     signing_key: SigningKey
     encryption_key: EncryptionKey
     process: ManagedProcess | None = None
+    # Extra environment for the agent process (e.g. libfaketime to shift its clock).
+    env: dict[str, str] | None = None
 
     @property
     def log_file(self) -> Path:
@@ -184,6 +191,7 @@ class Stack:
         users: User name -> indexes of the players they own.
         agent_programs: Device id -> the ``amora-agent`` executable to run it with (default:
             this environment's); the compatibility suite runs a previous release this way.
+        supervise: Restart brokers and agents that die, with backoff.
     """
 
     state_dir: Path
@@ -193,6 +201,8 @@ class Stack:
     users: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(DEFAULT_USERS))
     mpd_tracks: tuple[Track, ...] = DEFAULT_TRACKS
     agent_programs: dict[str, Path] = field(default_factory=dict)
+    supervise: bool = True
+    supervisor: Supervisor | None = field(default=None, init=False)
     pki: DevPKI | None = field(default=None, init=False)
     brokers: list[BrokerProcess] = field(default_factory=list, init=False)
     mpd: MpdProcess | None = field(default=None, init=False)
@@ -248,6 +258,8 @@ class Stack:
                         self._admin(admin, "PUT", f"/v1/admin/users/{user}/devices/{self.player_list[index].device_id}")
             self._start_agents()
             self.wait_online([p.device_id for p in self.player_list])
+            if self.supervise:
+                self._supervise()
         except BaseException:
             self.stop()
             raise
@@ -277,6 +289,9 @@ class Stack:
     def stop(self) -> None:
         """Stop everything this stack started, newest first, by PID."""
         self._stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         if self._reloader is not None:
             self._reloader.join(timeout=5)
             self._reloader = None
@@ -401,7 +416,7 @@ class Stack:
             "keepalive_s = 10",
             "backoff_initial_s = 0.2",
             "backoff_max_s = 5.0",
-            "failback_interval_s = 30.0",
+            "failback_interval_s = 5.0",
         ]
         for broker in self.brokers:
             lines += ["", "[[brokers]]", f"host = {_toml_str(broker.host)}", f"port = {broker.device_port}"]
@@ -416,19 +431,33 @@ class Stack:
             self.start_agent(player)
 
     def start_agent(self, player: Player) -> None:
-        """Start (or restart) one player's agent process."""
-        if player.process is not None and player.process.alive():
-            return
-        player.process = ManagedProcess(
-            f"amora-agent[{player.device_id}]",
-            [
-                str(self.agent_programs.get(player.device_id) or _script("amora-agent")),
-                "run",
-                "--config",
-                str(player.config_file),
-            ],
-            log_file=player.log_file,
-        )
+        """Start (or restart) one player's agent process; nothing if it is running."""
+        with self.supervisor.lock if self.supervisor is not None else contextlib.nullcontext():
+            if player.process is not None and player.process.alive():
+                return
+            player.process = ManagedProcess(
+                f"amora-agent[{player.device_id}]",
+                [
+                    str(self.agent_programs.get(player.device_id) or _script("amora-agent")),
+                    "run",
+                    "--config",
+                    str(player.config_file),
+                ],
+                log_file=player.log_file,
+                env=None if player.env is None else {**os.environ, **player.env},
+            )
+
+    def _supervise(self) -> None:
+        supervisor = self.supervisor = Supervisor(self.state_dir / "supervisor.log")
+        for broker in self.brokers:
+            supervisor.watch(f"broker[{broker.name}]", alive=_broker_alive(broker), restart=broker.restart)
+        for player in self.player_list:
+            supervisor.watch(
+                f"agent[{player.device_id}]",
+                alive=_agent_alive(player),
+                restart=functools.partial(self.start_agent, player),
+            )
+        supervisor.start()
 
     def player(self, device_id: str) -> Player:
         """The player with ``device_id``.
@@ -514,6 +543,14 @@ class Stack:
         }
 
 
+def _broker_alive(broker: BrokerProcess) -> Callable[[], bool]:
+    return lambda: broker.running
+
+
+def _agent_alive(player: Player) -> Callable[[], bool]:
+    return lambda: player.process is not None and player.process.alive()
+
+
 def _says_online(payload: bytes, content_type: str | None) -> bool:
     from amora_protocol import ConnectionStatus, ProtocolError, parse_envelope  # noqa: PLC0415
 
@@ -541,11 +578,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--players", type=int, default=4, help="number of players (default 4)")
     up.add_argument("--no-mpd", action="store_true", help="simulated players only")
     up.add_argument("--no-standby", action="store_true", help="no standby broker")
+    up.add_argument("--no-restart", action="store_true", help="do not restart brokers and agents that die")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = Stack(args.state_dir, players=args.players, real_mpd=not args.no_mpd, standby=not args.no_standby)
+    stack = Stack(
+        args.state_dir,
+        players=args.players,
+        real_mpd=not args.no_mpd,
+        standby=not args.no_standby,
+        supervise=not args.no_restart,
+    )
     try:
         info = stack.start()
     except DevtoolsError as exc:
