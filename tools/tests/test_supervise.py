@@ -26,6 +26,13 @@ class Sleeper:
         self.starts.append(time.monotonic())
 
 
+def _restarted(supervisor: Supervisor, times: int) -> bool:
+    def done() -> bool | None:
+        return supervisor.restarts["sleeper"] >= times or None
+
+    return wait_until(done, timeout=10) is not None
+
+
 def test_dead_units_come_back_with_backoff_and_held_ones_stay_down(tmp_path: Path) -> None:
     unit = Sleeper(tmp_path / "sleeper.log")
     supervisor = Supervisor(tmp_path / "supervisor.log", initial_s=0.2, maximum_s=0.8, stable_s=30, poll_s=0.02)
@@ -36,7 +43,7 @@ def test_dead_units_come_back_with_backoff_and_held_ones_stay_down(tmp_path: Pat
         for restarts in (1, 2, 3):
             deaths.append(time.monotonic())
             unit.process.signal(signal.SIGKILL)
-            assert wait_until(lambda n=restarts: supervisor.restarts["sleeper"] >= n or None, timeout=10), "no restart"
+            assert _restarted(supervisor, restarts), "no restart"
             assert unit.alive()
         delays = [start - death for start, death in zip(unit.starts[1:], deaths, strict=True)]
         # 0.2 s, then 0.4 s, then 0.8 s: each crash in a row waits longer (poll slack allowed).
@@ -57,7 +64,7 @@ def test_dead_units_come_back_with_backoff_and_held_ones_stay_down(tmp_path: Pat
         assert supervisor.restarts["sleeper"] == 3
         assert not unit.alive()
         supervisor.release("sleeper")
-        assert wait_until(lambda: supervisor.restarts["sleeper"] >= 4 or None, timeout=10)
+        assert _restarted(supervisor, 4)
     finally:
         supervisor.stop()
         unit.process.stop()
