@@ -1,0 +1,339 @@
+"""Security suite: what a user's broker credential and a stolen device certificate can do.
+
+Attacks on the real brokers (TLS, dynamic security), each asserting the broker's
+specific refusal: every listener, the topic classes an attacker reaches for
+(``$share/``, ``$SYS``, ``$CONTROL``, other devices, wildcards), retained publishes and
+Last Will abuse; then a stolen device certificate publishing forged and replayed
+states, which the broker carries (the certificate is the device's broker identity)
+but every client refuses: the state's signature is the device's signing key, which a
+certificate thief does not hold (``BadSignature``), and a replayed genuine state is
+older than what clients hold (``Freshness.STALE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from amora_devtools.broker import dynsec
+from amora_devtools.stack import Stack
+from amora_protocol import (
+    DeviceState,
+    Freshness,
+    PlaybackStatus,
+    Sender,
+    SigningKey,
+    StateTracker,
+    UnknownKey,
+    VerifyKey,
+    commands_topic,
+    connection_topic,
+    now_ms,
+    responses_topic,
+    state_topic,
+    verify_envelope,
+)
+from amora_sync import SetVolume
+
+WAIT_S = 15.0
+GRANTED_QOS1 = 0x01
+NOT_AUTHORIZED = 0x87
+
+
+@dataclass
+class Client:
+    """A paho MQTT 5 client whose CONNACK, SUBACK and PUBACK reason codes are recorded."""
+
+    client: mqtt.Client
+    connack: threading.Event = field(default_factory=threading.Event)
+    connect_rc: int | None = None
+    acks: dict[int, list[int]] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    messages: list[mqtt.MQTTMessage] = field(default_factory=list)
+
+    def _wait_ack(self, mid: int) -> list[int]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: mid in self.acks, timeout=WAIT_S), "no acknowledgement"
+            return self.acks[mid]
+
+    def subscribe(self, topic: str) -> int:
+        _, mid = self.client.subscribe(topic, qos=1)
+        return self._wait_ack(mid)[0]
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        mid: int = info.mid
+        return self._wait_ack(mid)[0]
+
+    def wait_message(self, topic: str, timeout: float = WAIT_S) -> mqtt.MQTTMessage | None:
+        with self.cond:
+            self.cond.wait_for(lambda: any(m.topic == topic for m in self.messages), timeout=timeout)
+            return next((m for m in self.messages if m.topic == topic), None)
+
+
+@contextlib.contextmanager
+def connect(  # noqa: C901 - one function per attack knob would scatter the setup
+    stack: Stack,
+    port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    client_id: str = "",
+    cert: tuple[str, str] | None = None,
+    websockets: bool = False,
+    will: tuple[str, bytes, bool] | None = None,
+) -> Iterator[Client]:
+    assert stack.pki is not None
+    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5, transport="websockets" if websockets else "tcp")
+    if websockets:
+        client.ws_set_options(path="/mqtt")
+    context = ssl.create_default_context(cafile=str(stack.pki.ca_file))
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    client.tls_set_context(context)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=will[2])
+    c = Client(client)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        c.connect_rc = int(rc.value if hasattr(rc, "value") else rc)
+        c.connack.set()
+
+    def ack(mid: int, codes: list[int]) -> None:
+        with c.cond:
+            c.acks[mid] = codes
+            c.cond.notify_all()
+
+    def on_subscribe(_c: Any, _u: Any, mid: int, codes: Any, _p: Any = None) -> None:
+        ack(mid, [int(x.value if hasattr(x, "value") else x) for x in codes])
+
+    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with c.cond:
+            c.messages.append(message)
+            c.cond.notify_all()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.on_disconnect = lambda *_a: c.connack.set()
+    # paho 1.6 hands the PUBACK reason code to no callback: read it from the packet.
+    original = client._handle_pubackcomp
+
+    def handle_puback(cmd: str) -> int:
+        packet = client._in_packet["packet"]
+        mid = int.from_bytes(packet[:2], "big")
+        ack(mid, [packet[2] if len(packet) > 2 else 0])
+        return int(original(cmd))
+
+    client._handle_pubackcomp = handle_puback
+    try:
+        client.connect("127.0.0.1", port, keepalive=30)
+        client.loop_start()
+        c.connack.wait(WAIT_S)
+    except (OSError, ssl.SSLError):
+        c.connect_rc = None
+        c.connack.set()
+    try:
+        yield c
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        client.loop_stop()
+
+
+def _session(stack: Stack, new_session: Any, user: str = "alice") -> dict[str, Any]:
+    creds = new_session(stack, user)["broker"]
+    return {"username": creds["username"], "password": creds["password"], "client_id": creds["client_id"]}
+
+
+def test_a_user_credential_on_every_listener(security_stack: Stack, new_session: Any) -> None:
+    stack = security_stack
+    broker = stack.brokers[0]
+    creds = _session(stack, new_session)
+    login = {"username": creds["username"], "password": creds["password"]}
+    with connect(stack, broker.app_port, client_id=creds["client_id"], **login) as c:
+        assert c.connect_rc == 0
+    with connect(stack, broker.ws_port, client_id=creds["client_id"], websockets=True, **login) as c:
+        assert c.connect_rc == 0
+        assert c.subscribe("$SYS/#") == NOT_AUTHORIZED  # the same ACLs over websockets
+    # The device listener takes certificates only: the TLS handshake ends before MQTT starts
+    # (under TLS 1.3 the missing certificate shows up as an alert on the first read).
+    assert stack.pki is not None
+    context = ssl.create_default_context(cafile=str(stack.pki.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", broker.device_port), timeout=WAIT_S) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"\x10\x00")
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            tls.recv(1)
+    # The credential is bound to its own client id: another one (a device's) is refused.
+    with connect(stack, broker.app_port, client_id="player-1", **login) as c:
+        assert c.connect_rc == NOT_AUTHORIZED
+    with connect(stack, broker.app_port, client_id=creds["client_id"], username=creds["username"], password="x") as c:
+        assert c.connect_rc == NOT_AUTHORIZED  # mosquitto answers a wrong password so, too
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "$SYS/#",
+        "$SYS/broker/clients/connected",
+        "$CONTROL/dynamic-security/#",
+        "$CONTROL/dynamic-security/v1/response",
+        "$share/g/#",
+        "$share/g/amora/devices/player-3/state",
+        "$share/g/amora/devices/player-2/commands",
+        "#",
+        "amora/#",
+        "amora/devices/+/state",
+        "+/devices/player-3/state",
+        "amora/devices/player-3/state",
+        "amora/devices/player-2/commands",
+    ],
+)
+def test_a_user_cannot_subscribe_beyond_their_devices(security_stack: Stack, new_session: Any, topic: str) -> None:
+    stack = security_stack
+    creds = _session(stack, new_session)
+    with connect(stack, stack.brokers[0].app_port, **creds) as c:
+        assert c.connect_rc == 0
+        assert c.subscribe(topic) == NOT_AUTHORIZED, topic
+        assert c.subscribe(state_topic("player-2")) == GRANTED_QOS1  # the positive control
+
+
+@pytest.mark.parametrize(
+    ("topic", "retain"),
+    [
+        ("$CONTROL/dynamic-security/v1", False),
+        (state_topic("player-2"), True),  # a retained fake state on the user's own device
+        (connection_topic("player-2"), True),
+        (responses_topic("player-2"), False),
+        (commands_topic("player-3"), False),  # bob's device
+        ("$SYS/broker/uptime", True),
+    ],
+)
+def test_a_user_cannot_publish_beyond_commands(
+    security_stack: Stack, new_session: Any, topic: str, retain: bool
+) -> None:
+    stack = security_stack
+    creds = _session(stack, new_session)
+    payload = b'{"commands": [{"command": "createClient", "username": "intruder", "password": "x"}]}'
+    with connect(stack, stack.brokers[0].app_port, **creds) as c:
+        assert c.connect_rc == 0
+        assert c.publish(topic, payload, retain=retain) == NOT_AUTHORIZED
+    # Nothing happened: no account was created, no fake state was retained.
+    answer = dynsec(stack.brokers[0], [{"command": "getClient", "username": "intruder"}], check=False)[0]
+    assert answer.get("error")
+    with stack.brokers[0].admin_client() as admin:
+        admin.subscribe(state_topic("player-2"))
+        retained = admin.receive(timeout=WAIT_S)
+        assert retained is not None
+        assert retained.payload != payload
+
+
+def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack, new_session: Any) -> None:
+    stack = security_stack
+    port = stack.brokers[0].app_port
+    fake = b"attacker's last will"
+    with stack.brokers[0].admin_client() as admin:
+        admin.subscribe(state_topic("player-2"))
+        admin.subscribe(commands_topic("player-2"))
+        genuine = admin.receive(timeout=WAIT_S)  # the retained state
+        assert genuine is not None
+        with connect(stack, port, will=(state_topic("player-2"), fake, True), **_session(stack, new_session)) as c:
+            assert c.connect_rc == 0
+            c.client.socket().close()  # an unclean drop: the broker fires the will, if allowed
+        # A will the session may publish (its own device's commands topic) is the control:
+        # once it arrives, the denied one has had every chance to arrive before it.
+        control = b"control will"
+        with connect(
+            stack, port, will=(commands_topic("player-2"), control, False), **_session(stack, new_session)
+        ) as c:
+            assert c.connect_rc == 0
+            c.client.socket().close()
+        seen = []
+        while (message := admin.receive(timeout=WAIT_S)) is not None:
+            seen.append(message.payload)
+            if message.payload == control:
+                break
+        assert control in seen
+        assert fake not in seen
+
+
+def _verify_state(stack: Stack, device_id: str, payload: bytes, content_type: str | None) -> DeviceState:
+    key = VerifyKey.from_raw(stack.player(device_id).signing_key.public_key.raw)
+    verified = verify_envelope(
+        payload, topic=state_topic(device_id), content_type=content_type, key=key, now_ms=now_ms()
+    )
+    assert isinstance(verified.message, DeviceState)
+    return verified.message
+
+
+async def test_a_stolen_device_certificate_cannot_forge_or_replay_states(
+    security_stack: Stack, sdk_client: Any
+) -> None:
+    """The certificate lets the thief publish as the device; clients still refuse what it sends."""
+    stack = security_stack
+    device = "player-3"
+    player = stack.player(device)
+    cert = (str(player.directory / "device.pem"), str(player.directory / "device.key"))
+    tracker = StateTracker()  # what every client keeps (the SDK holds one)
+    with stack.brokers[0].admin_client() as watcher:
+        watcher.subscribe(state_topic(device))
+        first = await asyncio.to_thread(watcher.receive, timeout=WAIT_S)
+        assert first is not None
+        captured = (first.payload, first.content_type)
+        old = _verify_state(stack, device, *captured)
+        assert tracker.observe(device, old.version) is Freshness.NEWER
+        # The genuine device moves on (bob changes the volume through the SDK).
+        async with sdk_client(stack, "bob") as bob:
+            await bob.command(device, SetVolume(volume=(old.volume or 0) % 90 + 5), timeout=WAIT_S)
+        newer = None
+        while newer is None or newer.version <= old.version:
+            message = await asyncio.to_thread(watcher.receive, timeout=WAIT_S)
+            assert message is not None, "the device never published its new state"
+            newer = _verify_state(stack, device, message.payload, message.content_type)
+        assert tracker.observe(device, newer.version) is Freshness.NEWER
+
+        forged_state = DeviceState(
+            device_id=device,
+            version=newer.version + 1000,
+            status=PlaybackStatus.PLAY,
+            sampled_at_ms=now_ms(),
+            volume=100,
+        )
+        thief_key = SigningKey.generate()
+        forged = Sender(device, thief_key, epoch=1).encode(state_topic(device), forged_state, now_ms=now_ms())
+        with connect(stack, stack.brokers[0].device_port, client_id=device, cert=cert) as thief:
+            assert thief.connect_rc == 0
+            # The certificate's rights are the device's own topics, nothing more.
+            assert thief.subscribe(commands_topic("player-1")) == NOT_AUTHORIZED
+            assert thief.subscribe("#") == NOT_AUTHORIZED
+            assert thief.publish(state_topic("player-1"), forged) == NOT_AUTHORIZED
+            # On its own state topic the broker carries what it sends...
+            assert thief.publish(state_topic(device), forged) == 0
+            assert thief.publish(state_topic(device), captured[0]) == 0
+        received: list[Any] = []
+        while len(received) < 2:
+            message = await asyncio.to_thread(watcher.receive, timeout=WAIT_S)
+            assert message is not None
+            if message.payload in (forged, captured[0]):
+                received.append(message)
+        # ...and every client refuses it: the forgery is signed by a key that is not the device's...
+        with pytest.raises(UnknownKey):
+            _verify_state(stack, device, received[0].payload, received[0].content_type)
+        # ...and the replayed genuine state is older than what clients hold.
+        replayed = _verify_state(stack, device, received[1].payload, received[1].content_type)
+        assert tracker.observe(device, replayed.version) is Freshness.STALE
