@@ -189,10 +189,12 @@ def security_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One stack shared by a security test module (alice: player-1, -2; bob: player-3).
 
     Starting a stack takes seconds; the attack cases of one module share it and each
-    leaves it as it found it (or runs last).
+    leaves it as it found it (or runs last). Nothing restarts a stopped broker behind
+    the tests' back: the fail-closed cases stop and restart brokers themselves.
     """
     folder = tmp_path_factory.mktemp("security")
-    with Stack(folder / "stack", players=3, users={"alice": (0, 1), "bob": (2,), "carol": ()}) as running:
+    users = {"alice": (0, 1), "bob": (2,), "carol": ()}
+    with Stack(folder / "stack", players=3, users=users, supervise=False) as running:
         yield running
 
 
