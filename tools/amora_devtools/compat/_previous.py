@@ -171,7 +171,7 @@ def previous_env(root: Path, distribution: str, *, siblings: Sequence[str] = ("a
     directory = root / CACHE_DIR / "venvs" / key
     marker = directory / ".complete"
     with _locked(root / CACHE_DIR / f"venv-{key}.lock"):
-        if not marker.is_file():
+        if not (marker.is_file() and (directory / "bin" / "python").exists()):
             wheels = build_previous_wheels(root, release.commit, names)
             shutil.rmtree(directory, ignore_errors=True)
             _run([sys.executable, "-m", "venv", str(directory)], what="python -m venv")
