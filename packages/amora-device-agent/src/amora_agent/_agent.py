@@ -39,6 +39,7 @@ from amora_protocol import (
     SigningKey,
     Unauthorized,
     UnknownKey,
+    UnsupportedAction,
     VerifiedCommand,
     VerifyKey,
     commands_topic,
@@ -128,6 +129,8 @@ class AgentOptions:
 def _reject_reason(exc: ProtocolError) -> RejectReason:
     if isinstance(exc, Expired):
         return RejectReason.EXPIRED
+    if isinstance(exc, UnsupportedAction):  # a newer app's action: not malformed, just not known here
+        return RejectReason.UNSUPPORTED
     if isinstance(exc, Unauthorized | BadSignature | UnknownKey):
         return RejectReason.UNAUTHORIZED
     # Schema errors, topic mismatches, oversized payloads, sealed bodies that do not open,

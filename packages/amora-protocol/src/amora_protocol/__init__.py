@@ -56,6 +56,7 @@ from amora_protocol._errors import (
     TopicMismatch,
     Unauthorized,
     UnknownKey,
+    UnsupportedAction,
 )
 from amora_protocol._grants import GRANT_DOMAIN, KeyRing, issue_grant, keyring, verify_grant
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey, key_id
@@ -188,6 +189,7 @@ __all__ = [
     "TopicMismatch",
     "Unauthorized",
     "UnknownKey",
+    "UnsupportedAction",
     "Verified",
     "VerifiedCommand",
     "VerifyKey",

@@ -32,10 +32,12 @@ from amora_protocol._errors import (
     TopicMismatch,
     Unauthorized,
     UnknownKey,
+    UnsupportedAction,
 )
 from amora_protocol._grants import KeyRing, verify_grant
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey
 from amora_protocol._messages import (
+    ACTIONS,
     Command,
     CommandResponse,
     ConnectionStatus,
@@ -338,6 +340,23 @@ def parse_envelope(payload: bytes, *, content_type: str | None = None, max_size:
     return Envelope(header, header_bytes, body, signature, codec)
 
 
+_ACTION_TAGS: Final = frozenset(str(a.__struct_config__.tag) for a in ACTIONS)
+
+
+def _unknown_action(codec: Codec, body: bytes) -> str | None:
+    """The action tag of a command body that failed to decode, if it is one this version lacks.
+
+    Only on the failure path: a loose decode tells "a newer sender's action" from "garbage".
+    """
+    try:
+        loose = msgspec.msgpack.decode(body) if codec is Codec.MSGPACK else msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    action = loose.get("action") if isinstance(loose, dict) else None
+    tag = action.get("type") if isinstance(action, dict) else None
+    return tag if isinstance(tag, str) and tag not in _ACTION_TAGS else None
+
+
 def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> Message:
     body = env.body
     sealed_to = env.header.sealed_to
@@ -353,6 +372,8 @@ def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> 
     try:
         return _BODY_DECODERS[env.codec, env.header.type](body)
     except msgspec.ValidationError as exc:
+        if env.header.type is MessageType.COMMAND and (action := _unknown_action(env.codec, body)) is not None:
+            raise UnsupportedAction(action) from exc
         raise SchemaError(f"invalid {env.header.type.value}: {exc}") from exc
     except (
         msgspec.DecodeError,

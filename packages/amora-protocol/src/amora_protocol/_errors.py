@@ -16,6 +16,7 @@ __all__ = [
     "TopicMismatch",
     "Unauthorized",
     "UnknownKey",
+    "UnsupportedAction",
 ]
 
 
@@ -25,6 +26,22 @@ class ProtocolError(Exception):
 
 class SchemaError(ProtocolError, ValueError):
     """Bytes or values that do not fit the message schema (wrong type, missing field, range)."""
+
+
+class UnsupportedAction(SchemaError):  # noqa: N818 - the name says what is wrong
+    """A command whose action this version does not know: a newer sender (answer ``unsupported``).
+
+    New actions are a compatible change (see the README, "Compatibility and versions"): a
+    device that cannot decode one tells the sender so instead of calling the command invalid.
+
+    Attributes:
+        action: The action's ``type`` tag as sent.
+    """
+
+    def __init__(self, action: str) -> None:
+        """Build the error for the unknown tag ``action``."""
+        self.action = action
+        super().__init__(f"unknown action {action!r}: this device's protocol version does not support it")
 
 
 class InvalidDeviceId(SchemaError):  # noqa: N818 - the name says what is wrong
