@@ -7,6 +7,7 @@ every protocol vector; the end-to-end suite drives Debian's Chromium against a r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from amora_devtools.stack import Stack
+
 WEB = Path(__file__).resolve().parent.parent / "packages" / "amora-sync-web"
 
 
-def _npm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _npm(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     npm = shutil.which("npm")
     if npm is None:
         pytest.fail("npm is missing: run tools/dev test (it installs nodejs and npm)")
@@ -28,7 +31,7 @@ def _npm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "CI": "1"},
+        env={**os.environ, "CI": "1", **(env or {})},
     )
 
 
@@ -50,3 +53,30 @@ def test_unit_and_vector_suites_pass(built: Path) -> None:
     assert result.returncode == 0, output
     assert "# fail 0" in output
     assert "# pass 0" not in output, output
+
+
+@pytest.mark.usefixtures("built")
+def test_page_in_chromium_against_the_stack(tmp_path: Path) -> None:
+    """The live page in headless Chromium: players, real MPD control, forgeries, failover, TLS.
+
+    The scenarios are in ``e2e/page.test.ts``; this starts the real stack they run against and
+    prints the click-to-screen latency they measure.
+    """
+    if not Path(os.environ.get("AMORA_CHROMIUM", "/usr/bin/chromium")).exists():
+        pytest.fail("chromium is missing: run tools/dev test (it installs Debian's chromium)")
+    report = tmp_path / "latency.txt"
+    # No supervisor: the test stops the primary broker on purpose and it must stay down.
+    with Stack(tmp_path / "stack", supervise=False) as stack:
+        info = stack.describe()
+        assert info["web_url"], "the stack did not serve the page although it is built"
+        stack_json = tmp_path / "e2e-stack.json"
+        stack_json.write_text(json.dumps({**info, "state_dir": str(stack.state_dir)}))
+        env = {"AMORA_STACK_JSON": str(stack_json), "AMORA_E2E_REPORT": str(report)}
+        if screenshot := os.environ.get("AMORA_E2E_SCREENSHOT"):
+            env["AMORA_E2E_SCREENSHOT"] = screenshot
+        result = _npm("run", "test:e2e", timeout=240, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "# fail 0" in output, output
+    assert "# pass 5" in output, output
+    print(report.read_text().strip())  # noqa: T201 - the figure the test exists to produce

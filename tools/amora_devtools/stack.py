@@ -46,6 +46,7 @@ from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import DEFAULT_TRACKS, Track
 from amora_devtools.pki import DevPKI
 from amora_devtools.supervise import Supervisor
+from amora_devtools.webpage import WEB_DIR, WebPage, start_webpage
 from amora_protocol import EncryptionKey, SigningKey
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Stack:
     _previous_usr1: Any = field(default=None, init=False, repr=False)
     _reloader: threading.Thread | None = field(default=None, init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
+    webpage: WebPage | None = field(default=None, init=False)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -258,6 +260,8 @@ class Stack:
                         self._admin(admin, "PUT", f"/v1/admin/users/{user}/devices/{self.player_list[index].device_id}")
             self._start_agents()
             self.wait_online([p.device_id for p in self.player_list])
+            if (WEB_DIR / "dist" / "app.js").is_file():  # the live page, once built with npm
+                self.webpage = start_webpage(self.authz_url, users=list(self.users))
             if self.supervise:
                 self._supervise()
         except BaseException:
@@ -298,6 +302,9 @@ class Stack:
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
+        if self.webpage is not None:
+            self.webpage.close()
+            self.webpage = None
         for player in reversed(self.player_list):
             if player.process is not None:
                 player.process.stop()
@@ -521,6 +528,7 @@ class Stack:
                 for b in self.brokers[1:]
             ],
             "authz_url": self.authz_url,
+            "web_url": None if self.webpage is None else self.webpage.url,
             "users": {
                 user: {
                     "token": self.tokens[user],
@@ -602,6 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema)\n")
     for user, entry in info["users"].items():
         out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
+    web = info["web_url"] or f"not built (cd {WEB_DIR.parent} && npm ci && npm run build)"
+    out.write(f"  web     {web}  (live player page; development issuer login)\n")
     out.write(f"  try:    hatch run amora --stack {args.state_dir / 'stack.json'} --user alice watch\n")
     out.write("Ctrl-C stops everything.\n")
     out.flush()
