@@ -302,9 +302,7 @@ class Stack:
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
-        if self.webpage is not None:
-            self.webpage.close()
-            self.webpage = None
+        self._stop_webpage()
         for player in reversed(self.player_list):
             if player.process is not None:
                 player.process.stop()
@@ -321,6 +319,11 @@ class Stack:
         for broker in reversed(self.brokers):
             broker.close()
         self.brokers.clear()
+
+    def _stop_webpage(self) -> None:
+        if self.webpage is not None:
+            self.webpage.close()
+            self.webpage = None
 
     # -- parts ----------------------------------------------------------------------------
 
