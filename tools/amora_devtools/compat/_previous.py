@@ -107,6 +107,8 @@ def build_previous_wheels(root: Path, commit: str, distributions: Sequence[str])
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="amora-compat-") as tmp:
             tree = Path(tmp) / "tree"
+            # A run killed mid-build leaves a stale worktree entry behind; forget those first.
+            _run(["git", "-C", str(root), "worktree", "prune"], what="git worktree prune")
             _run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit], what="git worktree add")
             try:
                 for dist in missing:
@@ -174,7 +176,8 @@ def previous_env(root: Path, distribution: str, *, siblings: Sequence[str] = ("a
         if not (marker.is_file() and (directory / "bin" / "python").exists()):
             wheels = build_previous_wheels(root, release.commit, names)
             shutil.rmtree(directory, ignore_errors=True)
-            _run([sys.executable, "-m", "venv", str(directory)], what="python -m venv")
+            # virtualenv, not the stdlib venv: Debian's python3 lacks ensurepip without python3-venv.
+            _run([sys.executable, "-m", "virtualenv", "--quiet", str(directory)], what="virtualenv")
             pip = [str(directory / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
             _run([*pip, *(str(wheels[n]) for n in names)], what=f"pip install of {distribution} {release.version}")
             marker.write_text(f"{release.commit}\n")
