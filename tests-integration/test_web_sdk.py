@@ -35,6 +35,13 @@ def _npm(*args: str, timeout: float = 300, env: dict[str, str] | None = None) ->
     )
 
 
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: run tools/dev test (it installs nodejs)")
+    return node
+
+
 @pytest.fixture(scope="module")
 def built() -> Path:
     """The package installed from its lockfile and compiled."""
@@ -74,7 +81,18 @@ def test_page_in_chromium_against_the_stack(tmp_path: Path) -> None:
         env = {"AMORA_STACK_JSON": str(stack_json), "AMORA_E2E_REPORT": str(report)}
         if screenshot := os.environ.get("AMORA_E2E_SCREENSHOT"):
             env["AMORA_E2E_SCREENSHOT"] = screenshot
+        # The README's Node example (before the e2e suite stops the primary broker).
+        example = subprocess.run(  # noqa: S603 - fixed argv
+            [_node(), "examples/watch-and-pause.mjs", str(stack_json)],
+            cwd=WEB,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         result = _npm("run", "test:e2e", timeout=240, env=env)
+    assert example.returncode == 0, example.stdout + example.stderr
+    assert "pause: succeeded" in example.stdout, example.stdout
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "# fail 0" in output, output
