@@ -184,16 +184,18 @@ def mqtt_probe() -> Any:
     return _probe
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def security_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One stack shared by a security test module (alice: player-1, -2; bob: player-3).
+    """One stack shared by the security suite (alice: player-1, -2; bob: player-3).
 
-    Starting a stack takes seconds; the attack cases of one module share it and each
-    leaves it as it found it (or runs last). Nothing restarts a stopped broker behind
-    the tests' back: the fail-closed cases stop and restart brokers themselves.
+    Starting a stack takes about ten seconds; the attack cases share one, and each leaves
+    it as it found it (brokers running, links and devices as they were). carol owns
+    nothing; mallory is for floods (her rate-limit buckets end up empty). Nothing restarts
+    a stopped broker behind the tests' back: the fail-closed cases stop and restart
+    brokers themselves.
     """
     folder = tmp_path_factory.mktemp("security")
-    users = {"alice": (0, 1), "bob": (2,), "carol": ()}
+    users = {"alice": (0, 1), "bob": (2,), "carol": (), "mallory": ()}
     with Stack(folder / "stack", players=3, users=users, supervise=False) as running:
         yield running
 

@@ -589,6 +589,7 @@ async def test_no_session_is_handed_out_without_the_primary(tmp_path: Path) -> N
             response = await svc.http.post("/v1/sessions", json=session_body(), headers=await svc.auth("alice"))
             assert response.status_code == 503
             assert response.json()["code"] == "broker_unavailable"
+            assert response.headers["Retry-After"] == "1"
             # The credential that could not be created is not kept either.
             assert await svc.runtime.store.active_sessions(now_ms=0) == []
             status = svc.runtime.service.fleet.status["down"]

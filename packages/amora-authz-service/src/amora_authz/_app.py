@@ -433,6 +433,9 @@ def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[E
     headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status_code == 401 else {}
     if isinstance(exc, RateLimitedError | ChangePendingError):
         headers["Retry-After"] = str(exc.retry_after_s)
+    elif exc.status_code == 503 and runtime is not None:
+        # A broker or the database is down: worth retrying, not at once.
+        headers["Retry-After"] = str(max(1, round(runtime.settings.broker_retry_interval_s)))
     brokers = list(exc.brokers) if isinstance(exc, ChangePendingError) else None
     return Response(
         ErrorBody(code=exc.code, message=exc.message, brokers=brokers), status_code=exc.status_code, headers=headers
