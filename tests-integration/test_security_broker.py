@@ -252,6 +252,12 @@ def test_a_user_cannot_publish_beyond_commands(
         assert retained.payload != payload
 
 
+def _drop(c: Client) -> None:
+    """Drop the connection without DISCONNECT (the network died): paho's thread first stops."""
+    c.client.loop_stop()
+    c.client.socket().close()
+
+
 def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack, new_session: Any) -> None:
     stack = security_stack
     port = stack.brokers[0].app_port
@@ -263,7 +269,7 @@ def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack
         assert genuine is not None
         with connect(stack, port, will=(state_topic("player-2"), fake, True), **_session(stack, new_session)) as c:
             assert c.connect_rc == 0
-            c.client.socket().close()  # an unclean drop: the broker fires the will, if allowed
+            _drop(c)  # an unclean drop: the broker fires the will, if allowed
         # A will the session may publish (its own device's commands topic) is the control:
         # once it arrives, the denied one has had every chance to arrive before it.
         control = b"control will"
@@ -271,7 +277,7 @@ def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack
             stack, port, will=(commands_topic("player-2"), control, False), **_session(stack, new_session)
         ) as c:
             assert c.connect_rc == 0
-            c.client.socket().close()
+            _drop(c)
         seen = []
         while (message := admin.receive(timeout=WAIT_S)) is not None:
             seen.append(message.payload)
