@@ -26,8 +26,12 @@ def members() -> list[tuple[Path, list[str], str]]:
             targets = [t for t in ("src", "tests") if (pkg / t).is_dir()]
             found.append((pkg, targets, "src"))
     tools = ROOT / "tools"
-    targets = [t for t in ("amora_devtools", "bench", "tests", "typecheck.py") if (tools / t).exists()]
+    targets = [
+        t for t in ("amora_devtools", "bench", "tests", "typecheck.py", "deploy_check.py") if (tools / t).exists()
+    ]
     found.append((tools, targets, ".:bench"))
+    # The broker image's entrypoint (standard library only, not a package).
+    found.append((ROOT / "infra" / "images" / "broker", ["amora_broker.py"], "."))
     integ = ROOT / "tests-integration"
     if any(integ.glob("**/*.py")):
         found.append((integ, [".", *TEST_FLAGS], "."))
