@@ -13,8 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
+import amora_protocol as ap
 from amora_devtools.stack import Stack
 
 WEB = Path(__file__).resolve().parent.parent / "packages" / "amora-sync-web"
@@ -98,3 +100,42 @@ def test_page_in_chromium_against_the_stack(tmp_path: Path) -> None:
     assert "# fail 0" in output, output
     assert "# pass 5" in output, output
     print(report.read_text().strip())  # noqa: T201 - the figure the test exists to produce
+
+
+def test_python_verifies_what_typescript_encodes(built: Path) -> None:
+    """Interop the other way round: envelopes the TypeScript encoder makes (MessagePack and JSON,
+    63-bit epochs, non-ASCII text, sealed commands) verify and decode in amora_protocol."""
+    emitted = subprocess.run(  # noqa: S603 - fixed argv
+        [_node(), "--experimental-global-webcrypto", "scripts/emit-envelopes.mjs"],
+        cwd=built,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data = json.loads(emitted.stdout)
+    device_key = ap.VerifyKey.from_raw(bytes.fromhex(data["device_public_hex"]))
+    authz = ap.VerifyKey.from_raw(bytes.fromhex(data["authz_public_hex"]))
+    recipient = ap.EncryptionKey.from_raw(bytes.fromhex(data["recipient_private_hex"]))
+    kinds: set[tuple[str, str, bool]] = set()
+    for item in data["envelopes"]:
+        payload = bytes.fromhex(item["hex"])
+        if item["kind"] == "command":
+            verified = ap.verify_command(
+                payload,
+                topic=item["topic"],
+                content_type=item["codec"],
+                trusted_keys=ap.keyring([authz]),
+                now_ms=data["now"],
+                decrypt_key=recipient,
+            )
+            assert (verified.header.sealed_to is not None) is item["sealed"]
+            message: ap.Message = verified.command
+        else:
+            message = ap.verify_envelope(
+                payload, topic=item["topic"], content_type=item["codec"], key=device_key, now_ms=data["now"]
+            ).message
+            assert ap.parse_envelope(payload, content_type=item["codec"]).header.epoch == 2**63 - 1
+        assert json.loads(msgspec.json.encode(message)) == item["message"]
+        kinds.add((item["kind"], item["codec"], bool(item.get("sealed"))))
+    assert len(kinds) == 10  # 4 kinds x 2 codecs, commands also sealed
