@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
 import secrets
 import uuid
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -30,7 +28,6 @@ from amora_authz._dynsec import Scope
 from amora_authz._errors import (
     AuthzError,
     BrokerError,
-    ChangePendingError,
     ConfigError,
     ConflictError,
     InvalidInputError,
@@ -38,24 +35,19 @@ from amora_authz._errors import (
     PermissionDeniedError,
 )
 from amora_authz._fleet import scope_for_device, scope_for_link, scope_for_session
-from amora_authz._keycheck import is_degenerate_ed25519, is_degenerate_x25519
+from amora_authz._inputs import device_id_of, session_keys, user_id_of
+from amora_authz._pending import PendingChanges
 from amora_authz._store import Certificate, Device, Session
 from amora_protocol import (
     SERVICE_ACCOUNT_PREFIX,
     SESSION_ID_PREFIX,
     AuthzPublicKey,
     DevicePublicKeys,
-    EncryptionPublicKey,
     Grant,
-    InvalidDeviceId,
-    ProtocolError,
     Right,
     SigningKey,
-    VerifyKey,
-    is_reserved_account_name,
     issue_grant,
     now_ms,
-    validate_device_id,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +56,7 @@ if TYPE_CHECKING:
     import structlog
 
     from amora_authz._ca import DeviceCA
-    from amora_authz._fleet import ApplyOutcome, BrokerFleet
+    from amora_authz._fleet import BrokerFleet
     from amora_authz._jwt import Claims
     from amora_authz._store import Store
 
@@ -76,22 +68,12 @@ __all__ = [
     "session_password",
 ]
 
-_MAX_UNSETTLED = 10_000
-"""Access changes answered ``change_pending`` that are remembered for their repeat."""
-
 _PASSWORD_DOMAIN = b"amora-session-password-v1\x00"
 
 
 def b64(raw: bytes) -> str:
     """Standard base64 text of ``raw`` (the API's encoding of keys and grants)."""
     return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInputError(f"{what} is not valid base64", code="invalid_key") from exc
 
 
 def session_password(secret: bytes, session_id: str) -> str:
@@ -180,10 +162,7 @@ class AuthzService:
         self._crl_reload_command = tuple(crl_reload_command)
         self._on_crl_written = on_crl_written
         self._clock_ms = clock_ms
-        self._retry_after_s = max(1, retry_after_s)
-        # Access changes the database holds but some broker did not when they were
-        # answered: key -> (names, what the successful answer returns).
-        self._unsettled: OrderedDict[str, tuple[Scope, list[int]]] = OrderedDict()
+        self._pending = PendingChanges(fleet, retry_after_s=retry_after_s)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -203,111 +182,6 @@ class AuthzService:
         """
         if not claims.has_role(self.admin_role):
             raise PermissionDeniedError(f"the admin API needs the role {self.admin_role!r}", code="not_admin")
-
-    @staticmethod
-    def _reserved(name: str, what: str) -> None:
-        if is_reserved_account_name(name):
-            raise InvalidInputError(
-                f"{what} {name!r} is in a reserved namespace: names starting with "
-                f"{SERVICE_ACCOUNT_PREFIX!r} (service accounts) or {SESSION_ID_PREFIX!r} "
-                "(sessions) belong to the system; choose another",
-                code="reserved_name",
-            )
-
-    @classmethod
-    def _device_id(cls, device_id: str) -> str:
-        cls._reserved(device_id, "device id")
-        try:
-            return validate_device_id(device_id)
-        except InvalidDeviceId as exc:
-            raise InvalidInputError(
-                f"invalid device id {device_id!r}: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit",
-                code="invalid_device_id",
-            ) from exc
-
-    @classmethod
-    def user_id(cls, user: str, *, what: str = "user id") -> str:
-        """Validate a user id (an issuer's ``sub``): the device-id alphabet, never reserved.
-
-        User ids name broker groups (``user:{id}``), so they get the same rules as
-        device ids: no wildcards, quotes, separators or reserved prefixes.
-
-        Raises:
-            InvalidInputError: ``reserved_name`` or ``invalid_user_id``.
-        """
-        cls._reserved(user, what)
-        try:
-            return validate_device_id(user)
-        except InvalidDeviceId as exc:
-            raise InvalidInputError(
-                f"invalid {what} {user!r}: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit",
-                code="invalid_user_id",
-            ) from exc
-
-    @staticmethod
-    def _keys(signing_key: str, encryption_key: str) -> tuple[bytes, bytes]:
-        raw_sign = _unb64(signing_key, "signing_key")
-        raw_enc = _unb64(encryption_key, "encryption_key")
-        try:
-            VerifyKey.from_raw(raw_sign)
-        except (ProtocolError, ValueError) as exc:
-            raise InvalidInputError(
-                "signing_key must be a raw Ed25519 public key (32 bytes)", code="invalid_key"
-            ) from exc
-        try:
-            EncryptionPublicKey.from_raw(raw_enc)
-        except (ProtocolError, ValueError) as exc:
-            raise InvalidInputError(
-                "encryption_key must be a raw X25519 public key (32 bytes)", code="invalid_key"
-            ) from exc
-        if is_degenerate_ed25519(raw_sign):
-            raise InvalidInputError(
-                "signing_key is a degenerate Ed25519 key (all-zero, small-order or not a curve point): "
-                "send the public key of a freshly generated key pair",
-                code="invalid_key",
-            )
-        if is_degenerate_x25519(raw_enc):
-            raise InvalidInputError(
-                "encryption_key is a degenerate X25519 key (all-zero or small-order): "
-                "send the public key of a freshly generated key pair",
-                code="invalid_key",
-            )
-        return raw_sign, raw_enc
-
-    def _settle(self, key: str, scope: Scope, outcome: ApplyOutcome, result: list[int] | None = None) -> None:
-        """Report an access change done only when every broker holds it.
-
-        Raises:
-            ChangePendingError: some broker does not hold it yet (remembered, so that
-                a repeat of the request can tell when it does).
-        """
-        if outcome.complete:
-            self._unsettled.pop(key, None)
-            return
-        self._unsettled[key] = (scope, result or [])
-        self._unsettled.move_to_end(key)
-        while len(self._unsettled) > _MAX_UNSETTLED:
-            self._unsettled.popitem(last=False)
-        raise ChangePendingError(
-            "the change is saved but not yet applied on broker(s) "
-            f"{', '.join(outcome.behind)}; the service keeps retrying: repeat this request "
-            "to learn when every broker holds it",
-            brokers=outcome.behind,
-            retry_after_s=self._retry_after_s,
-        )
-
-    def _repeat(self, key: str) -> list[int] | None:
-        """For a change the database already holds: None if it was never pending here.
-
-        Raises:
-            ChangePendingError: it is still pending on some broker.
-        """
-        entry = self._unsettled.get(key)
-        if entry is None:
-            return None
-        scope, result = entry
-        self._settle(key, scope, self.fleet.holds(scope), result)
-        return result
 
     async def _active_devices(self, user_sub: str) -> tuple[Device, ...]:
         devices = []
@@ -359,8 +233,8 @@ class AuthzService:
         Raises:
             InvalidInputError: a key is malformed.
         """
-        self.user_id(claims.subject, what="token subject")
-        raw_sign, raw_enc = self._keys(signing_key, encryption_key)
+        user_id_of(claims.subject, what="token subject")
+        raw_sign, raw_enc = session_keys(signing_key, encryption_key)
         now = self._clock_ms()
         session = Session(
             session_id=SESSION_ID_PREFIX + secrets.token_hex(16),
@@ -443,14 +317,14 @@ class AuthzService:
         """
         key = f"logout:{claims.subject}:{session_id}"
         session = await self.store.get_session(session_id)
-        if session is None and self._repeat(key) is not None:
+        if session is None and self._pending.repeat(key) is not None:
             return
         session = await self._own_session(claims, session_id)
         await self.store.delete_session(session_id)
         scope = scope_for_session(session_id, session.user_sub)
         outcome = await self.fleet.apply(scope)
         self._log.info("session.deleted", session_id=session_id, user=claims.subject, behind=outcome.behind)
-        self._settle(key, scope, outcome)
+        self._pending.settle(key, scope, outcome)
 
     async def expire_sessions(self) -> list[str]:
         """Delete expired sessions and their broker clients; return their ids."""
@@ -480,8 +354,8 @@ class AuthzService:
                 or a broker holds an account of that name (``name_taken_on_broker``).
         """
         self.require_admin(claims)
-        device_id = self._device_id(device_id)
-        raw_sign, raw_enc = self._keys(signing_key, encryption_key)
+        device_id = device_id_of(device_id)
+        raw_sign, raw_enc = session_keys(signing_key, encryption_key)
         taken = await self.fleet.taken_names(scope_for_device(device_id))
         if taken:
             # The device's certificate CN becomes its broker username: a device named
@@ -540,11 +414,11 @@ class AuthzService:
             ChangePendingError: a broker still holds the device's access (retrying).
         """
         self.require_admin(claims)
-        device_id = self._device_id(device_id)
+        device_id = device_id_of(device_id)
         key = f"revoke:{device_id}"
         existing = await self.store.get_device(device_id)
         if existing is not None and existing.revoked:
-            repeated = self._repeat(key)
+            repeated = self._pending.repeat(key)
             if repeated is not None:
                 return repeated
         users = await self.store.users_of_device(device_id)
@@ -557,7 +431,7 @@ class AuthzService:
         self._log.warning(
             "device.revoked", device_id=device_id, by=claims.subject, serials=len(serials), behind=outcome.behind
         )
-        self._settle(key, scope, outcome, serials)
+        self._pending.settle(key, scope, outcome, serials)
         return serials
 
     async def write_crl(self) -> None:
@@ -581,7 +455,7 @@ class AuthzService:
         Raises:
             NotFoundError: no such active device, or the caller is not linked to it.
         """
-        device_id = self._device_id(device_id)
+        device_id = device_id_of(device_id)
         if not claims.has_role(self.admin_role):
             users = await self.store.users_of_device(device_id)
             if claims.subject not in users:
@@ -605,8 +479,8 @@ class AuthzService:
             InvalidInputError: the user or device id is invalid or reserved.
         """
         self.require_admin(claims)
-        user_sub = self.user_id(user_sub)
-        device_id = self._device_id(device_id)
+        user_sub = user_id_of(user_sub)
+        device_id = device_id_of(device_id)
         created = await self.store.link(user_sub, device_id, at_ms=self._clock_ms())
         await self.fleet.apply(scope_for_link(user_sub, device_id))
         self._log.info("link.created", user=user_sub, device_id=device_id, new=created)
@@ -622,11 +496,11 @@ class AuthzService:
             ChangePendingError: a broker still grants the access (retrying).
         """
         self.require_admin(claims)
-        user_sub = self.user_id(user_sub)
-        device_id = self._device_id(device_id)
+        user_sub = user_id_of(user_sub)
+        device_id = device_id_of(device_id)
         key = f"unlink:{user_sub}:{device_id}"
         if not await self.store.unlink(user_sub, device_id):
-            if self._repeat(key) is not None:
+            if self._pending.repeat(key) is not None:
                 return
             raise NotFoundError(
                 f"user {user_sub!r} is not linked to device {device_id!r}",
@@ -636,7 +510,7 @@ class AuthzService:
         scope = scope_for_link(user_sub, device_id)
         outcome = await self.fleet.apply(scope)
         self._log.info("link.removed", user=user_sub, device_id=device_id, behind=outcome.behind)
-        self._settle(key, scope, outcome)
+        self._pending.settle(key, scope, outcome)
 
     async def devices_of_user(self, claims: Claims, user_sub: str) -> list[str]:
         """A user's devices (admins: anyone's; users: their own)."""
@@ -652,7 +526,7 @@ class AuthzService:
             NotFoundError: no such device.
         """
         self.require_admin(claims)
-        device_id = self._device_id(device_id)
+        device_id = device_id_of(device_id)
         await self.store.require_device(device_id)
         return await self.store.users_of_device(device_id)
 
