@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from amora_authz import RateLimit, RateLimitSettings
+from amora_authz import ConfigError, RateLimit, RateLimitSettings, load_settings
 from amora_authz.testing import dev_settings, serve, session_body
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -192,3 +192,17 @@ async def test_user_ids_are_validated_like_device_ids(tmp_path: Path) -> None:
             for method in ("PUT", "DELETE"):
                 response = await svc.http.request(method, f"/v1/admin/users/{user}/devices/p1", headers=admin)
                 assert (response.status_code, response.json()["code"]) == (422, code), (method, user)
+
+
+def test_limits_and_the_ops_listener_are_configurable(tmp_path: Path) -> None:
+    config = tmp_path / "authz.toml"
+    config.write_text(
+        "[rate_limits]\nsessions_per_user = { rate_per_s = 0.5, burst = 3 }\n\n[dev_issuer]\nenabled = true\n"
+    )
+    settings = load_settings(config, environ={"AMORA_AUTHZ_OPS_LISTEN_PORT": "9090"})
+    assert settings.ops_listen_port == 9090
+    assert settings.rate_limits.sessions_per_user == RateLimit(rate_per_s=0.5, burst=3)
+    assert settings.rate_limits.admin_global == RateLimitSettings().admin_global
+    config.write_text("[rate_limits]\nsessions_global = { rate_per_s = 0, burst = 3 }\n")
+    with pytest.raises(ConfigError, match="rate_per_s > 0"):
+        load_settings(config, environ={})
