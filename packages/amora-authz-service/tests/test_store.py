@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
+import psycopg
 import pytest
 
 from amora_authz import Certificate, ConflictError, Device, NotFoundError, Session, Store, StoreError
@@ -162,10 +164,104 @@ async def test_concurrent_calls_do_not_join_another_task_s_transaction(store: St
     assert await store.users_of_device("p1") == ["bob"]
 
 
-async def test_postgres_reconnects_after_losing_its_connection(postgres_dsn: str) -> None:
+async def test_postgres_recovers_from_connections_the_server_closed(postgres_dsn: str) -> None:
     async with await open_any_store(postgres_dsn) as store:
         await store.migrate()
+        await store.add_device(device("p0"))  # the pool now holds a connection
+        # The server ends every other backend on this database (a restart, an idle timeout).
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
+            cur = await admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            assert row[0] >= 1
+        # The call that meets the dead connection fails, and says so; the pool is then
+        # discarded, so the next call works on a fresh connection.
         with pytest.raises(StoreError):
-            await store._fetch("SELECT pg_terminate_backend(pg_backend_pid())")
-        await store.add_device(device("p1"))  # a new connection
-        assert [d.device_id for d in await store.list_devices()] == ["p1"]
+            await store.add_device(device("p1"))
+        await store.add_device(device("p1"))
+        assert [d.device_id for d in await store.list_devices()] == ["p0", "p1"]
+
+
+async def test_calls_run_in_parallel_on_the_pool(store: Store) -> None:
+    # While one task holds a transaction open, another task's reads are answered (they
+    # used to queue behind the single connection).
+    await store.add_device(device("p1"))
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def long_transaction() -> None:
+        async with store.transaction():
+            await store.link("alice", "p1", at_ms=1)
+            entered.set()
+            await release.wait()
+
+    task = asyncio.create_task(long_transaction())
+    await entered.wait()
+    try:
+        assert (await asyncio.wait_for(store.get_device("p1"), timeout=10)) == device("p1")
+        assert await asyncio.wait_for(store.devices_of_user("alice"), timeout=10) == []  # not committed yet
+    finally:
+        release.set()
+        await task
+    assert await store.devices_of_user("alice") == ["p1"]
+
+
+LEGACY_SQL = """
+CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL);
+CREATE TABLE devices (device_id TEXT PRIMARY KEY, signing_key TEXT NOT NULL, encryption_key TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT);
+CREATE TABLE certificates (serial TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices (device_id),
+    issued_at_ms BIGINT NOT NULL, not_after_ms BIGINT NOT NULL, revoked_at_ms BIGINT);
+CREATE TABLE links (user_sub TEXT NOT NULL, device_id TEXT NOT NULL REFERENCES devices (device_id),
+    created_at_ms BIGINT NOT NULL, PRIMARY KEY (user_sub, device_id));
+CREATE INDEX links_by_device ON links (device_id);
+CREATE TABLE sessions (session_id TEXT PRIMARY KEY, user_sub TEXT NOT NULL, client_name TEXT,
+    signing_key TEXT NOT NULL, encryption_key TEXT NOT NULL, created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL);
+CREATE INDEX sessions_by_user ON sessions (user_sub);
+INSERT INTO schema_migrations (version, applied_at) VALUES (1, CURRENT_TIMESTAMP);
+INSERT INTO devices VALUES ('p1', 'AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=',
+    'AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=', 1000, NULL);
+INSERT INTO links VALUES ('alice', 'p1', 5)
+"""
+LEGACY_SCHEMA = [statement.strip() for statement in LEGACY_SQL.split(";")]
+"""What the earlier hand-written migration runner left behind (its version 1), with data."""
+
+
+async def _make_legacy_database(store_url: str) -> None:
+    if store_url.startswith("sqlite://"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn:
+            for statement in LEGACY_SCHEMA:
+                conn.execute(statement)
+        return
+    async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as conn:
+        for statement in LEGACY_SCHEMA:
+            await conn.execute(statement)
+
+
+async def test_a_database_of_the_earlier_runner_migrates_forward_with_its_data(store_url: str) -> None:
+    await _make_legacy_database(store_url)
+    async with await open_any_store(store_url) as store:
+        assert await store.schema_version() == 0  # not under Alembic yet
+        assert await store.migrate() == 1
+        assert await store.get_device("p1") == device("p1")
+        assert await store.devices_of_user("alice") == ["p1"]
+        await store.add_session(session("sess.new", "alice", expires=10_000))  # the schema works
+        assert await store.migrate() == 1  # and migrating again changes nothing
+
+
+async def test_an_unknown_legacy_version_is_refused_with_the_cause(store_url: str) -> None:
+    await _make_legacy_database(store_url)
+    statement = "INSERT INTO schema_migrations (version, applied_at) VALUES (7, CURRENT_TIMESTAMP)"
+    if store_url.startswith("sqlite://"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn:
+            conn.execute(statement)
+    else:
+        async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as conn:
+            await conn.execute(statement)
+    async with await open_any_store(store_url) as store:
+        with pytest.raises(StoreError, match="schema version 7"):
+            await store.migrate()

@@ -1,45 +1,59 @@
 """The service's source of truth: devices, certificates, user-device links and sessions.
 
-One interface (:class:`Store`) with two back ends that run the *same* SQL and the same
-migrations: SQLite (embedded default, via aiosqlite) and PostgreSQL (psycopg 3).
-Statements are written with ``?`` placeholders; the PostgreSQL back end rewrites them
-to ``%s``. Every write is a single statement in autocommit mode, and "insert unless
-present" uses ``ON CONFLICT DO NOTHING`` so both back ends report conflicts the same way
-(by the affected row count) without dialect-specific exception types.
+SQLAlchemy 2 (Core, asyncio) over a connection pool, on SQLite (embedded default, through
+aiosqlite) or PostgreSQL (psycopg 3), with the schema in `amora_authz._schema` and its
+migrations run by Alembic (`Store.migrate`). Every call runs in its own short transaction
+on a pooled connection, so requests no longer queue behind one connection; calls made
+inside `Store.transaction` by the same task share that transaction. "Insert unless
+present" uses ``ON CONFLICT DO NOTHING``, so both databases report a conflict the same way
+(by the affected row count). Database errors never leave this module: they become
+`StoreError`.
 """
 
 from __future__ import annotations
 
-import abc
-import asyncio
 import base64
 import contextlib
-import sqlite3
-from importlib import resources
+import contextvars
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import aiosqlite
 import msgspec
-import psycopg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
+from amora_authz._schema import certificates, devices, links, sessions
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable
     from types import TracebackType
 
 __all__ = [
     "Certificate",
     "Device",
     "Link",
-    "PostgresStore",
     "Session",
-    "SqliteStore",
     "Store",
     "open_store",
 ]
 
-Row = tuple[Any, ...]
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The first Alembic revision is the schema the earlier hand-written runner created as its
+# version 1 (table ``schema_migrations``); such databases are stamped there, then upgraded.
+_LEGACY_VERSIONS = {1: "0001"}
+# PostgreSQL: connections kept open, and how many more may be opened under load. The HTTP
+# server admits more requests than this; the rest wait for a connection (pool_timeout).
+_PG_POOL_SIZE = 10
+_PG_MAX_OVERFLOW = 10
+_POOL_TIMEOUT_S = 10.0
+_SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,116 +117,138 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def _device(row: Row) -> Device:
+def _device(row: sa.Row[Any]) -> Device:
     return Device(
-        device_id=row[0],
-        signing_key=_unb64(row[1]),
-        encryption_key=_unb64(row[2]),
-        created_at_ms=int(row[3]),
-        revoked_at_ms=None if row[4] is None else int(row[4]),
+        device_id=row.device_id,
+        signing_key=_unb64(row.signing_key),
+        encryption_key=_unb64(row.encryption_key),
+        created_at_ms=int(row.created_at_ms),
+        revoked_at_ms=None if row.revoked_at_ms is None else int(row.revoked_at_ms),
     )
 
 
-def _session(row: Row) -> Session:
+def _session(row: sa.Row[Any]) -> Session:
     return Session(
-        session_id=row[0],
-        user_sub=row[1],
-        client_name=row[2],
-        signing_key=_unb64(row[3]),
-        encryption_key=_unb64(row[4]),
-        created_at_ms=int(row[5]),
-        expires_at_ms=int(row[6]),
+        session_id=row.session_id,
+        user_sub=row.user_sub,
+        client_name=row.client_name,
+        signing_key=_unb64(row.signing_key),
+        encryption_key=_unb64(row.encryption_key),
+        created_at_ms=int(row.created_at_ms),
+        expires_at_ms=int(row.expires_at_ms),
     )
 
 
-_DEVICE_COLS = "device_id, signing_key, encryption_key, created_at_ms, revoked_at_ms"
-_SESSION_COLS = "session_id, user_sub, client_name, signing_key, encryption_key, created_at_ms, expires_at_ms"
+def _engine_url(url: str) -> str:
+    """Map the service's database URL to SQLAlchemy's (driver named explicitly).
+
+    Raises:
+        StoreError: the URL names no supported database.
+    """
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        return "sqlite+aiosqlite://" if path == ":memory:" else f"sqlite+aiosqlite:///{path}"
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    msg = f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite://PATH or postgresql://..."
+    raise StoreError(msg)
 
 
-def _migrations() -> list[tuple[int, list[str]]]:
-    """Return (version, statements) for every bundled migration, in order."""
-    found: list[tuple[int, list[str]]] = []
-    folder = resources.files("amora_authz") / "migrations"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        version = int(entry.name.split("_", 1)[0])
-        text = "\n".join(line for line in entry.read_text("utf-8").splitlines() if not line.startswith("--"))
-        statements = [s.strip() for s in text.split(";") if s.strip()]
-        found.append((version, statements))
-    return found
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """SQLite: foreign keys, WAL, a busy timeout, and transactions that begin when we say.
+
+    The sqlite3 module would otherwise open a transaction only before the first write and
+    never for reads, so a read-then-write block would not be atomic. SQLAlchemy's documented
+    recipe (its aiosqlite notes): turn the module's handling off and emit BEGIN ourselves.
+    Transactions (`Store.transaction`, migrations) take the write lock at once (BEGIN
+    IMMEDIATE) instead of failing to upgrade a read lock later; single statements run
+    without BEGIN (SQLite then commits each on its own), saving two round trips to
+    aiosqlite's thread.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: object) -> None:  # noqa: ANN401 - DBAPI connection
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("amora_transaction", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class Store(abc.ABC):
-    """Async access to the service's data; one implementation per database.
+_current: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar("amora_authz_store_tx", default=None)
+"""The connection of the transaction the current task is in (contextvars are per task)."""
 
-    Use as an async context manager (``async with open_store(url) as store``), then
+
+class Store:
+    """Async access to the service's data on SQLite or PostgreSQL.
+
+    Use as an async context manager (``async with await open_store(url) as store``), then
     call :meth:`migrate` once before anything else.
     """
 
-    def __init__(self) -> None:
-        """Set up the connection guard (subclasses open the connection)."""
-        # One connection serves one statement at a time: callers queue on the lock
-        # (bounded by the requests the HTTP server admits at once). The task inside a
-        # transaction owns the connection until it ends.
-        self._lock = asyncio.Lock()
-        self._owner: asyncio.Task[Any] | None = None
+    def __init__(self, engine: AsyncEngine) -> None:
+        """Wrap an engine (use :func:`open_store`)."""
+        self._engine = engine
+        # Two views of the same pool. Single statements commit on their own, with no
+        # BEGIN/COMMIT round trips (PostgreSQL: autocommit mode; SQLite: no BEGIN sent).
+        # Transactions: READ COMMITTED on PostgreSQL; on SQLite they take the write lock
+        # at once (see _configure_sqlite).
+        self._transactional = engine.execution_options(amora_transaction=True)
+        if engine.dialect.name != "sqlite":
+            self._transactional = self._transactional.execution_options(isolation_level="READ COMMITTED")
+        self._single = engine
+        self._insert: Callable[[sa.Table], Any] = (
+            sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        )
 
-    # -- back-end primitives -------------------------------------------------------
-
-    @abc.abstractmethod
-    async def _raw_execute(self, sql: str, params: Sequence[Any]) -> int:
-        """Run one statement on the connection; return the number of affected rows."""
-
-    @abc.abstractmethod
-    async def _raw_fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        """Run one query on the connection; return every row."""
-
-    async def _prepare(self) -> None:
-        """Hook run before each use of the connection (reconnect when lost)."""
-        return
-
-    @contextlib.asynccontextmanager
-    async def _serial(self) -> AsyncIterator[None]:
-        if self._owner is not None and self._owner is asyncio.current_task():
-            yield
-            return
-        async with self._lock:
-            await self._prepare()
-            yield
-
-    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self._serial():
-            return await self._raw_execute(sql, params)
-
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._serial():
-            return await self._raw_fetch(sql, params)
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """Run the block's statements in one transaction (rolled back if it raises).
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Create the engine for ``url`` and check that the database answers.
 
         Raises:
-            StoreError: the database failed.
+            StoreError: the URL is not supported, or the database cannot be reached.
         """
-        async with self._lock:
-            await self._prepare()
-            self._owner = asyncio.current_task()
-            try:
-                await self._raw_execute("BEGIN", ())
-                try:
-                    yield
-                except BaseException:
-                    await self._raw_execute("ROLLBACK", ())
-                    raise
-                await self._raw_execute("COMMIT", ())
-            finally:
-                self._owner = None
+        target = _engine_url(url)
+        # No rollback when a connection goes back to the pool: every transaction here is
+        # ended explicitly (`_connection`), and single statements run outside one, so the
+        # reset would only cost a round trip per call.
+        options: dict[str, Any] = {"pool_timeout": _POOL_TIMEOUT_S, "pool_reset_on_return": None}
+        if target.startswith("postgresql"):
+            # A connection the server closed fails the statement under way; SQLAlchemy then
+            # discards the pool's connections and the next call connects afresh. (pre_ping
+            # would hide that failure at the price of a round trip per call.) Connections
+            # are in autocommit mode; transactions switch theirs to READ COMMITTED.
+            options |= {
+                "pool_size": _PG_POOL_SIZE,
+                "max_overflow": _PG_MAX_OVERFLOW,
+                "isolation_level": "AUTOCOMMIT",
+            }
+        elif target == "sqlite+aiosqlite://":
+            options = {}  # one shared in-memory database: SQLAlchemy keeps a single connection
+        try:
+            engine = create_async_engine(target, **options)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StoreError(f"cannot use database URL: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        store = cls(engine)
+        try:
+            await store._scalar(sa.select(sa.literal(1)))
+        except StoreError:
+            await engine.dispose()
+            raise
+        return store
 
-    @abc.abstractmethod
     async def close(self) -> None:
-        """Close the connection."""
+        """Close every pooled connection."""
+        await self._engine.dispose()
 
     async def __aenter__(self) -> Self:
         """Return the open store."""
@@ -227,38 +263,96 @@ class Store(abc.ABC):
         """Close the store."""
         await self.close()
 
+    # -- running statements ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[AsyncConnection]:
+        """The current task's transaction, else a pooled connection (in a new transaction if asked)."""
+        current = _current.get()
+        if current is not None:
+            yield current
+            return
+        try:
+            if transaction:
+                async with self._transactional.connect() as conn, conn.begin():
+                    yield conn
+            else:
+                async with self._single.connect() as conn:
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"database unreachable: {exc}") from exc
+
+    async def _execute(self, statement: sa.Executable) -> int:
+        """Run a write; return how many rows it returned (give it ``RETURNING`` to count them).
+
+        Counting returned rows rather than ``rowcount`` keeps the answer the same on every
+        driver (psycopg's async cursor reports -1 here).
+        """
+        async with self._connection() as conn:
+            try:
+                result = await conn.execute(statement)
+                return len(result.all()) if result.returns_rows else 0
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    async def _rows(self, statement: sa.Executable) -> list[sa.Row[Any]]:
+        async with self._connection() as conn:
+            try:
+                return list((await conn.execute(statement)).all())
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    async def _scalar(self, statement: sa.Executable) -> Any:  # noqa: ANN401 - a column's value
+        rows = await self._rows(statement)
+        return rows[0][0] if rows else None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Run the block's store calls in one transaction (rolled back if it raises).
+
+        Calls made by other tasks meanwhile run on other connections, outside it.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if _current.get() is not None:
+            yield  # already inside one: join it
+            return
+        async with self._connection(transaction=True) as conn:
+            token = _current.set(conn)
+            try:
+                yield
+            finally:
+                _current.reset(token)
+
     # -- schema --------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply every migration not applied yet.
+        """Bring the schema to the newest revision (Alembic), adopting a legacy database.
+
+        A database made by the earlier migration runner (table ``schema_migrations``) is
+        stamped at the matching revision first, so nothing is created twice.
 
         Returns:
             The schema version after migrating.
+
+        Raises:
+            StoreError: a migration failed, or the legacy version is unknown.
         """
-        await self._execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        done = {int(r[0]) for r in await self._fetch("SELECT version FROM schema_migrations")}
-        current = max(done, default=0)
-        for version, statements in _migrations():
-            if version not in done:
-                try:
-                    async with self.transaction():
-                        for statement in statements:
-                            await self._execute(statement)
-                        await self._execute(
-                            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, CURRENT_TIMESTAMP)",
-                            (version,),
-                        )
-                except StoreError as exc:
-                    raise StoreError(f"migration {version} failed: {exc.message}") from exc
-                current = max(current, version)
-        return current
+        try:
+            async with self._transactional.connect() as conn, conn.begin():
+                await conn.run_sync(_upgrade)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"migration failed: {exc}") from exc
+        return await self.schema_version()
 
     async def schema_version(self) -> int:
-        """Return the highest applied migration (0 when none)."""
-        rows = await self._fetch("SELECT MAX(version) FROM schema_migrations")
-        return int(rows[0][0] or 0) if rows else 0
+        """Return the applied schema revision as a number (0 when none)."""
+        async with self._connection() as conn:
+            revision = await conn.run_sync(_current_revision)
+        return int(revision) if revision else 0
 
     # -- devices -------------------------------------------------------------------
 
@@ -268,26 +362,24 @@ class Store(abc.ABC):
         Raises:
             ConflictError: a device with this id exists (active or revoked).
         """
-        count = await self._execute(
-            f"INSERT INTO devices ({_DEVICE_COLS}) VALUES (?, ?, ?, ?, ?) "  # noqa: S608 - fixed columns
-            "ON CONFLICT (device_id) DO NOTHING",
-            (
-                device.device_id,
-                _b64(device.signing_key),
-                _b64(device.encryption_key),
-                device.created_at_ms,
-                device.revoked_at_ms,
-            ),
+        statement = (
+            self._insert(devices)
+            .values(
+                device_id=device.device_id,
+                signing_key=_b64(device.signing_key),
+                encryption_key=_b64(device.encryption_key),
+                created_at_ms=device.created_at_ms,
+                revoked_at_ms=device.revoked_at_ms,
+            )
+            .on_conflict_do_nothing(index_elements=["device_id"])
+            .returning(devices.c.device_id)
         )
-        if count == 0:
+        if await self._execute(statement) == 0:
             raise ConflictError(f"device {device.device_id!r} is already registered", code="device_exists")
 
     async def get_device(self, device_id: str) -> Device | None:
         """Return the device, or ``None`` when it was never registered."""
-        rows = await self._fetch(
-            f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?",  # noqa: S608 - fixed columns
-            (device_id,),
-        )
+        rows = await self._rows(sa.select(devices).where(devices.c.device_id == device_id))
         return _device(rows[0]) if rows else None
 
     async def require_device(self, device_id: str) -> Device:
@@ -303,11 +395,10 @@ class Store(abc.ABC):
 
     async def list_devices(self, *, include_revoked: bool = False) -> list[Device]:
         """Return every device (active ones only unless ``include_revoked``)."""
-        where = "" if include_revoked else " WHERE revoked_at_ms IS NULL"
-        rows = await self._fetch(
-            f"SELECT {_DEVICE_COLS} FROM devices{where} ORDER BY device_id"  # noqa: S608 - fixed
-        )
-        return [_device(r) for r in rows]
+        statement = sa.select(devices).order_by(devices.c.device_id)
+        if not include_revoked:
+            statement = statement.where(devices.c.revoked_at_ms.is_(None))
+        return [_device(r) for r in await self._rows(statement)]
 
     async def revoke_device(self, device_id: str, *, at_ms: int) -> list[int]:
         """Mark the device and all its certificates revoked; drop its links.
@@ -320,47 +411,48 @@ class Store(abc.ABC):
             ConflictError: it was already revoked.
         """
         async with self.transaction():
-            return await self._revoke_device(device_id, at_ms=at_ms)
-
-    async def _revoke_device(self, device_id: str, *, at_ms: int) -> list[int]:
-        device = await self.require_device(device_id)
-        if device.revoked:
-            raise ConflictError(f"device {device_id!r} is already revoked", code="device_revoked")
-        rows = await self._fetch(
-            "SELECT serial FROM certificates WHERE device_id = ? AND revoked_at_ms IS NULL",
-            (device_id,),
-        )
-        await self._execute(
-            "UPDATE certificates SET revoked_at_ms = ? WHERE device_id = ? AND revoked_at_ms IS NULL",
-            (at_ms, device_id),
-        )
-        await self._execute("DELETE FROM links WHERE device_id = ?", (device_id,))
-        await self._execute("UPDATE devices SET revoked_at_ms = ? WHERE device_id = ?", (at_ms, device_id))
-        return [int(r[0]) for r in rows]
+            # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other
+            # writers): two revocations of one device cannot both pass the check.
+            rows = await self._rows(sa.select(devices).where(devices.c.device_id == device_id).with_for_update())
+            if not rows:
+                raise NotFoundError(f"device {device_id!r} is not registered", kind="device", key=device_id)
+            if _device(rows[0]).revoked:
+                raise ConflictError(f"device {device_id!r} is already revoked", code="device_revoked")
+            live = sa.and_(certificates.c.device_id == device_id, certificates.c.revoked_at_ms.is_(None))
+            serials = [int(r.serial) for r in await self._rows(sa.select(certificates.c.serial).where(live))]
+            await self._execute(sa.update(certificates).where(live).values(revoked_at_ms=at_ms))
+            await self._execute(sa.delete(links).where(links.c.device_id == device_id))
+            await self._execute(sa.update(devices).where(devices.c.device_id == device_id).values(revoked_at_ms=at_ms))
+        return serials
 
     # -- certificates --------------------------------------------------------------
 
     async def add_certificate(self, cert: Certificate) -> None:
         """Record a certificate issued to a device."""
         await self._execute(
-            "INSERT INTO certificates (serial, device_id, issued_at_ms, not_after_ms, "
-            "revoked_at_ms) VALUES (?, ?, ?, ?, ?)",
-            (str(cert.serial), cert.device_id, cert.issued_at_ms, cert.not_after_ms, None),
+            sa.insert(certificates).values(
+                serial=str(cert.serial),
+                device_id=cert.device_id,
+                issued_at_ms=cert.issued_at_ms,
+                not_after_ms=cert.not_after_ms,
+                revoked_at_ms=None,
+            )
         )
 
     async def revoked_certificates(self) -> list[Certificate]:
         """Return every revoked certificate (what the CRL must list)."""
-        rows = await self._fetch(
-            "SELECT serial, device_id, issued_at_ms, not_after_ms, revoked_at_ms "
-            "FROM certificates WHERE revoked_at_ms IS NOT NULL ORDER BY issued_at_ms"
+        rows = await self._rows(
+            sa.select(certificates)
+            .where(certificates.c.revoked_at_ms.is_not(None))
+            .order_by(certificates.c.issued_at_ms)
         )
         return [
             Certificate(
-                serial=int(r[0]),
-                device_id=r[1],
-                issued_at_ms=int(r[2]),
-                not_after_ms=int(r[3]),
-                revoked_at_ms=int(r[4]),
+                serial=int(r.serial),
+                device_id=r.device_id,
+                issued_at_ms=int(r.issued_at_ms),
+                not_after_ms=int(r.not_after_ms),
+                revoked_at_ms=int(r.revoked_at_ms),
             )
             for r in rows
         ]
@@ -380,12 +472,13 @@ class Store(abc.ABC):
         device = await self.require_device(device_id)
         if device.revoked:
             raise ConflictError(f"device {device_id!r} is revoked", code="device_revoked")
-        count = await self._execute(
-            "INSERT INTO links (user_sub, device_id, created_at_ms) VALUES (?, ?, ?) "
-            "ON CONFLICT (user_sub, device_id) DO NOTHING",
-            (user_sub, device_id, at_ms),
+        statement = (
+            self._insert(links)
+            .values(user_sub=user_sub, device_id=device_id, created_at_ms=at_ms)
+            .on_conflict_do_nothing(index_elements=["user_sub", "device_id"])
+            .returning(links.c.device_id)
         )
-        return count > 0
+        return await self._execute(statement) > 0
 
     async def unlink(self, user_sub: str, device_id: str) -> bool:
         """Remove a user's right to a device.
@@ -393,23 +486,27 @@ class Store(abc.ABC):
         Returns:
             ``True`` when a link was removed, ``False`` when there was none.
         """
-        count = await self._execute("DELETE FROM links WHERE user_sub = ? AND device_id = ?", (user_sub, device_id))
-        return count > 0
+        statement = (
+            sa.delete(links)
+            .where(links.c.user_sub == user_sub, links.c.device_id == device_id)
+            .returning(links.c.device_id)
+        )
+        return await self._execute(statement) > 0
 
     async def devices_of_user(self, user_sub: str) -> list[str]:
         """Return the ids of the devices a user may use, sorted."""
-        rows = await self._fetch("SELECT device_id FROM links WHERE user_sub = ? ORDER BY device_id", (user_sub,))
-        return [r[0] for r in rows]
+        statement = sa.select(links.c.device_id).where(links.c.user_sub == user_sub).order_by(links.c.device_id)
+        return [r.device_id for r in await self._rows(statement)]
 
     async def users_of_device(self, device_id: str) -> list[str]:
         """Return the users linked to a device, sorted."""
-        rows = await self._fetch("SELECT user_sub FROM links WHERE device_id = ? ORDER BY user_sub", (device_id,))
-        return [r[0] for r in rows]
+        statement = sa.select(links.c.user_sub).where(links.c.device_id == device_id).order_by(links.c.user_sub)
+        return [r.user_sub for r in await self._rows(statement)]
 
     async def list_links(self) -> list[Link]:
         """Return every link."""
-        rows = await self._fetch("SELECT user_sub, device_id, created_at_ms FROM links ORDER BY user_sub, device_id")
-        return [Link(user_sub=r[0], device_id=r[1], created_at_ms=int(r[2])) for r in rows]
+        rows = await self._rows(sa.select(links).order_by(links.c.user_sub, links.c.device_id))
+        return [Link(user_sub=r.user_sub, device_id=r.device_id, created_at_ms=int(r.created_at_ms)) for r in rows]
 
     # -- sessions ------------------------------------------------------------------
 
@@ -419,28 +516,26 @@ class Store(abc.ABC):
         Raises:
             ConflictError: the session id is taken (never in practice: ids are random).
         """
-        count = await self._execute(
-            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
-            "ON CONFLICT (session_id) DO NOTHING",
-            (
-                session.session_id,
-                session.user_sub,
-                session.client_name,
-                _b64(session.signing_key),
-                _b64(session.encryption_key),
-                session.created_at_ms,
-                session.expires_at_ms,
-            ),
+        statement = (
+            self._insert(sessions)
+            .values(
+                session_id=session.session_id,
+                user_sub=session.user_sub,
+                client_name=session.client_name,
+                signing_key=_b64(session.signing_key),
+                encryption_key=_b64(session.encryption_key),
+                created_at_ms=session.created_at_ms,
+                expires_at_ms=session.expires_at_ms,
+            )
+            .on_conflict_do_nothing(index_elements=["session_id"])
+            .returning(sessions.c.session_id)
         )
-        if count == 0:
+        if await self._execute(statement) == 0:
             raise ConflictError(f"session {session.session_id!r} exists", code="session_exists")
 
     async def get_session(self, session_id: str) -> Session | None:
         """Return the session, or ``None``."""
-        rows = await self._fetch(
-            f"SELECT {_SESSION_COLS} FROM sessions WHERE session_id = ?",  # noqa: S608
-            (session_id,),
-        )
+        rows = await self._rows(sa.select(sessions).where(sessions.c.session_id == session_id))
         return _session(rows[0]) if rows else None
 
     async def extend_session(self, session_id: str, *, expires_at_ms: int) -> None:
@@ -449,148 +544,77 @@ class Store(abc.ABC):
         Raises:
             NotFoundError: there is no such session.
         """
-        count = await self._execute(
-            "UPDATE sessions SET expires_at_ms = ? WHERE session_id = ?",
-            (expires_at_ms, session_id),
+        statement = (
+            sa.update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(expires_at_ms=expires_at_ms)
+            .returning(sessions.c.session_id)
         )
-        if count == 0:
+        if await self._execute(statement) == 0:
             raise NotFoundError(f"session {session_id!r} does not exist", kind="session", key=session_id)
 
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session; return whether it existed."""
-        count = await self._execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
-        return count > 0
+        statement = sa.delete(sessions).where(sessions.c.session_id == session_id).returning(sessions.c.session_id)
+        return await self._execute(statement) > 0
 
     async def active_sessions(self, *, now_ms: int) -> list[Session]:
         """Return the sessions that have not expired at ``now_ms``."""
-        rows = await self._fetch(
-            f"SELECT {_SESSION_COLS} FROM sessions WHERE expires_at_ms > ? "  # noqa: S608
-            "ORDER BY session_id",
-            (now_ms,),
-        )
-        return [_session(r) for r in rows]
+        statement = sa.select(sessions).where(sessions.c.expires_at_ms > now_ms).order_by(sessions.c.session_id)
+        return [_session(r) for r in await self._rows(statement)]
 
     async def active_sessions_of_user(self, user_sub: str, *, now_ms: int) -> list[Session]:
         """Return a user's sessions that have not expired at ``now_ms``."""
-        rows = await self._fetch(
-            f"SELECT {_SESSION_COLS} FROM sessions WHERE user_sub = ? AND expires_at_ms > ? "  # noqa: S608
-            "ORDER BY session_id",
-            (user_sub, now_ms),
+        statement = (
+            sa.select(sessions)
+            .where(sessions.c.user_sub == user_sub, sessions.c.expires_at_ms > now_ms)
+            .order_by(sessions.c.session_id)
         )
-        return [_session(r) for r in rows]
+        return [_session(r) for r in await self._rows(statement)]
 
     async def count_active_sessions_of_user(self, user_sub: str, *, now_ms: int) -> int:
         """Return how many of a user's sessions have not expired at ``now_ms``."""
-        rows = await self._fetch(
-            "SELECT COUNT(*) FROM sessions WHERE user_sub = ? AND expires_at_ms > ?", (user_sub, now_ms)
+        statement = (
+            sa.select(sa.func.count())
+            .select_from(sessions)
+            .where(sessions.c.user_sub == user_sub, sessions.c.expires_at_ms > now_ms)
         )
-        return int(rows[0][0]) if rows else 0
+        return int(await self._scalar(statement) or 0)
 
     async def delete_expired_sessions(self, *, now_ms: int) -> list[str]:
         """Delete the sessions expired at ``now_ms``; return their ids."""
-        async with self.transaction():
-            rows = await self._fetch("SELECT session_id FROM sessions WHERE expires_at_ms <= ?", (now_ms,))
-            await self._execute("DELETE FROM sessions WHERE expires_at_ms <= ?", (now_ms,))
-        return [r[0] for r in rows]
+        expired = sessions.c.expires_at_ms <= now_ms
+        async with self._connection() as conn:
+            try:
+                result = await conn.execute(sa.delete(sessions).where(expired).returning(sessions.c.session_id))
+                return [r.session_id for r in result.all()]
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error: {exc}") from exc
 
 
-class SqliteStore(Store):
-    """SQLite back end (aiosqlite: one connection on its own thread)."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        """Wrap an open connection (use :meth:`open`)."""
-        super().__init__()
-        self._conn = conn
-
-    @classmethod
-    async def open(cls, path: str) -> SqliteStore:
-        """Open (creating if needed) the database at ``path`` (``:memory:`` allowed).
-
-        Raises:
-            StoreError: the file cannot be opened.
-        """
-        try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
-            await conn.execute("PRAGMA foreign_keys = ON")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA busy_timeout = 5000")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
-        return cls(conn)
-
-    async def _raw_execute(self, sql: str, params: Sequence[Any]) -> int:
-        try:
-            async with self._conn.execute(sql, tuple(params)) as cur:
-                return cur.rowcount
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error: {exc}") from exc
-
-    async def _raw_fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        try:
-            async with self._conn.execute(sql, tuple(params)) as cur:
-                return [tuple(r) for r in await cur.fetchall()]
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error: {exc}") from exc
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._conn.close()
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
 
 
-class PostgresStore(Store):
-    """PostgreSQL back end (psycopg 3, one autocommit connection, calls serialised).
+def _current_revision(connection: sa.Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
 
-    A lost connection fails the statement under way (``StoreError``); the next call
-    connects again.
-    """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], dsn: str) -> None:
-        """Wrap an open connection (use :meth:`open`)."""
-        super().__init__()
-        self._conn = conn
-        self._dsn = dsn
-
-    @staticmethod
-    async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
-        try:
-            return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
-
-    @classmethod
-    async def open(cls, dsn: str) -> PostgresStore:
-        """Connect to ``dsn``.
-
-        Raises:
-            StoreError: the server cannot be reached or refuses the login.
-        """
-        return cls(await cls._connect(dsn), dsn)
-
-    async def _prepare(self) -> None:
-        if self._conn.closed:
-            self._conn = await self._connect(self._dsn)
-
-    @staticmethod
-    def _sql(sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    async def _raw_execute(self, sql: str, params: Sequence[Any]) -> int:
-        try:
-            cur = await self._conn.execute(self._sql(sql), tuple(params))
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL error: {exc}") from exc
-        return cur.rowcount
-
-    async def _raw_fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        try:
-            cur = await self._conn.execute(self._sql(sql), tuple(params))
-            return [tuple(r) for r in await cur.fetchall()]
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL error: {exc}") from exc
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._conn.close()
+def _upgrade(connection: sa.Connection) -> None:
+    """Adopt a legacy database if needed, then upgrade to head (runs inside ``run_sync``)."""
+    config = _alembic_config(connection)
+    tables = set(sa.inspect(connection).get_table_names())
+    if "schema_migrations" in tables and _current_revision(connection) is None:
+        legacy = connection.execute(sa.text("SELECT MAX(version) FROM schema_migrations")).scalar()
+        revision = _LEGACY_VERSIONS.get(int(legacy or 0))
+        if revision is None:
+            msg = f"the database has schema version {legacy} of an unknown migration runner; migrate it by hand"
+            raise StoreError(msg)
+        command.stamp(config, revision)
+    command.upgrade(config, "head")
 
 
 async def open_store(url: str) -> Store:
@@ -607,8 +631,4 @@ async def open_store(url: str) -> Store:
     Raises:
         StoreError: the URL names no supported database, or it cannot be opened.
     """
-    if url.startswith("sqlite://"):
-        return await SqliteStore.open(url.removeprefix("sqlite://"))
-    if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresStore.open(url)
-    raise StoreError(f"unsupported database URL {url.split(':', 1)[0]!r}")
+    return await Store.open(url)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the authz database (run by `Store.migrate`, i.e. `amora-authz migrate`)."""
