@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gmqtt
 import httpx
+import msgspec
 import pytest
 
 from amora_devtools import DynsecError
@@ -35,6 +36,7 @@ from amora_devtools.broker import (
 )
 from amora_devtools.pki import DevPKI
 from amora_protocol import (
+    ClockSkew,
     Codec,
     CommandGuard,
     CommandResponse,
@@ -106,6 +108,9 @@ class StandInAuthz:
     sessions: dict[str, _SessionRecord] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     refreshed: threading.Event = field(default_factory=threading.Event)
+    rate_limited: int = 0  # answer this many more session requests 429 + Retry-After
+    retry_after: str = "1"
+    clock_offset_s: float = 0.0  # this service's clock (its HTTP Date) minus the real one
     exchanged: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -178,13 +183,16 @@ class StandInAuthz:
             body["authz_keys"] = [{"kid": self.issuer.kid, "public_key": b64(self.issuer.public_key.raw)}]
         return body
 
-    def handle(self, method: str, path: str, token: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(self, method: str, path: str, token: str | None, body: bytes) -> tuple[int, dict[str, Any]]:  # noqa: PLR0911 - one answer per route
         self.calls.append(f"{method} {path}")
         user = self.users.get(token or "")
         if user is None:
             return 401, {"code": "invalid_token", "message": "bad token"}
         sub, devices = user
         parts = path.strip("/").split("/")
+        if method == "POST" and self.rate_limited > 0:
+            self.rate_limited -= 1
+            return 429, {"code": "rate_limited", "message": "too many session requests"}
         if method == "POST" and parts == ["v1", "sessions"]:
             request = json.loads(body or b"{}")
             record = _SessionRecord(
@@ -239,10 +247,17 @@ class StandInAuthz:
                 status, answer = authz.handle(self.command, self.path, token, body)
                 data = json.dumps(answer).encode() if status != 204 else b""
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", authz.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                # The Date header, from this service's (possibly skewed) clock.
+                now = time.time() if timestamp is None else timestamp
+                return super().date_time_string(now + authz.clock_offset_s)
 
             do_POST = _serve  # noqa: N815 - http.server's naming
             do_DELETE = _serve  # noqa: N815
@@ -291,6 +306,10 @@ class Device:
         self.command_event = asyncio.Event()
         self.answer: CommandStatus | None = CommandStatus.SUCCEEDED
         self.reject_reason: RejectReason | None = None
+        self.retry_after_ms: int | None = None
+        self.answers_to_lose = 0  # run the next commands but lose their answers
+        self.outcomes: dict[str, CommandResponse] = {}  # command id -> original answer
+        self.clock_offset_ms = 0  # this device's clock minus the real one
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.pki.client_context(self.cert)
@@ -379,22 +398,52 @@ class Device:
         command = verified.command
         self.seen_ids.append(command.id)
         self.delivery[command.id] = (qos, verified.header.sealed_to)
+        now = now_ms() + self.clock_offset_ms
         try:
-            self.guard.check(verified.header, command, now_ms=now_ms())
+            self.guard.check(verified.header, command, now_ms=now)
+        except ClockSkew as exc:
+            self._respond(
+                CommandResponse(
+                    command_id=command.id,
+                    device_id=self.device_id,
+                    status=CommandStatus.REJECTED,
+                    at_ms=now,
+                    reason=RejectReason.CLOCK_SKEW,
+                    clock_offset_ms=exc.offset_ms,
+                ),
+                correlation,
+            )
+            return 0
         except ProtocolError:
-            self._respond(command.id, CommandStatus.DUPLICATE, None, correlation)
+            # A repeat: the original outcome again, as the agent does; a bare
+            # `duplicate` only when the outcome is unknown.
+            original = self.outcomes.get(command.id)
+            if original is None:
+                original = CommandResponse(
+                    command_id=command.id, device_id=self.device_id, status=CommandStatus.DUPLICATE, at_ms=now
+                )
+            self._respond(msgspec.structs.replace(original, duplicate=True), correlation)
             return 0
         self.commands.append(command)
         self.command_event.set()
         if self.answer is not None:
-            self._respond(command.id, self.answer, self.reject_reason, correlation)
+            outcome = CommandResponse(
+                command_id=command.id,
+                device_id=self.device_id,
+                status=self.answer,
+                at_ms=now,
+                reason=self.reject_reason,
+                retry_after_ms=self.retry_after_ms,
+            )
+            self.outcomes[command.id] = outcome
+            if self.answers_to_lose > 0:
+                self.answers_to_lose -= 1  # ran, but the answer is lost on the way
+            else:
+                self._respond(outcome, correlation)
         return 0
 
-    def _respond(self, command_id: str, status: CommandStatus, reason: RejectReason | None, correlation: bytes) -> None:
+    def _respond(self, response: CommandResponse, correlation: bytes) -> None:
         topic = responses_topic(self.device_id)
-        response = CommandResponse(
-            command_id=command_id, device_id=self.device_id, status=status, at_ms=now_ms(), reason=reason
-        )
         assert self.client is not None
         self.client.publish(
             topic,

@@ -70,6 +70,7 @@ class AmoraClient:
         refresh_margin: float = 0.2,
         max_pending_commands: int = 256,
         max_watched_devices: int = 10_000,
+        rate_limit_wait: float = 30.0,
         codec: Codec = Codec.MSGPACK,
         http_client: httpx.AsyncClient | None = None,
         logger: logging.Logger | None = None,
@@ -91,6 +92,9 @@ class AmoraClient:
             max_pending_commands: Bound of the outbox (pending commands); more raise
                 `OutboxFullError`.
             max_watched_devices: Bound on the devices one watch queues for.
+            rate_limit_wait: How long one session request (create or refresh) waits in all
+                when the authz service answers 429 with ``Retry-After``, before
+                `RateLimitedError`.
             codec: Encoding of outgoing commands.
             http_client: An httpx client to use for the authz service (not closed by us).
             logger: Where to log (default ``logging.getLogger("amora_sync")``).
@@ -101,6 +105,7 @@ class AmoraClient:
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._max_watched = max_watched_devices
+        self._rate_limit_wait = rate_limit_wait
         self._own_http = http_client is None
         self._http = http_client
         self._log = logger or logging.getLogger("amora_sync")
@@ -117,6 +122,7 @@ class AmoraClient:
             codec=codec,
             session=self._keeper.require,
             sender=self._keeper.sender,
+            app_clock_offset=self._keeper.authz_clock_offset,
             stats=self.stats,
             logger=self._log,
         )
@@ -141,7 +147,7 @@ class AmoraClient:
             logger=self._log,
         )
         self._conn.prepare = self._prepare_link
-        self._conn.ready = lambda link, present: self._outbox.attach(link, session_present=present)
+        self._conn.ready = lambda link, _present: self._outbox.attach(link)
         self._conn.lost = self._outbox.detach
         self._conn.credential_refused = self._reexchange
         self._tasks: asyncio.TaskGroup | None = None
@@ -156,6 +162,7 @@ class AmoraClient:
 
         Raises:
             AuthenticationError: The token was refused.
+            RateLimitedError: The authz service's rate limit lasted longer than `rate_limit_wait`.
             SessionError: The authz service failed.
             ConnectError: No endpoint accepted a connection within `connect_timeout`.
         """
@@ -164,7 +171,9 @@ class AmoraClient:
             if self._ca_file is not None:
                 verify = ssl.create_default_context(cafile=self._ca_file)
             self._http = httpx.AsyncClient(timeout=10.0, verify=verify)
-        self._keeper.bind(SessionApi(self._http, self._authz_url, self._token_provider))
+        self._keeper.bind(
+            SessionApi(self._http, self._authz_url, self._token_provider, rate_limit_wait=self._rate_limit_wait)
+        )
         try:
             await self._keeper.exchange()
         except BaseException:
@@ -380,7 +389,14 @@ class AmoraClient:
         Returns:
             The device's verified response (status ``succeeded`` or ``duplicate``).
 
+        A command still waiting for its answer when the link changes (reconnect, failover,
+        failback) is sent again with the same id; the device runs it at most once and
+        answers a repeat with the original outcome, which is what this returns or raises.
+
         Raises:
+            DeviceBusyError: The device could not take it now (``busy``; `retry_after` says when).
+            ClockSkewError: The device's clock and this app's differ beyond the allowance
+                (the error says whose clock is off).
             CommandRejectedError: The device answered ``rejected`` or ``failed``.
             CommandExpiredError: The deadline passed before the command could be sent.
             CommandTimeoutError: It was sent but no final response came in time.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -108,6 +109,7 @@ class ConnectionLoop:
         self.attempts = 0
         self.last_error: str | None = None
         self._new_credentials = asyncio.Event()
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
         self._closing = False
         self._watchers: set[LatestPerKeyQueue[int, ConnectionInfo]] = set()
 
@@ -164,9 +166,11 @@ class ConnectionLoop:
                 index = (start + offset) % len(endpoints)
                 endpoint = endpoints[index]
                 if await self._attempt(link, endpoint):
-                    start = index  # come back here first next time
                     backoff.reset()
-                    await self._serve(link, endpoint)
+                    # Come back here first next time, unless the broker hung (try the
+                    # next one first: a hung broker eats a whole connect timeout) or a
+                    # more preferred one is healthy again (fail back to it).
+                    start = await self._serve(link, endpoints, index)
                     break
                 if self._new_credentials.is_set():
                     break
@@ -222,13 +226,88 @@ class ConnectionLoop:
         self.ready(link, present)
         return True
 
-    async def _serve(self, link: MqttLink, endpoint: Endpoint) -> None:
+    async def _serve(self, link: MqttLink, endpoints: tuple[Endpoint, ...], index: int) -> int:
+        """Hold the link until it is lost; return the index of the endpoint to try first next."""
+        endpoint = endpoints[index]
         self._log.info("amora-sync: connected to %s", endpoint)
-        await link.lost.wait()
+        why = _WhyLeft()
+        async with asyncio.TaskGroup() as tg:
+            liveness = tg.create_task(self._watch_liveness(link, why), name="amora-sync.liveness")
+            failback = None
+            if index > 0 and self._policy.failback_interval > 0:
+                failback = tg.create_task(self._fail_back(link, endpoints[:index], why), name="amora-sync.failback")
+            await link.lost.wait()
+            liveness.cancel()
+            if failback is not None and why.move_to is None:
+                failback.cancel()  # else let it finish closing the link cleanly
+        after = index
+        if why.hung:
+            after = (index + 1) % len(endpoints)  # a hung broker eats a connect timeout: next first
+        elif why.move_to is not None:
+            after = why.move_to
         self.connected.clear()
         self.lost()
         if not self._closing:
-            self.set_state(ConnectionInfo(state=ConnectionState.RECONNECTING, endpoint=endpoint))
+            self.set_state(ConnectionInfo(state=ConnectionState.RECONNECTING, endpoint=endpoint, error=self.last_error))
+        return after
+
+    async def _watch_liveness(self, link: MqttLink, why: _WhyLeft) -> None:
+        """Probe the broker whenever it has been silent; drop the link if it stops answering."""
+        interval, limit = self._policy.liveness_interval, self._policy.liveness_timeout
+        loop = asyncio.get_running_loop()
+        while link.connected:
+            silent = loop.time() - link.last_inbound
+            if silent < interval:
+                # Strategy: sleep until the silence would reach the interval (a timer, not
+                # a poll): traffic in between proves the broker alive and resets it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval - silent):
+                        await link.lost.wait()
+                continue
+            if await link.probe(limit=limit) or not link.connected:
+                continue
+            self.last_error = f"broker {link.endpoint} did not answer within {limit} s (hung)"
+            self._log.warning("amora-sync: %s; leaving it", self.last_error)
+            why.hung = True
+            link.abort()
+            return
+
+    async def _fail_back(self, link: MqttLink, preferred: tuple[Endpoint, ...], why: _WhyLeft) -> None:
+        """While on a less preferred endpoint, move back once a preferred one is healthy."""
+        while link.connected:
+            # Jitter: clients that failed over together do not all come back at once.
+            wait = self._policy.failback_interval * (0.5 + self._rng.random())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await link.lost.wait()
+            if link.lost.is_set():
+                return
+            for index, endpoint in enumerate(preferred):
+                if await self._accepts_tls(endpoint) and not link.lost.is_set():
+                    self._log.info("amora-sync: %s is healthy again; moving back to it", endpoint)
+                    why.move_to = index
+                    await link.close()
+                    return
+
+    async def _accepts_tls(self, endpoint: Endpoint) -> bool:
+        """Whether `endpoint` completes a TLS handshake in time (a hung broker does not)."""
+        try:
+            async with asyncio.timeout(self._policy.liveness_timeout):
+                _reader, writer = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, ssl=self._tls(), server_hostname=endpoint.host
+                )
+        except (OSError, TimeoutError):
+            return False
+        writer.transport.abort()  # no MQTT on it: a CONNECT with our id would take our session
+        return True
+
+
+@dataclass(kw_only=True)
+class _WhyLeft:
+    """Why a link was left, when the loop left it on purpose."""
+
+    hung: bool = False  # the broker stopped answering
+    move_to: int | None = None  # a more preferred endpoint is healthy again
 
 
 async def _nothing_to_prepare(_link: MqttLink, _present: bool) -> None:  # noqa: FBT001

@@ -25,12 +25,23 @@ class ReconnectPolicy:
         max_delay: Cap on the upper bound, in seconds.
         multiplier: Growth factor of the upper bound per failed attempt.
         connect_timeout: Bound on one attempt (TCP + TLS + CONNACK), in seconds.
+        liveness_interval: After this many seconds without anything from the broker, ask it
+            for an answer (an UNSUBSCRIBE round trip through the broker's own loop).
+        liveness_timeout: A broker that has not answered within this many seconds is hung
+            (stopped, overloaded, cut off): the link is dropped and the next endpoint tried.
+            A hung broker is left within ``liveness_interval + liveness_timeout``.
+        failback_interval: While on a less preferred endpoint, check a more preferred one
+            this often (each wait drawn from 0.5x to 1.5x, so that clients do not move back
+            in step) and move back once it accepts a TLS handshake. 0 disables failback.
     """
 
     initial_delay: float = 0.1
     max_delay: float = 30.0
     multiplier: float = 2.0
     connect_timeout: float = 10.0
+    liveness_interval: float = 1.5
+    liveness_timeout: float = 3.0
+    failback_interval: float = 30.0
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -40,6 +51,10 @@ class ReconnectPolicy:
             raise ValueError("multiplier must be >= 1")
         if self.connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
+        if self.liveness_interval <= 0 or self.liveness_timeout <= 0:
+            raise ValueError("liveness_interval and liveness_timeout must be positive")
+        if self.failback_interval < 0:
+            raise ValueError("failback_interval must be >= 0 (0: never fail back)")
 
 
 @dataclass(kw_only=True)

@@ -58,6 +58,11 @@ CREDENTIAL_REFUSED = frozenset({4, 5, 133, 134, 135, 138})
 
 _CLOSE_LIMIT = 1.0  # seconds a clean DISCONNECT may take before the socket is cut
 
+# The liveness probe unsubscribes from a topic nobody subscribes to: the broker answers every
+# UNSUBSCRIBE (success, "no subscription existed" or "not authorized" alike) from its own
+# loop, so an answer proves the broker is working, and nothing changes.
+_PROBE_TOPIC = "amora-sdk/liveness-probe"
+
 
 def gmqtt_version() -> tuple[int, ...]:
     """Return the installed gmqtt's version as numbers (``(0, 8, 0)``)."""
@@ -122,9 +127,13 @@ class MqttLink:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_subscribe = self._handle_suback
         self._client.on_connect = self._handle_connect
+        self._client.on_unsubscribe = self._handle_unsuback
         self._session_present = False
         self._keepalive = keepalive
         self._suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        self._unsuback: dict[int, asyncio.Future[None]] = {}
+        self.last_inbound = 0.0
+        """Loop time of the last packet seen from the broker (message, CONNACK, SUBACK, UNSUBACK)."""
         self.lost = asyncio.Event()
         self.lost.set()
         self.endpoint: Endpoint | None = None
@@ -134,9 +143,13 @@ class MqttLink:
         """Whether the link is up (CONNACK received, not lost since)."""
         return not self.lost.is_set()
 
+    def _heard(self) -> None:
+        self.last_inbound = asyncio.get_running_loop().time()
+
     def _handle_message(
         self, _client: object, topic: str, payload: bytes, _qos: int, properties: Mapping[str, Any]
     ) -> None:
+        self._heard()
         try:
             self._on_message_cb(topic, payload, properties)
         except Exception:
@@ -144,6 +157,7 @@ class MqttLink:
             self._logger.exception("amora-sync: message handler failed for %s", topic)
 
     def _handle_connect(self, _client: object, flags: int, _rc: int, _properties: object) -> None:
+        self._heard()
         self._session_present = bool(flags)
 
     def _handle_disconnect(self, _client: object, _packet: object, *_exc: object) -> None:
@@ -157,8 +171,19 @@ class MqttLink:
             if not fut.done():
                 fut.set_exception(LinkError("connection lost before SUBACK"))
         self._suback.clear()
+        for waiter in self._unsuback.values():
+            if not waiter.done():
+                waiter.set_exception(LinkError("connection lost before UNSUBACK"))
+        self._unsuback.clear()
+
+    def _handle_unsuback(self, _client: object, mid: int, _codes: object) -> None:
+        self._heard()
+        waiter = self._unsuback.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _handle_suback(self, _client: object, mid: int, granted: tuple[int, ...], _properties: object) -> None:
+        self._heard()
         fut = self._suback.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(tuple(granted))
@@ -214,6 +239,32 @@ class MqttLink:
         except TimeoutError as exc:
             self._suback.pop(mid, None)
             raise LinkError("no SUBACK in time") from exc
+
+    async def probe(self, *, limit: float) -> bool:
+        """Ask the broker for an answer (an UNSUBSCRIBE round trip); return whether it came.
+
+        Returns:
+            True when the broker answered within `limit` seconds (or no packet id was free,
+            which means acknowledgements are pending: nothing to conclude), False when it
+            did not answer or the link dropped meanwhile.
+        """
+        if not self.connected:
+            return False
+        try:
+            mid = self._client.unsubscribe(_PROBE_TOPIC)
+        except OverflowError:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsuback[mid] = waiter
+        try:
+            async with asyncio.timeout(limit):
+                await waiter
+        except TimeoutError:
+            self._unsuback.pop(mid, None)
+            return False
+        except LinkError:
+            return False
+        return True
 
     def publish(self, topic: str, payload: bytes, *, qos: int, **properties: object) -> bool:
         """Publish (QoS 1/2 are kept until acknowledged, across reconnects to the same session).

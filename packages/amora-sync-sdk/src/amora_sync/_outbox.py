@@ -3,6 +3,12 @@
 A command waits here from `send` until its final response, its deadline or the client's
 end. It is published at once when a link is up, else on the next connect; a command whose
 deadline passes before it could be published is never sent (`CommandExpiredError`).
+
+Whenever the link changes (a reconnect, a failover, a failback) every command still
+waiting for its answer is sent again with the same id, until its deadline: nothing tells
+whether the first copy, or its answer, got through. The device runs each id at most once
+and answers a repeat with the original outcome (``duplicate: true``), which settles the
+command as that outcome.
 """
 
 from __future__ import annotations
@@ -16,12 +22,22 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from amora_protocol import Command, CommandResponse, CommandStatus, commands_topic, is_critical, responses_topic
+from amora_protocol import (
+    Command,
+    CommandResponse,
+    CommandStatus,
+    RejectReason,
+    commands_topic,
+    is_critical,
+    responses_topic,
+)
 from amora_sync._errors import (
     ClientClosedError,
+    ClockSkewError,
     CommandExpiredError,
     CommandRejectedError,
     CommandTimeoutError,
+    DeviceBusyError,
     InvalidCommandError,
     OutboxFullError,
 )
@@ -64,6 +80,7 @@ class Outbox:
         codec: Codec,
         session: Callable[[], Session],
         sender: Callable[[], Sender],
+        app_clock_offset: Callable[[], int | None],
         stats: ClientStats,
         logger: logging.Logger,
     ) -> None:
@@ -74,6 +91,8 @@ class Outbox:
             codec: Encoding of the commands.
             session: Returns the current session (its grant goes with each command).
             sender: Returns the envelope signer of the current session.
+            app_clock_offset: Returns the authz service's clock minus ours (ms), if known
+                (to say whose clock is off on a ``clock-skew`` rejection).
             stats: Counts publishes.
             logger: Where to log.
         """
@@ -81,6 +100,7 @@ class Outbox:
         self._codec = codec
         self._session = session
         self._sender = sender
+        self._app_clock_offset = app_clock_offset
         self._stats = stats
         self._log = logger
         self._pending: dict[str, _Pending] = {}
@@ -93,14 +113,14 @@ class Outbox:
 
     # ------------------------------------------------------------------ link changes
 
-    def attach(self, link: MqttLink, *, session_present: bool) -> None:
+    def attach(self, link: MqttLink) -> None:
         """Use `link` from now on and flush the outbox.
 
-        What was never sent goes out, and, when the broker lost our session, everything
-        in flight too (the device drops duplicates by command id).
+        What was never sent goes out, and so does everything still waiting for its answer
+        (same id, new envelope): the device runs an id once and repeats its outcome.
         """
         self._link = link
-        self._flush(link, resend=not session_present)
+        self._flush(link, resend=True)
 
     def detach(self) -> None:
         """The link is gone: hold commands until the next `attach`."""
@@ -158,8 +178,17 @@ class Outbox:
         finally:
             self._pending.pop(command.id, None)
         if _status(response) in _FINAL_BAD:
-            raise CommandRejectedError(response, device_id=device_id, command_id=command.id)
+            raise self._rejection(response, device_id=device_id, command_id=command.id)
         return response
+
+    def _rejection(self, response: CommandResponse, *, device_id: str, command_id: str) -> CommandRejectedError:
+        if response.reason == RejectReason.BUSY:
+            return DeviceBusyError(response, device_id=device_id, command_id=command_id)
+        if response.reason == RejectReason.CLOCK_SKEW:
+            return ClockSkewError(
+                response, device_id=device_id, command_id=command_id, app_offset_ms=self._app_clock_offset()
+            )
+        return CommandRejectedError(response, device_id=device_id, command_id=command_id)
 
     async def _settle(self, pending: _Pending, timeout: float) -> CommandResponse:  # noqa: ASYNC109
         command, device_id = pending.command, pending.device.device_id

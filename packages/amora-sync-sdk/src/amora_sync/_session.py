@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import email.utils
 import inspect
 import math
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +19,8 @@ import httpx
 import msgspec
 
 from amora_protocol import EncryptionPublicKey, ProtocolError, VerifyKey
-from amora_sync._errors import AuthenticationError, AuthzUnavailableError, SessionError
+from amora_sync._errors import AuthenticationError, AuthzUnavailableError, RateLimitedError, SessionError
+from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     from amora_protocol import EncryptionKey, SigningKey
@@ -25,6 +29,9 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 """Returns the user's current JWT; may be a plain function or a coroutine function."""
 
 _DEFAULT_MQTTS_PORT = 8883
+_TOO_MANY_REQUESTS = 429
+_NO_RETRY_AFTER_S = 1.0  # a 429 without Retry-After: try again after this
+_HALF_SECOND_MS = 500  # an HTTP Date is whole seconds: the service's time is on average .5 s later
 _MS_THRESHOLD = 100_000_000_000  # an epoch above this is milliseconds, not seconds
 
 
@@ -246,16 +253,87 @@ async def current_token(provider: TokenProvider) -> str:
     return token
 
 
-class SessionApi:
-    """The authz service's session endpoints."""
+def retry_after_seconds(value: str | None, *, now_ms: int) -> float | None:
+    """Parse an HTTP ``Retry-After``: delay seconds or an HTTP date; None when absent or bad."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_ms / 1000)
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, token_provider: TokenProvider) -> None:
-        """Bind to the service at `base_url`."""
+
+def _clock_offset_ms(response: httpx.Response, *, received_ms: int) -> int | None:
+    """The service's clock minus ours, from its ``Date`` header (to about a second)."""
+    date = response.headers.get("date")
+    if date is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        return None
+    return int(when.timestamp() * 1000) + _HALF_SECOND_MS - received_ms
+
+
+class SessionApi:
+    """The authz service's session endpoints.
+
+    Attributes:
+        clock_offset_ms: The service's clock minus ours, from the ``Date`` of its last
+            answer (to about a second), or None before the first.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        token_provider: TokenProvider,
+        *,
+        rate_limit_wait: float = 30.0,
+    ) -> None:
+        """Bind to the service at `base_url`.
+
+        Args:
+            http: The HTTP client.
+            base_url: The service's base URL.
+            token_provider: Returns the user's current token.
+            rate_limit_wait: How long one request may wait in all for the service's rate
+                limit (HTTP 429 with ``Retry-After``) before `RateLimitedError`.
+        """
         self._http = http
         self._base = base_url.rstrip("/")
         self._token_provider = token_provider
+        self._rate_limit_wait = rate_limit_wait
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self.clock_offset_ms: int | None = None
 
     async def _post(self, path: str, body: dict[str, str] | None) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._rate_limit_wait
+        while True:
+            response = await self._post_once(path, body)
+            if response.status_code != _TOO_MANY_REQUESTS:
+                return self._content(path, response)
+            code, message = _error_of(response)
+            said = retry_after_seconds(response.headers.get("retry-after"), now_ms=now_ms())
+            wait = _NO_RETRY_AFTER_S if said is None else said
+            # A little jitter: clients told the same Retry-After do not all return at once.
+            wait += self._rng.uniform(0, min(1.0, wait / 10))
+            if loop.time() + wait > deadline:
+                asked = "no Retry-After" if said is None else f"Retry-After {said:g} s"
+                raise RateLimitedError(
+                    f"the authz service is rate limiting {path} ({message}; {asked}), longer than "
+                    f"this client waits ({self._rate_limit_wait:g} s, rate_limit_wait): try again later",
+                    retry_after=said,
+                    code=code,
+                )
+            await asyncio.sleep(wait)
+
+    async def _post_once(self, path: str, body: dict[str, str] | None) -> httpx.Response:
         token = await current_token(self._token_provider)
         try:
             response = await self._http.post(
@@ -265,21 +343,20 @@ class SessionApi:
             )
         except httpx.HTTPError as exc:
             raise AuthzUnavailableError(f"authz service unreachable: {exc}") from exc
+        offset = _clock_offset_ms(response, received_ms=now_ms())
+        if offset is not None:
+            self.clock_offset_ms = offset
+        return response
+
+    def _content(self, path: str, response: httpx.Response) -> bytes:
         if response.is_success:
             return response.content
-        code: str | None = None
-        message = response.text[:200]
-        try:
-            err = msgspec.json.decode(response.content, type=_WireError)
-            code = err.code
-            message = err.message or err.detail or message
-        except msgspec.DecodeError:
-            pass
+        code, message = _error_of(response)
         status = response.status_code
         text = f"authz service answered {status} on {path}: {message}"
         if status in {401, 403}:
             raise AuthenticationError(text, status_code=status, code=code)
-        if status >= 500 or status == 429:
+        if status >= 500:
             raise AuthzUnavailableError(text, status_code=status, code=code)
         raise SessionError(text, status_code=status, code=code)
 
@@ -328,6 +405,16 @@ class SessionApi:
             )
         except (httpx.HTTPError, SessionError):
             return
+
+
+def _error_of(response: httpx.Response) -> tuple[str | None, str]:
+    """The service's error ``code`` and message from an error answer."""
+    message = response.text[:200]
+    try:
+        err = msgspec.json.decode(response.content, type=_WireError)
+    except msgspec.DecodeError:
+        return None, message
+    return err.code, err.message or err.detail or message
 
 
 def refresh_delay(session: Session, *, now_ms: int, margin: float) -> float:

@@ -14,7 +14,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from amora_protocol import EncryptionKey, Sender, SigningKey
-from amora_sync._errors import AuthzUnavailableError, ClientClosedError, SessionError
+from amora_sync._errors import AuthzUnavailableError, ClientClosedError, RateLimitedError, SessionError
 from amora_sync._flow import Backoff, LatestPerKeyQueue, QueueClosedError, ReconnectPolicy
 from amora_sync._session import refresh_delay
 from amora_sync._stats import now_ms
@@ -131,9 +131,13 @@ class SessionKeeper:
                     fresh = await api.create(self.signing_key, self.encryption_key, client_name=self._client_name)
                     self._stats.session_exchanges += 1
             except SessionError as exc:
-                # The live connection is unaffected; retry a little later.
+                # The live connection is unaffected; retry a little later (no sooner than
+                # a rate-limiting service asked).
                 self._log.warning("amora-sync: session refresh failed: %s", exc)
-                await asyncio.sleep(max(0.5, backoff.next_delay()))
+                delay = max(0.5, backoff.next_delay())
+                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                await asyncio.sleep(delay)
                 continue
             backoff.reset()
             self._adopt(fresh)
@@ -156,6 +160,10 @@ class SessionKeeper:
         """End every `changes` iterator."""
         for queue in list(self._watchers):
             queue.close()
+
+    def authz_clock_offset(self) -> int | None:
+        """The authz service's clock minus ours in ms (from its HTTP ``Date``), if known."""
+        return None if self._api is None else self._api.clock_offset_ms
 
     @property
     def api(self) -> SessionApi | None:
