@@ -26,7 +26,7 @@ from amora_sync._session import retry_after_seconds
 pytestmark = pytest.mark.services
 
 WAIT = 15.0
-# Quick liveness checks and failback, so that the tests take seconds (defaults: 1.5 s, 3 s, 30 s).
+# Quick liveness checks and failback, so that the tests take seconds (defaults: 1.5 s, 2 s, 30 s).
 FAST = ReconnectPolicy(
     initial_delay=0.05,
     max_delay=0.5,

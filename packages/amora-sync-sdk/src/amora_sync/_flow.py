@@ -40,7 +40,7 @@ class ReconnectPolicy:
     multiplier: float = 2.0
     connect_timeout: float = 10.0
     liveness_interval: float = 1.5
-    liveness_timeout: float = 3.0
+    liveness_timeout: float = 2.0
     failback_interval: float = 30.0
 
     def __post_init__(self) -> None:

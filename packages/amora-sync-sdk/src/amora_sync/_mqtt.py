@@ -16,6 +16,7 @@ it; ``tests/test_mqtt_adapter.py`` fails loudly when gmqtt changes under them).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,6 @@ import gmqtt
 from gmqtt.storage import PersistentStorage
 
 if TYPE_CHECKING:
-    import logging
     import ssl
 
     from amora_sync._session import Endpoint
@@ -62,6 +62,13 @@ _CLOSE_LIMIT = 1.0  # seconds a clean DISCONNECT may take before the socket is c
 # UNSUBSCRIBE (success, "no subscription existed" or "not authorized" alike) from its own
 # loop, so an answer proves the broker is working, and nothing changes.
 _PROBE_TOPIC = "amora-sdk/liveness-probe"
+
+
+class _QuietRefusedReconnect(logging.Filter):
+    """Drop gmqtt's error that its reconnect is refused: with it switched off, that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("[Client] max number of failed connection attempts")
 
 
 def gmqtt_version() -> tuple[int, ...]:
@@ -114,10 +121,13 @@ class MqttLink:
         # QoS 1/2 publishes stay here until acknowledged, across our reconnects to the
         # same broker session (gmqtt replays them); we hold it to wait for it to drain.
         self._inflight = PersistentStorage()
+        gmqtt_logger = logger.getChild("gmqtt")
+        if not any(isinstance(f, _QuietRefusedReconnect) for f in gmqtt_logger.filters):
+            gmqtt_logger.addFilter(_QuietRefusedReconnect())
         self._client = gmqtt.Client(
             client_id,
             clean_session=False,
-            logger=logger.getChild("gmqtt"),
+            logger=gmqtt_logger,
             session_expiry_interval=session_expiry,
             persistent_storage=self._inflight,
         )
