@@ -98,7 +98,7 @@ def test_page_in_chromium_against_the_stack(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "# fail 0" in output, output
-    assert "# pass 5" in output, output
+    assert "# pass 7" in output, output
     print(report.read_text().strip())  # noqa: T201 - the figure the test exists to produce
 
 

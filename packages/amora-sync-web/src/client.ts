@@ -427,17 +427,19 @@ export class AmoraClient {
         ...this.options.mqttOptions,
       });
       let settled = false;
-      const fail = (why: string): void => {
+      const fail = (why: string, code?: unknown): void => {
         if (settled) return;
         settled = true;
         this.lastError = `${endpoint}: ${why}`;
         this.log.info(`amora-sync-web: cannot connect to ${this.lastError}`);
         this.setInfo({ state: this.info.state === "connecting" ? "connecting" : "reconnecting", endpoint, error: why });
         link.end(true);
-        if (/not authorized|bad user name or password/i.test(why)) void this.exchange().catch(() => {});
+        // CONNACK "bad user name or password" / "not authorized" (MQTT 5: 134, 135; 3.1.1: 4, 5):
+        // the session's broker credential is gone, so exchange the token for a new session.
+        if (typeof code === "number" && [4, 5, 134, 135].includes(code)) void this.exchange().catch(() => {});
         resolve(undefined);
       };
-      link.once("error", (err) => fail(err.message));
+      link.once("error", (err) => fail(err.message, (err as { code?: unknown }).code));
       link.once("close", () => fail("connection closed"));
       link.once("connect", () => {
         if (settled) return;
