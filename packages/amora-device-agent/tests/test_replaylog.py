@@ -251,3 +251,19 @@ def test_an_unreadable_state_directory_is_one_clear_error(tmp_path: Path) -> Non
     (tmp_path / LOG_FILE).mkdir()  # a directory where the file should be
     with pytest.raises(StateDirError, match=LOG_FILE):
         _open(tmp_path)
+
+
+def test_wide_sequence_windows_survive_compaction(tmp_path: Path) -> None:
+    # A window spans 1,024 sequence numbers: wider than any MessagePack integer.
+    log, guard = _open(tmp_path, capacity=4)
+    for i in range(20):
+        _execute(log, guard, f"w{i}", seq=1 + i * 50, at=NOW + i)  # spread over the whole window
+    log.close()
+    again, guard = _open(tmp_path, capacity=4)
+    assert again.damage is None
+    for i in range(20):
+        header = Header(v=1, type=MessageType.COMMAND, sender="app", kid="k", epoch=7, seq=1 + i * 50, ts_ms=NOW)
+        command = Command(id=f"again{i}", issued_at_ms=NOW, expires_at_ms=NOW + TTL, action=Pause())
+        with pytest.raises(Replayed):
+            guard.check(header, command, now_ms=NOW)
+    again.close()

@@ -30,6 +30,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # gmqtt logs every SUBSCRIBE/SUBACK at INFO, and the liveness probe re-subscribes every
+    # 1.5 s: unless debugging, only its warnings are worth a line.
+    for name in ("gmqtt", "amora_agent.gmqtt"):
+        logging.getLogger(name).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -95,6 +95,11 @@ class _Inflight:
     def __len__(self) -> int:
         return len(self._messages)
 
+    def __bool__(self) -> bool:
+        # gmqtt takes ``persistent_storage or PersistentStorage()``: an empty store must still
+        # be the one it uses.
+        return True
+
     def oldest_age(self) -> float:
         """Seconds since the oldest unacknowledged publish went out (0 when none)."""
         if not self._messages:

@@ -95,12 +95,20 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True, tag="o"):
 
 
 class Window(msgspec.Struct, frozen=True, array_like=True, tag="w"):
-    """A sequence window, saved when the log is compacted."""
+    """A sequence window, saved when the log is compacted.
+
+    ``bits`` is the window's bitmap, big-endian (it is wider than MessagePack's integers).
+    """
 
     sender: str
     epoch: int
     highest: int
-    bits: int
+    bits: bytes
+
+    @classmethod
+    def of(cls, saved: SequenceWindow) -> Window:
+        """The record for a guard's window."""
+        return cls(saved.sender, saved.epoch, saved.highest, saved.bits.to_bytes((saved.bits.bit_length() + 7) // 8))
 
 
 class Horizon(msgspec.Struct, frozen=True, array_like=True, tag="h"):
@@ -338,8 +346,9 @@ class ReplayLog:
             if entry is not None:
                 self._entries[record.command_id] = Entry(entry.expires_at_ms, record)
         elif isinstance(record, Window):
+            bits = int.from_bytes(record.bits)
             guard.restore_windows(
-                [SequenceWindow(sender=record.sender, epoch=record.epoch, highest=record.highest, bits=record.bits)]
+                [SequenceWindow(sender=record.sender, epoch=record.epoch, highest=record.highest, bits=bits)]
             )
         elif self.horizon is None or record.issued_before_ms > self.horizon.issued_before_ms:
             self.horizon = record
@@ -429,7 +438,7 @@ class ReplayLog:
         horizon = self.horizon
         if horizon is not None and (now_ms is None or horizon.issued_before_ms > now_ms - _HORIZON_KEPT_MS):
             frames.append(encode_record(horizon))
-        frames += [encode_record(Window(w.sender, w.epoch, w.highest, w.bits)) for w in self._guard.windows()]
+        frames += [encode_record(Window.of(w)) for w in self._guard.windows()]
         for cid, entry in self._entries.items():
             frames.append(encode_record(Known(cid, entry.expires_at_ms)))
             if entry.outcome is not None:

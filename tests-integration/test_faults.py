@@ -1,0 +1,295 @@
+"""The fault suite (issue 18): brokers killed and hung, agents crash-looping, damaged state files,
+shifted clocks and a stalled player, each under a stream of non-idempotent commands.
+
+Commands are driven by `amora_devtools.faultkit.ProtocolApp`, an app that follows the
+protocol README's sender rules (resend with the same id until the deadline, leave a hung
+broker, fail back with jitter); every command ends in one counted outcome. Each scenario
+asserts the invariants: no command executed twice, none left without an answer or a reported
+timeout, the final volume equal to the number of increments that succeeded (no effect lost or
+doubled), and the app's final state equal to what the device published last. Timings go to
+the benchmark (``amora_bench.failover``), not here.
+
+The stack restarts what dies (like systemd): a killed broker or agent comes back by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pytest
+
+from amora_devtools.faultkit import ProtocolApp, agent_connections
+from amora_devtools.stack import Player, Stack
+from amora_protocol import ChangeVolume, ConnectionStatus, DeviceState, SetVolume, parse_envelope, state_topic
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+SIM = "player-2"  # a simulated player: broker faults
+MPD = "player-1"  # on a real MPD (state outside the agent): crashes, stalls, clocks, damaged state
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("faults") / "stack", players=2, users={"alice": (0, 1)}) as running:
+        yield running
+
+
+async def _until(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    """Poll ``check`` (a state held by another process) until truthy, bounded."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+async def _healthy(stack: Stack, app: ProtocolApp) -> None:
+    """Every agent and the app on the primary broker (after a fault's failback)."""
+    primary = stack.brokers[0]
+    for player in stack.player_list:
+        await _until(_on_broker(player, primary.device_port), f"{player.device_id} on the primary")
+    await _until(lambda: app.port == primary.app_port, "the app on the primary")
+
+
+def _on_broker(player: Player, port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        found = agent_connections(player.log_file)
+        return bool(found) and found[-1][1] == port
+
+    return check
+
+
+def _more_connections(player: Player, than: int) -> Callable[[], bool]:
+    return lambda: len(agent_connections(player.log_file)) > than
+
+
+async def _reset_volume(app: ProtocolApp, device: str) -> None:
+    assert await app.command(device, SetVolume(volume=0)) == "succeeded"
+    await _until(lambda: (s := app.states.get(device)) is not None and s.volume == 0, "volume 0")
+
+
+async def _stream(app: ProtocolApp, device: str, count: int, *, rate: float, faults: dict[int, Any]) -> list[str]:
+    """Send ``count`` ChangeVolume(+1) at ``rate``/s; run ``faults[i]()`` before command i."""
+    tasks = []
+    for i in range(count):
+        if i in faults:
+            await faults[i]()
+        tasks.append(asyncio.create_task(app.command(device, ChangeVolume(delta=1), timeout_s=25)))
+        await asyncio.sleep(1 / rate)
+    return list(await asyncio.gather(*tasks))
+
+
+def _retained_state(stack: Stack, device: str) -> DeviceState:
+    with stack.brokers[0].admin_client() as admin:
+        admin.subscribe(state_topic(device))
+        message = admin.receive(timeout=10)
+    assert message is not None
+    env = parse_envelope(message.payload, content_type=message.content_type)
+    return msgspec.msgpack.decode(env.body, type=DeviceState)
+
+
+async def _assert_invariants(stack: Stack, app: ProtocolApp, device: str, *, base: int = 0) -> None:
+    ledger = app.ledger
+    summary = ledger.summary()
+    assert ledger.executed_twice == 0, summary
+    assert ledger.unanswered == 0, summary
+    assert ledger.timed_out == 0, summary  # every command's caller learned its outcome
+    increments = sum(1 for o in ledger.outcomes.values() if o == "succeeded") - 1  # minus the reset
+    # Outcomes that do not say whether it took effect: the device restarted while running it
+    # (duplicate), or MPD did not answer in time (failed).
+    unknown = sum(1 for o in ledger.outcomes.values() if o.startswith("duplicate") or o == "failed")
+    final = await _until(
+        lambda: (s := app.states.get(device)) is not None and base + increments <= (s.volume or 0) and s,
+        f"the final volume ({summary})",
+    )
+    # Each increment that succeeded took effect once; one whose outcome the device lost may have.
+    assert base + increments <= final.volume <= base + increments + unknown, summary
+    # The app ends on what the device published last.
+    retained = await asyncio.to_thread(_retained_state, stack, device)
+    assert await _until(lambda: app.states[device].version >= retained.version, "the app to catch up")
+    assert app.states[device].volume == retained.volume
+
+
+async def test_primary_killed_under_a_command_stream_fails_over_and_back(stack: Stack) -> None:
+    async with ProtocolApp(stack, "alice", [SIM]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, SIM)
+
+        async def kill() -> None:
+            stack.brokers[0].kill()  # the stack restarts it after 0.5 s
+
+        outcomes = await _stream(app, SIM, 60, rate=6, faults={10: kill})
+        assert set(outcomes) == {"succeeded"}, app.ledger.summary()
+        assert any(e.why == "lost" for e in app.links)
+        await _healthy(stack, app)  # agents and app moved back to the restarted primary
+        await _assert_invariants(stack, app, SIM)
+
+
+async def test_primary_hung_under_a_command_stream_is_left_and_stale_wills_corrected(stack: Stack) -> None:
+    primary, standby = stack.brokers
+    async with ProtocolApp(stack, "alice", [SIM]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, SIM)
+        started = time.monotonic()
+
+        async def hang() -> None:
+            primary.signal(signal.SIGSTOP)
+
+        async def resume() -> None:
+            primary.signal(signal.SIGCONT)
+
+        outcomes = await _stream(app, SIM, 70, rate=5, faults={8: hang, 50: resume})
+        assert set(outcomes) == {"succeeded"}, app.ledger.summary()
+        # The app and the agent left the hung broker for the standby (no timed assertion).
+        assert any(e.why == "hung" for e in app.links)
+        assert any(e.port == standby.app_port and e.at > started for e in app.links)
+        player = stack.player(SIM)
+        assert any(port == standby.device_port for _, port in agent_connections(player.log_file))
+        await _healthy(stack, app)
+        await _assert_invariants(stack, app, SIM)
+
+        # Whatever stale Will the resumed primary let out, the newest status is online.
+        def newest() -> ConnectionStatus:
+            return max((s for _, s in app.statuses if s.device_id == SIM), key=lambda s: s.version or 0)
+
+        assert (await _until(lambda: newest().online, "online status")) is True
+
+
+async def test_agent_crash_loop_runs_each_command_at_most_once(stack: Stack) -> None:
+    # On MPD: the volume lives outside the agent, so it survives the crashes.
+    player = stack.player(MPD)
+    async with ProtocolApp(stack, "alice", [MPD]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, MPD)
+
+        async def crash() -> None:
+            await _until(lambda: player.process is not None and player.process.alive(), "the agent restarted")
+            assert player.process is not None
+            player.process.signal(signal.SIGKILL)  # the stack restarts it with backoff
+
+        outcomes = await _stream(app, MPD, 45, rate=4, faults={5: crash, 18: crash, 31: crash})
+        assert not [o for o in outcomes if o not in {"succeeded", "duplicate"}], app.ledger.summary()
+        assert stack.supervisor is not None
+        assert stack.supervisor.restarts[f"agent[{MPD}]"] >= 3
+        await _healthy(stack, app)
+        await _assert_invariants(stack, app, MPD)
+        assert _mpd_volume(stack) == app.states[MPD].volume
+
+
+async def test_a_stalled_player_answers_every_command(stack: Stack) -> None:
+    assert stack.mpd is not None
+    async with ProtocolApp(stack, "alice", [MPD]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, MPD)
+        os.kill(stack.mpd.pid, signal.SIGSTOP)  # MPD hangs: every call to it stalls
+        try:
+            tasks = [asyncio.create_task(app.command(MPD, ChangeVolume(delta=1), timeout_s=40)) for _ in range(90)]
+            await _until(lambda: app.ledger.failed > 0, "the first answers")
+        finally:
+            os.kill(stack.mpd.pid, signal.SIGCONT)
+        outcomes = await asyncio.gather(*tasks)
+        # Each one answered (MPD's 5 s call bound turns the stall into `failed` answers, busy
+        # ones are resent after retry_after_ms); none dropped, none timed out.
+        assert not [o for o in outcomes if o not in {"succeeded", "failed"}], app.ledger.summary()
+        await _assert_invariants(stack, app, MPD)
+
+
+def _mpd_volume(stack: Stack) -> int:
+    assert stack.mpd is not None
+    with stack.mpd.client() as client:
+        return int(client.status()["volume"])
+
+
+def _faketime(shift: str) -> dict[str, str]:
+    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not libraries:
+        pytest.fail("libfaketime is missing: tools/dev installs the Debian package faketime")
+    return {"LD_PRELOAD": str(libraries[0]), "FAKETIME": shift, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+async def _restart_agent(stack: Stack, app: ProtocolApp, device: str, env: dict[str, str] | None) -> None:
+    player = stack.player(device)
+    before = len(agent_connections(player.log_file))
+    player.env = env
+    assert player.process is not None
+    player.process.stop()  # the supervisor starts it again, with the new environment
+    stack.start_agent(player)
+    await _until(_more_connections(player, before), f"{device} reconnected")
+    await _healthy(stack, app)
+
+
+async def test_clock_offsets_within_the_allowance_work_beyond_it_say_clock_skew(stack: Stack) -> None:
+    async with ProtocolApp(stack, "alice", [MPD]) as app:
+        await _healthy(stack, app)
+        try:
+            for shift in ("+20s", "-20s"):
+                await _restart_agent(stack, app, MPD, _faketime(shift))
+                # 10 s commands on a device 20 s ahead of (or behind) the app.
+                for volume in (31, 32, 33):
+                    assert await app.command(MPD, SetVolume(volume=volume), timeout_s=10) == "succeeded", shift
+            for shift, sign in (("+60s", 1), ("-60s", -1)):
+                await _restart_agent(stack, app, MPD, _faketime(shift))
+                before = app.ledger.rejected["clock-skew"]
+                assert await app.command(MPD, SetVolume(volume=40), timeout_s=10) == "rejected:clock-skew"
+                assert app.ledger.rejected["clock-skew"] == before + 1
+                answer = next(
+                    r for rs in app.responses.values() for r in rs if r.clock_offset_ms and r.clock_offset_ms * sign > 0
+                )
+                assert answer.clock_offset_ms is not None
+                assert 50_000 < abs(answer.clock_offset_ms) < 70_000
+            log = stack.player(MPD).log_file.read_text()
+            assert "clock offset estimated" in log  # the agent logs its own estimate
+        finally:
+            await _restart_agent(stack, app, MPD, None)
+        assert app.ledger.executed_twice == 0
+
+
+async def test_damaged_state_files_never_let_a_replayed_command_run_twice(stack: Stack) -> None:
+    player = stack.player(MPD)
+    assert stack.supervisor is not None
+    log = player.directory / "state" / "replay-log"
+    async with ProtocolApp(stack, "alice", [MPD]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, MPD)
+        captured: dict[str, tuple[str, bytes]] = {}
+        for damage in ("torn", "garbage"):  # one captured command for each
+            assert await app.command(MPD, ChangeVolume(delta=1), timeout_s=10) == "succeeded"
+            command_id = next(reversed(app.payloads))
+            captured[damage] = (command_id, app.payloads[command_id])
+        for damage, (command_id, payload) in captured.items():
+            volume = _mpd_volume(stack)
+            connections = len(agent_connections(player.log_file))
+            stack.supervisor.hold(f"agent[{MPD}]")
+            try:
+                assert player.process is not None
+                player.process.kill()
+                data = log.read_bytes()
+                # Issue 18's case: the last record cut; then a file of garbage (not UTF-8 either).
+                log.write_bytes(data[:-5] if damage == "torn" else os.urandom(len(data)))
+                stack.start_agent(player)
+                await _until(_more_connections(player, connections), "the agent back")
+                await _healthy(stack, app)
+            finally:
+                stack.supervisor.release(f"agent[{MPD}]")
+            assert "replay log damaged" in player.log_file.read_text()
+            seen = len(app.responses.get(command_id, []))
+            app.republish(MPD, payload)  # the captured bytes, replayed
+            answers = app.responses.setdefault(command_id, [])
+            await _until(lambda: len(answers) > seen, "the replay's answer")  # noqa: B023 - awaited here
+            answer = answers[-1]
+            assert answer.duplicate or answer.status.value in {"duplicate", "rejected"}, answer
+            assert _mpd_volume(stack) == volume, damage  # MPD itself: no second effect
+        assert len(list(log.parent.glob("replay-log.damaged-*"))) == 2  # kept, never deleted
+        # A command issued now may be one the lost records knew: refused until the horizon.
+        assert await app.command(MPD, ChangeVolume(delta=1), timeout_s=10) == "rejected:expired"
+        assert app.ledger.executed_twice == 0
