@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, delete, get, post, put
 from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -33,6 +34,7 @@ from amora_authz._errors import (
     InvalidInputError,
     RateLimitedError,
 )
+from amora_authz._jwt import Claims
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
 from amora_protocol import (
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 
     from amora_authz._config import Settings
     from amora_authz._devissuer import DevIssuer
-    from amora_authz._jwt import Claims
     from amora_authz._service import SessionIssued
 
 __all__ = ["create_app", "create_ops_app"]
@@ -152,30 +153,58 @@ def _runtime(request: Request[Any, Any, Any]) -> AuthzRuntime:
     return runtime
 
 
-async def _claims(request: Request[Any, Any, Any]) -> Claims:
+# -- dependencies (Litestar DI) -----------------------------------------------------------
+# Handlers declare what they need by parameter name: ``runtime`` (the running service),
+# ``caller`` (the caller's validated token claims) and ``claims`` (the same, once the
+# request is within its rate limits; each handler says which limit applies).
+
+
+Runtime = NamedDependency[AuthzRuntime]
+"""The running service (dependency ``runtime``)."""
+CallerClaims = NamedDependency[Claims]
+"""The caller's validated token claims (dependency ``caller``)."""
+AuthzClaims = NamedDependency[Claims]
+"""The caller's claims within the handler's rate limit (dependency ``claims``)."""
+
+
+async def _provide_runtime(request: Request[Any, Any, Any]) -> AuthzRuntime:
+    return _runtime(request)
+
+
+async def _provide_caller(request: Request[Any, Any, Any], runtime: Runtime) -> Claims:
+    """The caller's claims from ``Authorization: Bearer <JWT>``.
+
+    Raises:
+        AuthenticationError: the header is missing or not a bearer token, or the token is invalid.
+    """
     authorization = request.headers.get("authorization")
     if not authorization:
         raise AuthenticationError("an Authorization: Bearer token is required", code="missing_token")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("expected Authorization: Bearer <token>", code="missing_token")
-    return await _runtime(request).validators.validate(token.strip())
+    return await runtime.validators.validate(token.strip())
 
 
-async def _limited(request: Request[Any, Any, Any], kind: str) -> Claims:
-    """The caller's claims, once a request of ``kind`` is within its rate limits.
+def _claims_within(kind: str | None) -> dict[str, Provide]:
+    """The ``claims`` dependency: the caller's claims, once within the ``kind`` rate limits."""
 
-    Raises:
-        RateLimitedError: a per-user or global limit refuses it.
-    """
-    claims = await _claims(request)
-    runtime = _runtime(request)
-    try:
-        runtime.limits.check(kind, claims.subject)
-    except RateLimitedError as exc:
-        runtime.metrics.inc("amora_authz_rate_limited_total", limit=exc.limit)
-        raise
-    return claims
+    async def claims(caller: CallerClaims, runtime: Runtime) -> Claims:
+        if kind is not None:
+            try:
+                runtime.limits.check(kind, caller.subject)
+            except RateLimitedError as exc:
+                runtime.metrics.inc("amora_authz_rate_limited_total", limit=exc.limit)
+                raise
+        return caller
+
+    return {"claims": Provide(claims)}
+
+
+_USER: Final = _claims_within(None)
+_SESSIONS: Final = _claims_within("sessions")
+_ADMIN: Final = _claims_within("admin")
+_DEPENDENCIES: Final = {"runtime": Provide(_provide_runtime), "caller": Provide(_provide_caller)}
 
 
 MAX_JSON_DEPTH = 16
@@ -237,11 +266,9 @@ def _session_response(runtime: AuthzRuntime, issued: SessionIssued) -> SessionRe
 # -- sessions ---------------------------------------------------------------------------
 
 
-@post("/v1/sessions", status_code=HTTP_201_CREATED, tags=["sessions"], cache_control=NO_STORE)
-async def create_session(request: Request[Any, Any, Any], data: JSONBody[SessionRequest]) -> SessionResponse:
+@post("/v1/sessions", status_code=HTTP_201_CREATED, tags=["sessions"], cache_control=NO_STORE, dependencies=_SESSIONS)
+async def create_session(data: JSONBody[SessionRequest], claims: AuthzClaims, runtime: Runtime) -> SessionResponse:
     """Exchange a user JWT for a broker credential and a grant."""
-    claims = await _limited(request, "sessions")
-    runtime = _runtime(request)
     issued = await runtime.service.create_session(
         claims,
         signing_key=data.signing_key,
@@ -252,41 +279,42 @@ async def create_session(request: Request[Any, Any, Any], data: JSONBody[Session
     return _session_response(runtime, issued)
 
 
-@post("/v1/sessions/{session_id:str}/refresh", status_code=HTTP_200_OK, tags=["sessions"], cache_control=NO_STORE)
-async def refresh_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> SessionResponse:
+@post(
+    "/v1/sessions/{session_id:str}/refresh",
+    status_code=HTTP_200_OK,
+    tags=["sessions"],
+    cache_control=NO_STORE,
+    dependencies=_SESSIONS,
+)
+async def refresh_session(session_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> SessionResponse:
     """Extend a session with a fresh JWT: later expiry, new grant, same broker credential."""
-    claims = await _limited(request, "sessions")
-    runtime = _runtime(request)
     issued = await runtime.service.refresh_session(claims, session_id)
     runtime.metrics.inc("amora_authz_sessions_refreshed_total")
     return _session_response(runtime, issued)
 
 
-@delete("/v1/sessions/{session_id:str}", status_code=HTTP_204_NO_CONTENT, tags=["sessions"])
-async def delete_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> None:
+@delete("/v1/sessions/{session_id:str}", status_code=HTTP_204_NO_CONTENT, tags=["sessions"], dependencies=_USER)
+async def delete_session(session_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> None:
     """Log out: the broker credential is removed and a live connection kicked."""
-    claims = await _claims(request)
-    await _runtime(request).service.delete_session(claims, session_id)
-    _runtime(request).metrics.inc("amora_authz_sessions_deleted_total")
+    await runtime.service.delete_session(claims, session_id)
+    runtime.metrics.inc("amora_authz_sessions_deleted_total")
 
 
 # -- devices ----------------------------------------------------------------------------
 
 
-@get("/v1/devices/{device_id:str}/keys", tags=["devices"])
-async def device_keys(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DevicePublicKeys:
+@get("/v1/devices/{device_id:str}/keys", tags=["devices"], dependencies=_USER)
+async def device_keys(device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> DevicePublicKeys:
     """A device's public keys (for its users)."""
-    claims = await _claims(request)
-    return await _runtime(request).service.device_keys(claims, device_id)
+    return await runtime.service.device_keys(claims, device_id)
 
 
-@post("/v1/admin/devices", status_code=HTTP_201_CREATED, tags=["admin"])
+@post("/v1/admin/devices", status_code=HTTP_201_CREATED, tags=["admin"], dependencies=_ADMIN)
 async def register_device(
-    request: Request[Any, Any, Any], data: JSONBody[DeviceRegistration]
+    data: JSONBody[DeviceRegistration], claims: AuthzClaims, runtime: Runtime
 ) -> DeviceRegisteredResponse:
     """Register a device; a CSR is answered with a client certificate."""
-    claims = await _limited(request, "admin")
-    registered = await _runtime(request).service.register_device(
+    registered = await runtime.service.register_device(
         claims,
         device_id=data.device_id,
         signing_key=data.signing_key,
@@ -300,28 +328,25 @@ async def register_device(
     )
 
 
-@post("/v1/admin/devices/{device_id:str}/revoke", status_code=HTTP_200_OK, tags=["admin"])
-async def revoke_device(request: Request[Any, Any, Any], device_id: FromPath[str]) -> RevokedResponse:
+@post("/v1/admin/devices/{device_id:str}/revoke", status_code=HTTP_200_OK, tags=["admin"], dependencies=_ADMIN)
+async def revoke_device(device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> RevokedResponse:
     """Revoke a device: kicked from the broker, certificate in the CRL, links dropped."""
-    claims = await _limited(request, "admin")
-    serials = await _runtime(request).service.revoke_device(claims, device_id)
-    _runtime(request).metrics.inc("amora_authz_devices_revoked_total")
+    serials = await runtime.service.revoke_device(claims, device_id)
+    runtime.metrics.inc("amora_authz_devices_revoked_total")
     return RevokedResponse(device_id=device_id, revoked_serials=[str(s) for s in serials])
 
 
-@get("/v1/admin/devices/{device_id:str}/users", tags=["admin"])
-async def device_users(request: Request[Any, Any, Any], device_id: FromPath[str]) -> DeviceUsers:
+@get("/v1/admin/devices/{device_id:str}/users", tags=["admin"], dependencies=_ADMIN)
+async def device_users(device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> DeviceUsers:
     """The users linked to a device."""
-    claims = await _limited(request, "admin")
-    users = await _runtime(request).service.users_of_device(claims, device_id)
+    users = await runtime.service.users_of_device(claims, device_id)
     return DeviceUsers(device_id=device_id, users=users)
 
 
-@put("/v1/admin/users/{user:str}/devices/{device_id:str}", tags=["admin"])
-async def link(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> LinkResponse:
+@put("/v1/admin/users/{user:str}/devices/{device_id:str}", tags=["admin"], dependencies=_ADMIN)
+async def link(user: FromPath[str], device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> LinkResponse:
     """Let a user use a device."""
-    claims = await _limited(request, "admin")
-    created = await _runtime(request).service.link(claims, user, device_id)
+    created = await runtime.service.link(claims, user, device_id)
     return LinkResponse(user=user, device_id=device_id, created=created)
 
 
@@ -329,19 +354,18 @@ async def link(request: Request[Any, Any, Any], user: FromPath[str], device_id: 
     "/v1/admin/users/{user:str}/devices/{device_id:str}",
     status_code=HTTP_204_NO_CONTENT,
     tags=["admin"],
+    dependencies=_ADMIN,
 )
-async def unlink(request: Request[Any, Any, Any], user: FromPath[str], device_id: FromPath[str]) -> None:
+async def unlink(user: FromPath[str], device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> None:
     """Remove a user's access to a device; live subscriptions are cut."""
-    claims = await _limited(request, "admin")
-    await _runtime(request).service.unlink(claims, user, device_id)
-    _runtime(request).metrics.inc("amora_authz_unlinks_total")
+    await runtime.service.unlink(claims, user, device_id)
+    runtime.metrics.inc("amora_authz_unlinks_total")
 
 
-@get("/v1/admin/users/{user:str}/devices", tags=["admin"])
-async def user_devices(request: Request[Any, Any, Any], user: FromPath[str]) -> UserDevices:
+@get("/v1/admin/users/{user:str}/devices", tags=["admin"], dependencies=_ADMIN)
+async def user_devices(user: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> UserDevices:
     """A user's devices (admins: any user; users: themselves)."""
-    claims = await _limited(request, "admin")
-    devices = await _runtime(request).service.devices_of_user(claims, user)
+    devices = await runtime.service.devices_of_user(claims, user)
     return UserDevices(user=user, devices=devices)
 
 
@@ -543,6 +567,7 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
         handlers += [readyz, metrics]
     return Litestar(
         route_handlers=handlers,
+        dependencies=_DEPENDENCIES,
         lifespan=[_lifespan(settings, runtime)],
         before_request=_refuse_deep_bodies,
         exception_handlers=_EXCEPTION_HANDLERS,
@@ -570,7 +595,10 @@ def create_ops_app(settings: Settings, *, runtime: AuthzRuntime) -> Litestar:
     # The document describes the public routes: build it from an app that has them
     # (never served), once.
     document = Litestar(
-        route_handlers=_api_handlers(settings), openapi_config=_openapi_config(), logging_config=None
+        route_handlers=_api_handlers(settings),
+        dependencies=_DEPENDENCIES,
+        openapi_config=_openapi_config(),
+        logging_config=None,
     ).openapi_schema.to_schema()
 
     @get("/schema/openapi.json", tags=["operations"], media_type=MediaType.JSON, include_in_schema=False)

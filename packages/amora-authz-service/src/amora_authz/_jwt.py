@@ -11,20 +11,19 @@ turn the service into a load generator against the identity provider.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import (
     BadSignatureError,
     ExpiredTokenError,
     InvalidClaimError,
     JoseError,
+    MissingAlgorithmError,
     MissingClaimError,
 )
 from joserfc.jwk import KeySet
@@ -34,7 +33,7 @@ from amora_authz._errors import AuthenticationError, ConfigError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Claims", "JwksCache", "OidcSettings", "TokenValidator"]
+__all__ = ["Claims", "JwksCache", "OidcSettings", "TokenValidator", "UnverifiedToken", "peek"]
 
 
 class OidcSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,19 +84,45 @@ class Claims(msgspec.Struct, frozen=True, kw_only=True):
         return role in self.roles
 
 
-def _unverified_header(token: str) -> dict[str, Any]:
-    """Decode a compact JWS header without verifying anything (to pick the key)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise AuthenticationError("the token is not a compact JWS", code="malformed_token")
-    segment = parts[0] + "=" * (-len(parts[0]) % 4)
+class UnverifiedToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A compact JWS taken apart *without* checking anything: only to choose how to check it.
+
+    Attributes:
+        header: the protected header (``alg``, ``kid``...).
+        payload: the payload bytes, as sent.
+    """
+
+    header: dict[str, Any]
+    payload: bytes
+
+    def issuer(self) -> str | None:
+        """The payload's ``iss`` (unverified), ``None`` when it names none.
+
+        Raises:
+            AuthenticationError: ``malformed_token``: the payload is not JSON.
+        """
+        try:
+            claims = json.loads(self.payload)
+        except ValueError as exc:
+            raise AuthenticationError("the token cannot be decoded", code="malformed_token") from exc
+        issuer = claims.get("iss") if isinstance(claims, dict) else None
+        return issuer if isinstance(issuer, str) else None
+
+
+def peek(token: str) -> UnverifiedToken:
+    """Take a compact JWS apart with joserfc (`joserfc.jws.extract_compact`), verifying nothing.
+
+    Raises:
+        AuthenticationError: ``unsupported_algorithm`` when the header names no algorithm,
+            ``malformed_token`` when the token is not a compact JWS.
+    """
     try:
-        header = json.loads(base64.urlsafe_b64decode(segment))
-    except (binascii.Error, ValueError) as exc:
-        raise AuthenticationError("the token header cannot be decoded", code="malformed_token") from exc
-    if not isinstance(header, dict):
-        raise AuthenticationError("the token header is not an object", code="malformed_token")
-    return header
+        compact = jws.extract_compact(token.encode("ascii"))
+    except MissingAlgorithmError as exc:
+        raise AuthenticationError("the token names no algorithm", code="unsupported_algorithm") from exc
+    except (JoseError, UnicodeEncodeError, ValueError) as exc:
+        raise AuthenticationError("the token is not a compact JWS", code="malformed_token") from exc
+    return UnverifiedToken(header=dict(compact.headers()), payload=compact.payload)
 
 
 class JwksCache:
@@ -241,7 +266,7 @@ class TokenValidator:
             AuthenticationError: with a code saying why (``expired_token``,
                 ``invalid_audience``, ``invalid_issuer``, ``bad_signature``...).
         """
-        header = _unverified_header(token)
+        header = peek(token).header
         alg = header.get("alg")
         if alg not in self.settings.algorithms:
             raise AuthenticationError(f"token algorithm {alg!r} is not accepted", code="unsupported_algorithm")

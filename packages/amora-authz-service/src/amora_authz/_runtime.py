@@ -9,11 +9,8 @@ leaving it stops them and closes every connection.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
-import json
 import secrets
 from collections import Counter
 from pathlib import Path
@@ -27,7 +24,7 @@ from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
 from amora_authz._errors import AuthenticationError, AuthzError, ConfigError
 from amora_authz._fleet import BrokerFleet
-from amora_authz._jwt import Claims, OidcSettings, TokenValidator, _unverified_header
+from amora_authz._jwt import Claims, OidcSettings, TokenValidator, peek
 from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
 from amora_authz._store import Store, open_store
@@ -107,14 +104,7 @@ def _issuer_of(token: str) -> str | None:
     Raises:
         AuthenticationError: the token cannot be decoded.
     """
-    _unverified_header(token)
-    payload = token.split(".")[1]
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise AuthenticationError("the token cannot be decoded", code="malformed_token") from exc
-    issuer = claims.get("iss") if isinstance(claims, dict) else None
-    return issuer if isinstance(issuer, str) else None
+    return peek(token).issuer()
 
 
 def load_signing_keys(settings: Settings) -> list[SigningKey]:
