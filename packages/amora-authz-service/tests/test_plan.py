@@ -17,6 +17,7 @@ from amora_authz import (
     foreign_names,
     plan,
 )
+from amora_authz._sessionlists import PUBLISHER_ACCOUNT, PUBLISHER_ROLE
 from amora_protocol import device_acls, user_device_acls
 
 
@@ -93,7 +94,7 @@ def apply(actual: DynsecState, commands: list[dict[str, object]]) -> DynsecState
 
 def test_desired_state_follows_the_design() -> None:
     want = state()
-    assert set(want.roles) == {"device:p1", "device:p2", "user-device:p1", "user-device:p2"}
+    assert set(want.roles) == {"device:p1", "device:p2", "user-device:p1", "user-device:p2", PUBLISHER_ROLE}
     assert want.roles["device:p1"].acls == frozenset(AclSpec(a.acltype, a.topic, a.allow) for a in device_acls("p1"))
     assert want.roles["user-device:p2"].acls == frozenset(
         AclSpec(a.acltype, a.topic, a.allow) for a in user_device_acls("p2")
@@ -108,6 +109,20 @@ def test_desired_state_follows_the_design() -> None:
         "sess.1",
         "pw-sess.1",
         frozenset({"user:alice"}),
+    )
+    # The service's session-list account writes session lists and (to clear them) commands only.
+    publisher = want.clients[PUBLISHER_ACCOUNT]
+    assert (publisher.clientid, publisher.password, publisher.roles, publisher.groups) == (
+        None,
+        f"pw-{PUBLISHER_ACCOUNT}",
+        frozenset({PUBLISHER_ROLE}),
+        frozenset(),
+    )
+    assert want.roles[PUBLISHER_ROLE].acls == frozenset(
+        {
+            AclSpec("publishClientSend", "amora/devices/+/sessions", allow=True),
+            AclSpec("publishClientSend", "amora/devices/+/commands", allow=True),
+        }
     )
     assert want.default_acl == {
         "publishClientSend": False,

@@ -25,6 +25,7 @@ from amora_protocol import (
     Toggle,
     commands_topic,
     now_ms,
+    unauthenticated_id,
 )
 
 
@@ -109,12 +110,14 @@ async def test_expired_command_is_rejected(make_offline_agent, make_app) -> None
     assert (response.status, response.reason) == (CommandStatus.REJECTED, RejectReason.EXPIRED)
 
 
-async def test_unsigned_garbage_is_rejected_with_the_correlation_id(make_offline_agent) -> None:
+async def test_unsigned_garbage_is_answered_by_digest_never_by_echo(make_offline_agent) -> None:
     agent = make_offline_agent()
-    for payload in (b"", b"\x93\xc4\x00", b"not msgpack at all", msgspec.msgpack.encode({"id": "x"})):
+    for payload in (b"\x93\xc4\x00", b"not msgpack at all", msgspec.msgpack.encode({"id": "x"})):
         response = await agent._handle_command(inbound("player-1", payload, correlation=b"cid-1"))
         assert (response.status, response.reason) == (CommandStatus.REJECTED, RejectReason.INVALID)
-        assert response.command_id == "cid-1"
+        # Not the correlation data, not anything read from the payload: a digest of it.
+        assert response.command_id == unauthenticated_id(payload)
+        assert response.message == "refused before authentication: SchemaError"
     response = await agent._handle_command(inbound("player-1", b"{}", codec=Codec.JSON))
     assert response.status is CommandStatus.REJECTED
 

@@ -23,6 +23,7 @@ from amora_protocol import (
     now_ms,
     responses_topic,
     state_topic,
+    unauthenticated_id,
 )
 
 pytestmark = pytest.mark.services
@@ -114,8 +115,11 @@ async def test_state_and_commands_flow_through_the_broker(broker, live_device, l
             content_type=Codec.MSGPACK.value,
             correlation_data=forged.id.encode(),
         )
-        rejected = (await client.wait_for(is_response(key, forged.id))).message(key)
-        assert rejected.status is CommandStatus.REJECTED
+        # Refused before authentication: answered by a digest of the payload, never its id.
+        answer = await client.wait_for(is_response(key, unauthenticated_id(payload)))
+        assert answer.prop("correlation_data") == unauthenticated_id(payload).encode()
+        rejected = answer.message(key)
+        assert (rejected.status, rejected.reason) == (CommandStatus.REJECTED, RejectReason.UNAUTHORIZED)
         assert player.snapshot_now().status is PlaybackStatus.PLAY
 
     # A clean stop publishes the offline status (retained).

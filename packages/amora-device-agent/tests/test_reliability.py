@@ -24,6 +24,7 @@ from amora_protocol import (
     SetVolume,
     commands_topic,
     now_ms,
+    unauthenticated_id,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class BlockingPlayer(SimulatedPlayer):
 
 def _capture(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> list[CommandResponse]:
     answers: list[CommandResponse] = []
-    monkeypatch.setattr(agent, "_respond", lambda response, _correlation: answers.append(response))
+    monkeypatch.setattr(agent, "_respond", answers.append)
     return answers
 
 
@@ -62,9 +63,10 @@ async def test_a_full_queue_answers_busy_at_once(make_offline_agent, make_app, m
     sent = [app.command("player-1", Ping()) for _ in range(5)]
     for command, payload in sent:
         agent._on_message(inbound("player-1", payload, correlation=command.id.encode()))
-    # Two wait in the queue; the other three are answered now, none dropped.
+    # Two wait in the queue; the other three are answered now, none dropped. Unverified, the
+    # answers name each payload's digest (never the correlation data).
     assert [(a.command_id, a.status, a.reason, a.retry_after_ms) for a in answers] == [
-        (command.id, CommandStatus.REJECTED, RejectReason.BUSY, 750) for command, _ in sent[2:]
+        (unauthenticated_id(payload), CommandStatus.REJECTED, RejectReason.BUSY, 750) for _, payload in sent[2:]
     ]
     assert agent.take_usage()["commands_busy"] == 3
 

@@ -250,3 +250,58 @@ class TestCommands:
         )
         with pytest.raises(ap.TopicMismatch):
             ap.verify_envelope(payload, topic=topic, content_type=None, key=session.public_key, now_ms=NOW)
+
+    @pytest.mark.parametrize(
+        ("problem", "error", "authenticated"),
+        [
+            ("expired-grant", ap.Expired, True),
+            ("expired-envelope", ap.Expired, True),
+            ("other-device", ap.Unauthorized, True),
+            ("watch-only", ap.Unauthorized, True),
+            ("other-session", ap.Unauthorized, True),
+            ("untrusted", ap.UnknownKey, False),
+            ("other-key", ap.UnknownKey, False),
+            ("forged-signature", ap.BadSignature, False),
+        ],
+    )
+    def test_only_refusals_after_authentication_name_the_command(
+        self, setup, problem: str, error: type[ap.ProtocolError], *, authenticated: bool
+    ):
+        authz, session, _, grant = setup
+        signer, sender_id, issuer, now = session, "s1", authz, NOW
+        if problem == "expired-grant":
+            grant = msgspec.structs.replace(grant, expires_at_ms=NOW + 1)
+            now = NOW + 2
+        elif problem == "expired-envelope":
+            now = NOW + 5_000
+        elif problem == "other-device":
+            grant = msgspec.structs.replace(grant, devices=("player-2",))
+        elif problem == "watch-only":
+            grant = msgspec.structs.replace(grant, rights=(ap.Right.WATCH,))
+        elif problem == "other-session":
+            sender_id = "s2"
+        elif problem == "untrusted":
+            issuer = ap.SigningKey.generate()
+        elif problem == "other-key":
+            signer = ap.SigningKey.generate()
+        topic = ap.commands_topic(DEV)
+        payload = ap.Sender(sender_id, signer, epoch=1).encode(
+            topic, self._cmd(), now_ms=NOW, grant=ap.issue_grant(grant, issuer)
+        )
+        if problem == "forged-signature":
+            payload = payload[:-5] + bytes(5)
+        with pytest.raises(error) as info:
+            ap.verify_command(
+                payload, topic=topic, content_type=None, trusted_keys=ap.keyring([authz.public_key]), now_ms=now
+            )
+        assert info.value.command_id == ("c1" if authenticated else None)
+
+
+def test_unauthenticated_id_is_a_digest_not_an_echo():
+    payload = b"c1-chosen-by-an-attacker"
+    got = ap.unauthenticated_id(payload)
+    assert got.startswith("unauthenticated:")
+    assert len(got) == len("unauthenticated:") + 32
+    assert b"c1" not in got.encode()
+    assert got == ap.unauthenticated_id(payload)
+    assert got != ap.unauthenticated_id(payload + b"!")

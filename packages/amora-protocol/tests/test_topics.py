@@ -58,10 +58,11 @@ def test_device_and_user_acls_cover_only_that_device():
     dev = ap.device_acls("p1")
     sends = {a.topic for a in dev if a.acltype == "publishClientSend"}
     assert sends == {ap.state_topic("p1"), ap.responses_topic("p1"), ap.connection_topic("p1")}
-    # Its commands, and its own connection status (stale Last Wills, liveness probe).
+    # Its commands, its own connection status (stale Last Wills, liveness probe), its session list.
     assert {a.topic for a in dev if a.acltype == "subscribePattern"} == {
         ap.commands_topic("p1"),
         ap.connection_topic("p1"),
+        ap.sessions_topic("p1"),
     }
     user = ap.user_device_acls("p1")
     assert {a.topic for a in user if a.acltype == "publishClientSend"} == {ap.commands_topic("p1")}

@@ -1,4 +1,4 @@
-"""Regenerate ``envelopes.json``: ``python vectors/generate.py`` from the package folder.
+"""Regenerate ``envelopes.json`` and ``session_lists.json``: ``python vectors/generate.py`` from the package folder.
 
 Keys come from fixed seeds and every time is fixed, so unsealed vectors are reproduced byte for
 byte (Ed25519 is deterministic); sealed vectors differ run to run only in HPKE's ephemeral key.
@@ -585,11 +585,53 @@ def _compatibility_vectors(grant: bytes) -> list[dict[str, Any]]:
     ]
 
 
+def build_session_lists() -> list[dict[str, Any]]:
+    """Session lists (``session_lists.json``): tokens, not envelopes, signed by the authz key.
+
+    A file of their own: verifiers of envelopes (other languages, older releases) need not
+    know the sessions topic.
+    """
+    topic = ap.sessions_topic(DEVICE)
+    authz = {"authz_public_key_hex": AUTHZ_KEY.public_key.raw.hex()}
+    listed = ap.SessionList(device_id=DEVICE, issued_at_ms=NOW - 1_000, sessions=(SESSION, "sess-fedcba9876543210"))
+    token = ap.issue_session_list(listed, AUTHZ_KEY)
+    revoked = ap.SessionList(device_id=DEVICE, issued_at_ms=NOW - 500)  # a revoked device: nobody
+    body = msgspec.msgpack.encode(listed)
+    cross = msgspec.msgpack.encode((body, AUTHZ_KEY.kid, AUTHZ_KEY.sign(ap.GRANT_DOMAIN + body)))
+    return [
+        _vector("session-list", topic, token, AUTHZ_KEY, "valid", message=listed, **authz),
+        _vector(
+            "session-list-empty",
+            topic,
+            ap.issue_session_list(revoked, AUTHZ_KEY),
+            AUTHZ_KEY,
+            "valid",
+            message=revoked,
+            **authz,
+        ),
+        _vector(
+            "session-list-other-device", ap.sessions_topic("player-0002"), token, AUTHZ_KEY, "TopicMismatch", **authz
+        ),
+        _vector(
+            "session-list-unknown-key",
+            topic,
+            ap.issue_session_list(listed, OTHER_KEY),
+            OTHER_KEY,
+            "UnknownKey",
+            **authz,
+        ),
+        _vector("session-list-tampered", topic, _flip(token, 10), AUTHZ_KEY, "BadSignature", **authz),
+        # A grant signature over the same bytes: the domain separation makes it useless here.
+        _vector("session-list-grant-domain", topic, cross, AUTHZ_KEY, "BadSignature", **authz),
+    ]
+
+
 def main() -> int:
     """Write the vectors next to this script."""
-    path = Path(__file__).with_name("envelopes.json")
-    path.write_text(json.dumps(build(), indent=2) + "\n")
-    sys.stdout.write(f"wrote {path}\n")
+    for name, vectors in (("envelopes.json", build()), ("session_lists.json", build_session_lists())):
+        path = Path(__file__).with_name(name)
+        path.write_text(json.dumps(vectors, indent=2) + "\n")
+        sys.stdout.write(f"wrote {path}\n")
     return 0
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "GroupSpec",
     "RoleSpec",
     "Scope",
+    "client_tls",
     "foreign_names",
     "plan",
 ]
@@ -369,6 +370,15 @@ def _parse_client(data: Mapping[str, Any]) -> ClientSpec:
     )
 
 
+def client_tls(endpoint: BrokerEndpoint) -> ssl.SSLContext | bool:
+    """The TLS context for a service connection to ``endpoint`` (``False``: plain TCP)."""
+    if not endpoint.tls:
+        return False
+    context = ssl.create_default_context(cafile=endpoint.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class DynsecClient:
     """A connection to one broker's ``$CONTROL/dynamic-security/v1`` topic.
 
@@ -403,11 +413,7 @@ class DynsecClient:
         self._prefix = uuid.uuid4().hex[:8]
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.endpoint.tls:
-            return False
-        context = ssl.create_default_context(cafile=self.endpoint.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+        return client_tls(self.endpoint)
 
     async def _connect(self) -> None:
         async with self._connect_lock:

@@ -42,6 +42,7 @@ from amora_authz._dynsec import (
     plan,
 )
 from amora_authz._errors import AuthzError, BrokerError
+from amora_authz._sessionlists import PUBLISHER_ACCOUNT, PUBLISHER_ROLE, publisher_acls
 from amora_authz._store import Device, Link, Session
 from amora_protocol import device_acls, device_role, user_device_acls, user_device_role, user_group
 
@@ -136,6 +137,15 @@ def desired_state(
             password=password_for(session.session_id),
             groups=frozenset({user_group(session.user_sub)}),
         )
+    # The service's own account for session lists (revocation that reaches the device); its
+    # password is derived like a session's, from a name no session id can take.
+    state.roles[PUBLISHER_ROLE] = RoleSpec(name=PUBLISHER_ROLE, acls=_acls(publisher_acls()))
+    state.clients[PUBLISHER_ACCOUNT] = ClientSpec(
+        username=PUBLISHER_ACCOUNT,
+        clientid=None,
+        password=password_for(PUBLISHER_ACCOUNT),
+        roles=frozenset({PUBLISHER_ROLE}),
+    )
     return state
 
 

@@ -27,6 +27,7 @@ from amora_authz._fleet import BrokerFleet
 from amora_authz._jwt import Claims, OidcSettings, TokenValidator, peek
 from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
+from amora_authz._sessionlists import PUBLISHER_ACCOUNT, SessionListPublisher
 from amora_authz._store import Store, open_store
 from amora_protocol import ProtocolError, SigningKey
 
@@ -247,6 +248,14 @@ class AuthzRuntime:
             logger=self.log,
         )
         self._stack.push_async_callback(fleet.close)
+        session_lists = SessionListPublisher(
+            settings.brokers,
+            self.store,
+            signing_key=signing_keys[0],
+            password=session_password(secret, PUBLISHER_ACCOUNT),
+            logger=self.log,
+        )
+        self._stack.push_async_callback(session_lists.close)
         self.service = AuthzService(
             store=self.store,
             fleet=fleet,
@@ -261,6 +270,7 @@ class AuthzRuntime:
             crl_reload_command=settings.crl_reload_command,
             on_crl_written=self._on_crl_written,
             retry_after_s=max(1, round(settings.broker_retry_interval_s)),
+            session_lists=session_lists,
         )
         await self.service.write_crl()
         await self.service.reconcile()

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from amora_authz._ca import DeviceCA
     from amora_authz._fleet import BrokerFleet
     from amora_authz._jwt import Claims
+    from amora_authz._sessionlists import SessionListPublisher
     from amora_authz._store import Store
 
 __all__ = [
@@ -119,6 +120,7 @@ class AuthzService:
         on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
         clock_ms: Callable[[], int] = now_ms,
         retry_after_s: int = 1,
+        session_lists: SessionListPublisher | None = None,
     ) -> None:
         """Wire the service.
 
@@ -141,6 +143,8 @@ class AuthzService:
             clock_ms: wall clock in ms.
             retry_after_s: the ``Retry-After`` of a pending access change (about the
                 fleet's retry interval).
+            session_lists: publishes each device's signed session list after every change
+                (revocation that reaches the device); None publishes nothing.
 
         Raises:
             ConfigError: no signing key, or a short session secret.
@@ -163,8 +167,14 @@ class AuthzService:
         self._on_crl_written = on_crl_written
         self._clock_ms = clock_ms
         self._pending = PendingChanges(fleet, retry_after_s=retry_after_s)
+        self.session_lists = session_lists
 
     # -- helpers -------------------------------------------------------------------
+
+    async def _sessions_changed(self, *, users: Sequence[str] = (), devices: Sequence[str] = ()) -> None:
+        """Tell the touched devices which sessions they may obey now (see `_sessionlists`)."""
+        if self.session_lists is not None:
+            await self.session_lists.publish(users=users, devices=devices)
 
     def password_for(self, session_id: str) -> str:
         """The broker password of a session."""
@@ -271,6 +281,7 @@ class AuthzService:
                 broker=outcome.primary or "*",
                 code="broker_unavailable",
             )
+        await self._sessions_changed(users=[claims.subject])
         if ended:
             self._log.info("session.evicted", user=claims.subject, sessions=ended)
         self._log.info(
@@ -323,6 +334,7 @@ class AuthzService:
         await self.store.delete_session(session_id)
         scope = scope_for_session(session_id, session.user_sub)
         outcome = await self.fleet.apply(scope)
+        await self._sessions_changed(users=[session.user_sub])
         self._log.info("session.deleted", session_id=session_id, user=claims.subject, behind=outcome.behind)
         self._pending.settle(key, scope, outcome)
 
@@ -393,6 +405,7 @@ class AuthzService:
                 )
             )
         await self.fleet.apply(scope_for_device(device_id))
+        await self._sessions_changed(devices=[device_id])
         self._log.info("device.registered", device_id=device_id, by=claims.subject)
         return DeviceRegistered(
             device=device,
@@ -423,6 +436,9 @@ class AuthzService:
                 return repeated
         users = await self.store.users_of_device(device_id)
         serials = await self.store.revoke_device(device_id, at_ms=self._clock_ms())
+        # An empty list while the device is still connected: it refuses every grant even if
+        # a broker keeps it online (a standby behind, a CRL not yet reloaded).
+        await self._sessions_changed(devices=[device_id])
         # CRL first: once the client is deleted the device reconnects at once, and the
         # new handshake must already meet the CRL.
         await self.write_crl()
@@ -483,6 +499,7 @@ class AuthzService:
         device_id = device_id_of(device_id)
         created = await self.store.link(user_sub, device_id, at_ms=self._clock_ms())
         await self.fleet.apply(scope_for_link(user_sub, device_id))
+        await self._sessions_changed(devices=[device_id])
         self._log.info("link.created", user=user_sub, device_id=device_id, new=created)
         return created
 
@@ -509,6 +526,7 @@ class AuthzService:
             )
         scope = scope_for_link(user_sub, device_id)
         outcome = await self.fleet.apply(scope)
+        await self._sessions_changed(devices=[device_id])
         self._log.info("link.removed", user=user_sub, device_id=device_id, behind=outcome.behind)
         self._pending.settle(key, scope, outcome)
 
@@ -536,4 +554,7 @@ class AuthzService:
             await self.expire_sessions()
         except AuthzError as exc:
             self._log.warning("session.expiry_failed", error=exc.message)
-        return await self.fleet.reconcile_all()
+        counts = await self.fleet.reconcile_all()
+        if self.session_lists is not None:
+            await self.session_lists.publish_all()
+        return counts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import msgspec
 import structlog
 
+from amora_agent._admission import RefusalBudget, SessionGate
 from amora_agent._commands import CommandBook
 from amora_agent._config import BrokerEndpoint, parse_verify_key
 from amora_agent._errors import ConfigError, PlayerError, PlayerUnavailable, StateDirError
@@ -46,8 +46,11 @@ from amora_protocol import (
     connection_topic,
     keyring,
     now_ms,
+    parse_envelope,
     responses_topic,
+    sessions_topic,
     state_topic,
+    unauthenticated_id,
     validate_device_id,
     verify_command,
     verify_envelope,
@@ -138,14 +141,12 @@ def _reject_reason(exc: ProtocolError) -> RejectReason:
     return RejectReason.INVALID
 
 
-def _correlation_id(data: bytes | None) -> str:
-    """The command id to answer when the command itself could not be read."""
-    if data:
-        with contextlib.suppress(UnicodeDecodeError):
-            text = data.decode("utf-8")
-            if 0 < len(text) <= 128:
-                return text
-    return "unknown"
+def _claimed_sender(message: InboundMessage) -> str:
+    """The sender an unauthenticated envelope names (only a claim: a refusal budget key)."""
+    try:
+        return parse_envelope(message.payload, content_type=message.content_type).header.sender
+    except ProtocolError:
+        return "-"
 
 
 class Agent:
@@ -226,7 +227,10 @@ class Agent:
             "commands": commands_topic(device_id),
             "responses": responses_topic(device_id),
             "connection": connection_topic(device_id),
+            "sessions": sessions_topic(device_id),
         }
+        self._sessions = SessionGate(device_id)
+        self._refusals = RefusalBudget()
         self._state: DeviceState | None = None
         self._dirty = asyncio.Event()
         self._online = asyncio.Event()
@@ -238,7 +242,7 @@ class Agent:
             client_id=device_id,
             endpoints=endpoints,
             ssl_context=ssl_context,
-            subscriptions=[(self._topics["commands"], 2)],
+            subscriptions=[(self._topics["commands"], 2), (self._topics["sessions"], 1)],
             probe_topic=self._topics["connection"],
             on_message=self._on_message,
             on_connected=self._on_connected,
@@ -413,17 +417,31 @@ class Agent:
         if message.topic == self._topics["connection"]:
             self._check_own_status(message)
             return
+        if message.topic == self._topics["sessions"]:
+            self._on_session_list(message.payload)
+            return
         if message.topic != self._topics["commands"]:
+            return
+        if message.retain or not message.payload:
+            # A retained command is someone's leftover, replayed on every subscription; an
+            # empty payload is the authz service clearing one. Neither is a command: no answer.
+            if message.payload:
+                self._usage["retained_commands_dropped"] += 1
+                self._log.warning("retained command dropped", payload_bytes=len(message.payload))
             return
         try:
             self._commands.put_nowait(message)
         except asyncio.QueueFull:
             # Push back at once and cheaply (no signature check): the sender learns it did
-            # not run and when to try again, instead of timing out.
+            # not run and when to try again, instead of timing out. Unverified, so it is
+            # answered like any unauthenticated input: within the refusal budget, by digest.
             self._usage["commands_busy"] += 1
             self._log.warning("command queue full; answered busy", qos=message.qos)
+            if not self._refusals.take(_claimed_sender(message)):
+                self._usage["commands_unanswered"] += 1
+                return
             response = CommandResponse(
-                command_id=_correlation_id(message.correlation_data),
+                command_id=unauthenticated_id(message.payload),
                 device_id=self.device_id,
                 status=CommandStatus.REJECTED,
                 at_ms=now_ms(),
@@ -431,7 +449,23 @@ class Agent:
                 message=f"{self._commands.maxsize} commands waiting",
                 retry_after_ms=self._options.busy_retry_after_ms,
             )
-            self._respond(response, message.correlation_data)
+            self._respond(response)
+
+    def _on_session_list(self, payload: bytes) -> None:
+        offer = self._sessions.offer(payload, self._trusted)
+        current = self._sessions.current
+        if offer.applied and current is not None:
+            self._usage["session_lists_applied"] += 1
+            self._log.info("session list applied", issued_at_ms=current.issued_at_ms, sessions=len(current.sessions))
+        elif offer.reason is not None and not offer.reason.startswith("not newer"):
+            self._usage["session_lists_refused"] += 1
+            self._log.warning("session list refused", reason=offer.reason)
+
+    @property
+    def session_list_issued_at_ms(self) -> int | None:
+        """When the authz service read the session list in force (``None``: no list yet)."""
+        current = self._sessions.current
+        return None if current is None else current.issued_at_ms
 
     def _check_own_status(self, message: InboundMessage) -> None:
         """Correct a stale offline status (an old connection's Last Will, delivered late)."""
@@ -521,22 +555,25 @@ class Agent:
                 self._log.exception("command handling failed")
                 self._usage["errors"] += 1
                 response = CommandResponse(
-                    command_id=_correlation_id(message.correlation_data),
+                    command_id=unauthenticated_id(message.payload),
                     device_id=self.device_id,
                     status=CommandStatus.FAILED,
                     at_ms=now_ms(),
                     message=f"internal error: {type(exc).__name__}",
                 )
-            self._respond(response, message.correlation_data)
+            if response is not None:
+                self._respond(response)
 
-    def _respond(self, response: CommandResponse, correlation: bytes | None) -> None:
+    def _respond(self, response: CommandResponse) -> None:
+        # The correlation data is the answered id, never the inbound property: that one is
+        # not covered by any signature, and echoing it would reflect a stranger's bytes.
         topic = self._topics["responses"]
         self._link.publish(
             topic,
             self._encode(topic, response),
             qos=1,
             content_type=self._options.codec.value,
-            correlation_data=correlation or response.command_id.encode(),
+            correlation_data=response.command_id.encode(),
         )
 
     def _answer(
@@ -593,8 +630,30 @@ class Agent:
             message=f"{detail}; its outcome is unknown (the device restarted while running it)",
         )
 
-    def _verify(self, message: InboundMessage, now: int) -> tuple[VerifiedCommand, int | None, int] | CommandResponse:
-        """The verified command with its measured and judged clock offsets, or the refusal."""
+    def _refuse_unauthenticated(self, message: InboundMessage, exc: ProtocolError) -> CommandResponse | None:
+        """Answer input refused before its sender was authenticated, within the refusal budget.
+
+        The answer names a digest of the payload, not an id read from it, and a fixed text per
+        error class: nothing an unauthenticated sender chose is signed back.
+        """
+        if not self._refusals.take(_claimed_sender(message)):
+            self._usage["commands_unanswered"] += 1
+            self._log.debug("unauthenticated command refused without an answer", error=type(exc).__name__)
+            return None
+        return self._answer(
+            unauthenticated_id(message.payload),
+            CommandStatus.REJECTED,
+            reason=_reject_reason(exc),
+            message=f"refused before authentication: {type(exc).__name__}",
+        )
+
+    def _verify(
+        self, message: InboundMessage, now: int
+    ) -> tuple[VerifiedCommand, int | None, int] | CommandResponse | None:
+        """The verified command with its measured and judged clock offsets, or the refusal.
+
+        ``None``: refused before authentication and not answered (over the refusal budget).
+        """
         book = self._book
         measured, offset = book.judge_offset(message, now)
         try:
@@ -607,23 +666,29 @@ class Agent:
                 decrypt_key=self._encryption_key,
             )
         except ProtocolError as exc:
+            if exc.command_id is None:
+                return self._refuse_unauthenticated(message, exc)
             reason = _reject_reason(exc)
             if reason is RejectReason.EXPIRED and measured is not None and abs(measured) > book.max_skew_ms:
                 reason = RejectReason.CLOCK_SKEW
             return self._answer(
-                _correlation_id(message.correlation_data),
+                exc.command_id,
                 CommandStatus.REJECTED,
                 reason=reason,
                 message=str(exc),
                 clock_offset_ms=measured if reason is RejectReason.CLOCK_SKEW else None,
             )
+        revoked = self._sessions.refusal(verified.grant)
+        if revoked is not None:
+            command_id = verified.command.id
+            return self._answer(command_id, CommandStatus.REJECTED, reason=RejectReason.UNAUTHORIZED, message=revoked)
         return verified, measured, offset
 
-    async def _handle_command(self, message: InboundMessage) -> CommandResponse:  # noqa: PLR0911 - one answer per outcome
+    async def _handle_command(self, message: InboundMessage) -> CommandResponse | None:  # noqa: PLR0911 - one answer per outcome
         now = now_ms()
         book = self._book
         checked = self._verify(message, now)
-        if isinstance(checked, CommandResponse):
+        if checked is None or isinstance(checked, CommandResponse):
             return checked
         verified, measured, offset = checked
         command = verified.command

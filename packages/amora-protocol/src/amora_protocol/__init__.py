@@ -39,6 +39,7 @@ from amora_protocol._envelope import (
     parse_envelope,
     seal_info,
     signed_bytes,
+    unauthenticated_id,
     verify_command,
     verify_envelope,
 )
@@ -58,7 +59,15 @@ from amora_protocol._errors import (
     UnknownKey,
     UnsupportedAction,
 )
-from amora_protocol._grants import GRANT_DOMAIN, KeyRing, issue_grant, keyring, verify_grant
+from amora_protocol._grants import (
+    GRANT_DOMAIN,
+    KeyRing,
+    check_grant,
+    issue_grant,
+    keyring,
+    open_grant,
+    verify_grant,
+)
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey, key_id
 from amora_protocol._messages import (
     ACTIONS,
@@ -91,6 +100,13 @@ from amora_protocol._messages import (
     is_critical,
 )
 from amora_protocol._replay import CommandGuard, Freshness, SequenceWindow, StateTracker
+from amora_protocol._sessionlists import (
+    MAX_SESSION_LIST_SIZE,
+    SESSIONS_DOMAIN,
+    SessionList,
+    issue_session_list,
+    verify_session_list,
+)
 from amora_protocol._sessions import (
     AuthzPublicKey,
     BrokerCredential,
@@ -110,6 +126,7 @@ from amora_protocol._topics import (
     device_topic,
     parse_topic,
     responses_topic,
+    sessions_topic,
     state_topic,
     user_device_acls,
     validate_device_id,
@@ -124,8 +141,10 @@ __all__ = [
     "ACTIONS",
     "DEFAULT_MAX_SIZE",
     "GRANT_DOMAIN",
+    "MAX_SESSION_LIST_SIZE",
     "PROTOCOL_VERSION",
     "SERVICE_ACCOUNT_PREFIX",
+    "SESSIONS_DOMAIN",
     "SESSION_ID_PREFIX",
     "TOPIC_PREFIX",
     "Action",
@@ -173,6 +192,7 @@ __all__ = [
     "Seek",
     "Sender",
     "SequenceWindow",
+    "SessionList",
     "SessionRequest",
     "SessionResponse",
     "SetVolume",
@@ -194,6 +214,7 @@ __all__ = [
     "VerifiedCommand",
     "VerifyKey",
     "__version__",
+    "check_grant",
     "commands_topic",
     "connection_topic",
     "decode_session_response",
@@ -207,16 +228,20 @@ __all__ = [
     "is_reserved_account_name",
     "is_session_id",
     "issue_grant",
+    "issue_session_list",
     "key_id",
     "keyring",
     "now_ms",
+    "open_grant",
     "parse_envelope",
     "parse_topic",
     "responses_topic",
     "seal_info",
     "service_account_name",
+    "sessions_topic",
     "signed_bytes",
     "state_topic",
+    "unauthenticated_id",
     "user_device_acls",
     "user_device_role",
     "user_group",
@@ -224,5 +249,6 @@ __all__ = [
     "verify_command",
     "verify_envelope",
     "verify_grant",
+    "verify_session_list",
     "warn_deprecated",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import struct
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -27,6 +28,7 @@ from amora_protocol._errors import (
     BadSignature,
     DecryptionError,
     Expired,
+    ProtocolError,
     SchemaError,
     TooLarge,
     TopicMismatch,
@@ -34,7 +36,7 @@ from amora_protocol._errors import (
     UnknownKey,
     UnsupportedAction,
 )
-from amora_protocol._grants import KeyRing, verify_grant
+from amora_protocol._grants import KeyRing, check_grant, open_grant
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey
 from amora_protocol._messages import (
     ACTIONS,
@@ -67,6 +69,7 @@ __all__ = [
     "parse_envelope",
     "seal_info",
     "signed_bytes",
+    "unauthenticated_id",
     "verify_command",
     "verify_envelope",
 ]
@@ -458,9 +461,11 @@ def verify_command(  # noqa: PLR0913
 ) -> VerifiedCommand:
     """Verify a command envelope and the grant it carries, and decode the command.
 
-    The grant must be signed by one of ``trusted_keys`` (the authz service's), be unexpired,
-    list the topic's device and carry `Right.CONTROL`; its session must be the envelope's
-    sender and the envelope must be signed with the grant's session key.
+    The grant must be signed by one of ``trusted_keys`` (the authz service's) and the envelope
+    with the grant's session key (authentication); then the envelope and the grant must be
+    unexpired, the grant must list the topic's device and carry `Right.CONTROL`, and its
+    session must be the envelope's sender (authorisation). Errors from the second stage carry
+    the authenticated command's id in `ProtocolError.command_id`.
     Replay and duplicate checks are `CommandGuard`'s.
 
     Raises:
@@ -474,13 +479,36 @@ def verify_command(  # noqa: PLR0913
         raise TopicMismatch(f"a {env.header.type.value} envelope does not belong on {topic!r}")
     if env.header.grant is None:
         raise Unauthorized("the command carries no grant")
-    grant = verify_grant(env.header.grant, trusted_keys, now_ms=now_ms, device_id=device_id, right=Right.CONTROL)
-    if grant.session_id != env.header.sender:
-        raise Unauthorized(f"grant is for session {grant.session_id!r}, not sender {env.header.sender!r}")
+    # Strategy: authenticate first (authz signed the grant, the grant's session key signed the
+    # envelope), authorise after. Refusals found after authentication carry the command id,
+    # so the device can answer the sender by it; earlier ones never echo a byte of the input.
+    grant = open_grant(env.header.grant, trusted_keys)
     session_key = VerifyKey.from_raw(grant.signing_key)
     if session_key.kid != env.header.kid:
         raise UnknownKey(env.header.kid, "session key")
-    _, message = _check_and_open(env, topic, session_key, now_ms, decrypt_key)
+    if not session_key.verify(env.signature, signed_bytes(topic, env.header_bytes, env.body)):
+        raise BadSignature(f"envelope signature does not verify for {topic!r}")
+    message = _open_body(env, topic, decrypt_key)
     if not isinstance(message, Command):  # pragma: no cover - guaranteed by the body decoder
         raise SchemaError("not a command")
+    try:
+        exp = env.header.exp_ms
+        if exp is not None and now_ms >= exp:
+            raise Expired("envelope", exp, now_ms)
+        check_grant(grant, now_ms=now_ms, device_id=device_id, right=Right.CONTROL)
+        if grant.session_id != env.header.sender:
+            raise Unauthorized(f"grant is for session {grant.session_id!r}, not sender {env.header.sender!r}")
+    except ProtocolError as exc:
+        exc.command_id = message.id
+        raise
     return VerifiedCommand(env.header, message, grant)
+
+
+def unauthenticated_id(payload: bytes) -> str:
+    """The id a device answers with when it refuses a command before authenticating it.
+
+    ``"unauthenticated:"`` and the first 16 bytes of SHA-256 of the MQTT payload, in hex:
+    computed from the bytes, never copied from them, so an answer echoes nothing an
+    unauthenticated sender chose; an app can still match it against its own payload.
+    """
+    return "unauthenticated:" + hashlib.sha256(payload).digest()[:16].hex()

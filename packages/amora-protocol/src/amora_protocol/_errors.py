@@ -21,7 +21,16 @@ __all__ = [
 
 
 class ProtocolError(Exception):
-    """Root of every error raised by `amora_protocol`."""
+    """Root of every error raised by `amora_protocol`.
+
+    Attributes:
+        command_id: Set by `verify_command` when the error was found *after* the envelope's
+            signature verified with the session key of an authz-signed grant: the id of that
+            authenticated command, safe to answer with. ``None`` otherwise (the bytes are
+            unauthenticated and their id must not be echoed).
+    """
+
+    command_id: str | None = None
 
 
 class SchemaError(ProtocolError, ValueError):

@@ -20,6 +20,7 @@ __all__ = [
     "device_topic",
     "parse_topic",
     "responses_topic",
+    "sessions_topic",
     "state_topic",
     "user_device_acls",
     "validate_device_id",
@@ -99,6 +100,14 @@ def connection_topic(device_id: str) -> str:
     return device_topic(device_id, TopicKind.CONNECTION)
 
 
+def sessions_topic(device_id: str) -> str:
+    """Topic of the device's retained `SessionList`, written by the authz service only.
+
+    Not a `TopicKind`: it carries no envelope, and only the authz service publishes there.
+    """
+    return f"{TOPIC_PREFIX}{validate_device_id(device_id)}/sessions"
+
+
 def parse_topic(topic: str) -> ParsedTopic:
     """Take an Amora device topic apart.
 
@@ -122,7 +131,8 @@ def parse_topic(topic: str) -> ParsedTopic:
 def device_acls(device_id: str) -> tuple[TopicAcl, ...]:
     """The access a device needs for itself (its broker role ``device:{id}``).
 
-    It publishes state, responses and connection (also the Last Will) and reads its commands.
+    It publishes state, responses and connection (also the Last Will) and reads its commands
+    and the session list the authz service keeps for it (revocation).
     It also reads its own connection topic: a stale Last Will delivered late (by a resumed
     broker, through a bridge) is corrected at once, and re-subscribing to it is the
     device's end-to-end liveness probe of the broker.
@@ -137,6 +147,9 @@ def device_acls(device_id: str) -> tuple[TopicAcl, ...]:
         TopicAcl("subscribePattern", connection_topic(device_id)),
         TopicAcl("publishClientReceive", connection_topic(device_id)),
         TopicAcl("unsubscribePattern", connection_topic(device_id)),
+        TopicAcl("subscribePattern", sessions_topic(device_id)),
+        TopicAcl("publishClientReceive", sessions_topic(device_id)),
+        TopicAcl("unsubscribePattern", sessions_topic(device_id)),
     )
 
 

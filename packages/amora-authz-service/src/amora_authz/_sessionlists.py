@@ -1,0 +1,247 @@
+"""Session lists: revocation that reaches the device (logout, unlink, device revocation).
+
+A grant is valid until it expires, and a device cannot ask anyone whether it still is. So
+after every change to who may command a device, this module publishes, per touched device,
+the signed `amora_protocol.SessionList` of the live sessions whose users are linked to it,
+retained on ``amora/devices/{id}/sessions`` of every broker. The agent refuses commands
+under a grant whose session is not on the newest list it holds.
+
+The list is derived from the database each time (nothing extra is stored), so a full pass
+can always rebuild it; it is published with a broker account of its own whose role may
+write only session lists and (to clear retained leftovers) commands. Each publish of a
+device's list also clears any retained message on its commands topic: no app's retained
+command outlives the change that follows it (a logout, an unlink, an expiry noticed by the
+periodic pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import TYPE_CHECKING, Final
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50
+
+from amora_authz._dynsec import client_tls
+from amora_protocol import (
+    TOPIC_PREFIX,
+    SessionList,
+    TopicAcl,
+    commands_topic,
+    issue_session_list,
+    service_account_name,
+    sessions_topic,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    import structlog
+
+    from amora_authz._dynsec import BrokerEndpoint
+    from amora_authz._store import Store
+    from amora_protocol import SigningKey
+
+__all__ = [
+    "PUBLISHER_ACCOUNT",
+    "PUBLISHER_ROLE",
+    "SessionListPublisher",
+    "publisher_acls",
+]
+
+PUBLISHER_ACCOUNT: Final = service_account_name("session-lists")
+"""The broker account that publishes session lists (``svc.``: never a device, user or session)."""
+PUBLISHER_ROLE: Final = PUBLISHER_ACCOUNT
+"""Its role, named like it (roles of devices and users are ``device:``/``user-device:``)."""
+
+
+def publisher_acls() -> tuple[TopicAcl, ...]:
+    """What the publisher account may do: write every device's session list and commands.
+
+    Commands only to clear retained ones (an empty retained payload); apps and devices have
+    no right on the sessions topics beyond a device reading its own.
+    """
+    return (
+        TopicAcl("publishClientSend", f"{TOPIC_PREFIX}+/sessions"),
+        TopicAcl("publishClientSend", f"{TOPIC_PREFIX}+/commands"),
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _BrokerLink:
+    """One lazily (re)connected publisher connection to one broker."""
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        *,
+        password: str,
+        logger: structlog.typing.FilteringBoundLogger,
+        timeout_s: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._password = password
+        self._log = logger.bind(broker=endpoint.name)
+        self._timeout_s = timeout_s
+        self._client: gmqtt.Client | None = None
+        self._lost = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.generation = 0
+        """Counts connections: a new one means the broker may have lost its retained lists."""
+
+    async def client(self) -> gmqtt.Client | None:
+        """The live connection, connecting first if needed; ``None`` when the broker is unreachable."""
+        async with self._lock:
+            if self._client is not None and not self._lost.is_set():
+                return self._client
+            await self.close()
+            # Several service instances may publish at once: each its own client id.
+            client = gmqtt.Client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}", clean_session=True)
+            client.set_config({"reconnect_retries": 0})
+            client.set_auth_credentials(PUBLISHER_ACCOUNT, self._password)
+            lost = asyncio.Event()
+            client.on_disconnect = lambda *_args, **_kwargs: lost.set()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await client.connect(
+                        self.endpoint.host,
+                        self.endpoint.port,
+                        ssl=client_tls(self.endpoint),
+                        keepalive=30,
+                        version=MQTTv50,
+                    )
+            except Exception as exc:  # noqa: BLE001 - gmqtt raises OSError, SSLError and its own: all mean unreachable
+                self._log.warning("session_lists.unreachable", error=repr(exc))
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+                return None
+            self._client, self._lost = client, lost
+            self.generation += 1
+            return client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+
+class SessionListPublisher:
+    """Publishes each touched device's session list to every broker.
+
+    Args:
+        endpoints: the brokers (the same as the fleet's; the publisher account logs in there).
+        store: the database the lists are read from.
+        signing_key: the grant-signing key (devices verify lists with the keys they trust
+            for grants).
+        password: the publisher account's broker password.
+        logger: structured logger.
+        clock_ms: wall clock in ms.
+        timeout_s: bound on one connection attempt.
+    """
+
+    def __init__(  # noqa: PLR0913 - collaborators, all optional ones keyword-only
+        self,
+        endpoints: Sequence[BrokerEndpoint],
+        store: Store,
+        *,
+        signing_key: SigningKey,
+        password: str,
+        logger: structlog.typing.FilteringBoundLogger,
+        clock_ms: Callable[[], int] = _now_ms,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """Create the publisher (it connects on first use)."""
+        self._store = store
+        self._key = signing_key
+        self._log = logger
+        self._clock_ms = clock_ms
+        self._links = [_BrokerLink(e, password=password, logger=logger, timeout_s=timeout_s) for e in endpoints]
+        # What each broker last got from this process, per device (and on which connection):
+        # the periodic pass republishes only what changed, or everything after a reconnect.
+        self._published: dict[str, tuple[int, dict[str, tuple[str, ...]]]] = {}
+        self._last_issued = 0
+        self.published_total = 0
+
+    def _issued_at(self) -> int:
+        # Strictly increasing: a device keeps a list only when it is newer than the one it has.
+        self._last_issued = max(self._clock_ms(), self._last_issued + 1)
+        return self._last_issued
+
+    async def _sessions_of(self, device_id: str, now_ms: int) -> tuple[str, ...]:
+        device = await self._store.get_device(device_id)
+        if device is None or device.revoked:
+            return ()
+        sessions: set[str] = set()
+        for user in await self._store.users_of_device(device_id):
+            sessions.update(s.session_id for s in await self._store.active_sessions_of_user(user, now_ms=now_ms))
+        return tuple(sorted(sessions))
+
+    async def publish(self, *, users: Iterable[str] = (), devices: Iterable[str] = ()) -> None:
+        """Publish the lists of ``devices`` and of every device linked to one of ``users``.
+
+        Called after each API change, before its answer: the device has the new list about
+        as soon as the caller has the answer. Unreachable brokers are logged and left to the
+        next periodic pass (`publish_all`), which republishes everything after a reconnect.
+        """
+        wanted = set(devices)
+        for user in users:
+            wanted.update(await self._store.devices_of_user(user))
+        if not wanted:
+            return
+        issued = self._issued_at()  # read before the database: a later list saw later rows
+        lists = {d: await self._sessions_of(d, issued) for d in sorted(wanted)}
+        await self._send(lists, issued, only_changed=False)
+
+    async def publish_all(self) -> None:
+        """Periodic pass: publish every device's list that changed (expiries included).
+
+        After a (re)connection to a broker, every list is published to it again: the broker
+        may have restarted without its retained messages.
+        """
+        issued = self._issued_at()
+        device_ids = {d.device_id for d in await self._store.list_devices()}
+        lists = {d: await self._sessions_of(d, issued) for d in sorted(device_ids)}
+        await self._send(lists, issued, only_changed=True)
+
+    async def _send(self, lists: dict[str, tuple[str, ...]], issued: int, *, only_changed: bool) -> None:
+        tokens: dict[str, bytes] = {}
+        for link in self._links:
+            client = await link.client()
+            if client is None:
+                continue
+            generation, sent = self._published.get(link.endpoint.name, (link.generation, {}))
+            if generation != link.generation:
+                sent = {}
+            for device_id, sessions in lists.items():
+                if only_changed and sent.get(device_id) == sessions:
+                    continue
+                token = tokens.get(device_id)
+                if token is None:
+                    body = SessionList(device_id=device_id, issued_at_ms=issued, sessions=sessions)
+                    token = tokens[device_id] = issue_session_list(body, self._key)
+                try:
+                    # An empty retained payload deletes any retained command left there; it
+                    # goes first, so whoever sees the new list knows the leftover is gone.
+                    client.publish(commands_topic(device_id), b"", qos=1, retain=True)
+                    client.publish(sessions_topic(device_id), token, qos=1, retain=True)
+                except Exception as exc:  # noqa: BLE001 - gmqtt raises assorted errors on a dead socket
+                    self._log.warning("session_lists.publish_failed", broker=link.endpoint.name, error=repr(exc))
+                    await link.close()
+                    break
+                sent[device_id] = sessions
+                self.published_total += 1
+            self._published[link.endpoint.name] = (link.generation, sent)
+        if tokens:
+            self._log.info("session_lists.published", devices=len(tokens), issued_at_ms=issued)
+
+    async def close(self) -> None:
+        """Disconnect from every broker."""
+        for link in self._links:
+            await link.close()
