@@ -305,3 +305,36 @@ def test_unauthenticated_id_is_a_digest_not_an_echo():
     assert b"c1" not in got.encode()
     assert got == ap.unauthenticated_id(payload)
     assert got != ap.unauthenticated_id(payload + b"!")
+
+
+def test_an_authenticated_command_with_an_unknown_action_names_its_id():
+    authz, session = ap.SigningKey.generate(), ap.SigningKey.generate()
+    grant = ap.Grant(
+        grant_id="g1",
+        subject="alice",
+        session_id="s1",
+        signing_key=session.public_key.raw,
+        devices=(DEV,),
+        rights=(ap.Right.CONTROL,),
+        issued_at_ms=NOW,
+        expires_at_ms=NOW + 60_000,
+    )
+    topic = ap.commands_topic(DEV)
+    command = ap.Command(id="c-new", issued_at_ms=NOW, expires_at_ms=NOW + 5_000, action=ap.Pause())
+    header = ap.parse_envelope(
+        ap.Sender("s1", session, epoch=1).encode(topic, command, now_ms=NOW, grant=ap.issue_grant(grant, authz))
+    ).header_bytes
+    body = msgspec.msgpack.encode({**msgspec.to_builtins(command), "action": {"type": "crossfade"}})
+    signed = msgspec.msgpack.encode((header, body, session.sign(ap.signed_bytes(topic, header, body))))
+    with pytest.raises(ap.UnsupportedAction) as info:
+        ap.verify_command(
+            signed, topic=topic, content_type=None, trusted_keys=ap.keyring([authz.public_key]), now_ms=NOW
+        )
+    assert info.value.command_id == "c-new"
+    # The same body under a forged signature is refused before it is read: no id.
+    forged = msgspec.msgpack.encode((header, body, bytes(64)))
+    with pytest.raises(ap.BadSignature) as bad:
+        ap.verify_command(
+            forged, topic=topic, content_type=None, trusted_keys=ap.keyring([authz.public_key]), now_ms=NOW
+        )
+    assert bad.value.command_id is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import re
 import struct
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -40,6 +41,7 @@ from amora_protocol._grants import KeyRing, check_grant, open_grant
 from amora_protocol._keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey
 from amora_protocol._messages import (
     ACTIONS,
+    IDENTIFIER_PATTERN,
     Command,
     CommandResponse,
     ConnectionStatus,
@@ -81,6 +83,7 @@ SEAL_DOMAIN: Final = b"amora-seal-v1\x00"
 SIGNATURE_SIZE: Final = 64
 _U63_MAX: Final = 2**63 - 1  # msgspec bounds are int64; epochs and seqs are 63-bit
 
+_IDENTIFIER: Final = re.compile(IDENTIFIER_PATTERN)
 _SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 
 
@@ -360,6 +363,18 @@ def _unknown_action(codec: Codec, body: bytes) -> str | None:
     return tag if isinstance(tag, str) and tag not in _ACTION_TAGS else None
 
 
+def _loose_command_id(codec: Codec, body: bytes) -> str | None:
+    """The ``id`` of a command body that failed its schema, when it is a valid identifier."""
+    try:
+        loose = msgspec.msgpack.decode(body) if codec is Codec.MSGPACK else msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    command_id = loose.get("id") if isinstance(loose, dict) else None
+    if isinstance(command_id, str) and _IDENTIFIER.fullmatch(command_id) is not None:
+        return command_id
+    return None
+
+
 def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> Message:
     body = env.body
     sealed_to = env.header.sealed_to
@@ -375,9 +390,14 @@ def _open_body(env: Envelope, topic: str, decrypt_key: EncryptionKey | None) -> 
     try:
         return _BODY_DECODERS[env.codec, env.header.type](body)
     except msgspec.ValidationError as exc:
-        if env.header.type is MessageType.COMMAND and (action := _unknown_action(env.codec, body)) is not None:
-            raise UnsupportedAction(action) from exc
-        raise SchemaError(f"invalid {env.header.type.value}: {exc}") from exc
+        error: SchemaError = SchemaError(f"invalid {env.header.type.value}: {exc}")
+        if env.header.type is MessageType.COMMAND:
+            if (action := _unknown_action(env.codec, body)) is not None:
+                error = UnsupportedAction(action)
+            # Commands are only opened once their signature verified (`verify_command`): an
+            # id readable in the signed body is the authenticated sender's, safe to answer by.
+            error.command_id = _loose_command_id(env.codec, body)
+        raise error from exc
     except (
         msgspec.DecodeError,
         UnicodeDecodeError,
