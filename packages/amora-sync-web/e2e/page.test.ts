@@ -102,6 +102,10 @@ test("pause and play reach the real MPD player and the page shows the verified s
   const line = `click-to-screen latency over ${samples.length} clicks: p50 ${percentile(sorted, 50).toFixed(1)} ms, p95 ${percentile(sorted, 95).toFixed(1)} ms, max ${sorted.at(-1)!.toFixed(1)} ms`;
   console.log(line);
   if (process.env["AMORA_E2E_REPORT"]) writeFileSync(process.env["AMORA_E2E_REPORT"], `${line}\n`);
+  // The volume slider and the seek bar reach MPD too.
+  await page.locator(`${card(MPD_PLAYER)} .volume-slider`).fill("30");
+  await page.waitForSelector(`${card(MPD_PLAYER)} .volume:text-is("30")`, { timeout: 10_000 });
+  assert.equal((await mpd(info.mpd.host, info.mpd.port, "status")).get("volume"), "30");
   // The position ticks between messages while playing.
   await clickAndSee("play");
   const first = await page.locator(`${card(MPD_PLAYER)} .position`).textContent();

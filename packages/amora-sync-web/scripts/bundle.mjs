@@ -10,6 +10,7 @@ if (existsSync("web/app.ts")) {
     platform: "browser",
     target: "es2022",
     sourcemap: true,
+    minify: true,
     outfile: "web/dist/app.js",
     logLevel: "warning",
   });
