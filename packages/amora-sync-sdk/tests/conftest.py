@@ -620,7 +620,8 @@ async def _wait_device_client(broker: BrokerProcess, device_id: str) -> None:
 
 
 @pytest.fixture
-async def real_stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[RealStack]:
+async def real_stack(request: pytest.FixtureRequest, tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[RealStack]:
+    """The real service; ``indirect`` parametrisation passes extra configuration (a dict)."""
     executable = _authz_executable()
     if executable is None:
         pytest.skip("amora-authz-service is not installed in this environment")
@@ -650,6 +651,7 @@ async def real_stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[RealStack
             }
         ],
     }
+    config.update(getattr(request, "param", None) or {})
     config_file = tmp_path / "authz.toml"
     config_file.write_text(_toml(config))
     log = (tmp_path / "authz.log").open("wb")
@@ -683,31 +685,39 @@ async def real_stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[RealStack
         broker.close()
 
 
+def _toml_value(item: Any) -> str:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int | float):
+        return str(item)
+    if isinstance(item, str):
+        return json.dumps(item)
+    if isinstance(item, list):
+        return "[" + ", ".join(_toml_value(i) for i in item) + "]"
+    raise TypeError(item)
+
+
+def _toml_table(name: str, table: dict[str, Any]) -> list[str]:
+    lines = ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for sub, inner in table.items():
+        if isinstance(inner, dict):
+            lines += _toml_table(f"{name}.{sub}", inner)
+    return lines
+
+
 def _toml(data: dict[str, Any]) -> str:
-    """A tiny TOML writer for the service's flat configuration (strings, numbers, lists, tables)."""
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, int | float):
-            return str(item)
-        if isinstance(item, str):
-            return json.dumps(item)
-        if isinstance(item, list):
-            return "[" + ", ".join(value(i) for i in item) + "]"
-        raise TypeError(item)
-
+    """A tiny TOML writer for the service's configuration (strings, numbers, lists, tables)."""
     lines = [
-        f"{k} = {value(v)}"
+        f"{k} = {_toml_value(v)}"
         for k, v in data.items()
         if not isinstance(v, dict) and (not isinstance(v, list) or _plain(v))
     ]
     for key, table in data.items():
         if isinstance(table, dict):
-            lines += ["", f"[{key}]"] + [f"{k} = {value(v)}" for k, v in table.items()]
+            lines += _toml_table(key, table)
         elif isinstance(table, list) and not _plain(table):
             for entry in table:
-                lines += ["", f"[[{key}]]"] + [f"{k} = {value(v)}" for k, v in entry.items()]
+                lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from amora_sync import CommandStatus, ConnectionState, DeviceState, Pause, UnknownDeviceError
+from amora_sync import CommandStatus, ConnectionState, DeviceState, Pause, RateLimitedError, UnknownDeviceError
 
 pytestmark = pytest.mark.services
 
@@ -130,3 +130,29 @@ async def test_cli_with_the_stack_file_and_a_development_user(real_stack, tmp_pa
     assert code == 0, err
     assert json.loads(out)["status"] == "succeeded"
     assert device.commands[-1].action.position_ms == 42_000
+
+
+# One session per user every 2 s, one at once: the second login of a user gets 429 + Retry-After.
+SLOW_SESSIONS = {"rate_limits": {"sessions_per_user": {"rate_per_s": 0.5, "burst": 1}}}
+
+
+@pytest.mark.parametrize("real_stack", [SLOW_SESSIONS], indirect=True)
+async def test_the_real_services_rate_limit_is_waited_out_as_retry_after_says(real_stack):
+    async with real_stack.client("alice") as first, real_stack.client("alice") as second:
+        assert first.connected
+        assert second.connected
+        assert first.stats.rate_limit_waits == 0
+        assert second.stats.rate_limit_waits >= 1  # refused with 429, waited, then admitted
+        assert first.session_id != second.session_id
+
+
+@pytest.mark.parametrize("real_stack", [SLOW_SESSIONS], indirect=True)
+async def test_the_real_services_rate_limit_beyond_the_clients_patience_is_a_clear_error(real_stack):
+    async with real_stack.client("alice"):
+        with pytest.raises(RateLimitedError) as caught:
+            async with real_stack.client("alice", rate_limit_wait=0.5):
+                pass
+    assert caught.value.code == "rate_limited"
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after >= 1
+    assert "rate_limit_wait" in str(caught.value)

@@ -172,7 +172,13 @@ class AmoraClient:
                 verify = ssl.create_default_context(cafile=self._ca_file)
             self._http = httpx.AsyncClient(timeout=10.0, verify=verify)
         self._keeper.bind(
-            SessionApi(self._http, self._authz_url, self._token_provider, rate_limit_wait=self._rate_limit_wait)
+            SessionApi(
+                self._http,
+                self._authz_url,
+                self._token_provider,
+                rate_limit_wait=self._rate_limit_wait,
+                on_rate_limited=self._rate_limited,
+            )
         )
         try:
             await self._keeper.exchange()
@@ -436,6 +442,10 @@ class AmoraClient:
             # The broker also drops clients whose access changed: a refresh brings the
             # current device list.
             self._keeper.refresh_soon()
+
+    def _rate_limited(self, wait: float) -> None:
+        self.stats.rate_limit_waits += 1
+        self._log.info("amora-sync: the authz service is rate limiting sessions; trying again in %.1f s", wait)
 
     async def _reexchange(self) -> None:
         try:

@@ -294,6 +294,7 @@ class SessionApi:
         token_provider: TokenProvider,
         *,
         rate_limit_wait: float = 30.0,
+        on_rate_limited: Callable[[float], None] | None = None,
     ) -> None:
         """Bind to the service at `base_url`.
 
@@ -303,11 +304,13 @@ class SessionApi:
             token_provider: Returns the user's current token.
             rate_limit_wait: How long one request may wait in all for the service's rate
                 limit (HTTP 429 with ``Retry-After``) before `RateLimitedError`.
+            on_rate_limited: Called with the wait (s) each time a 429 is waited out.
         """
         self._http = http
         self._base = base_url.rstrip("/")
         self._token_provider = token_provider
         self._rate_limit_wait = rate_limit_wait
+        self._on_rate_limited = on_rate_limited
         self._rng = random.Random()  # noqa: S311 - jitter, not security
         self.clock_offset_ms: int | None = None
 
@@ -331,6 +334,8 @@ class SessionApi:
                     retry_after=said,
                     code=code,
                 )
+            if self._on_rate_limited is not None:
+                self._on_rate_limited(wait)
             await asyncio.sleep(wait)
 
     async def _post_once(self, path: str, body: dict[str, str] | None) -> httpx.Response:

@@ -26,7 +26,9 @@ class ClientStats:
         connects: Successful connections (the first one included).
         session_exchanges: Token exchanges (``POST /v1/sessions``).
         session_refreshes: Successful session refreshes.
-        commands_sent: Command publishes (re-sends after a lost session included).
+        commands_sent: Command publishes (re-sends after a link change included).
+        rate_limit_waits: Session requests the authz service answered 429 and the client
+            waited out (``Retry-After``) before asking again.
     """
 
     received: int = 0
@@ -37,3 +39,4 @@ class ClientStats:
     session_exchanges: int = 0
     session_refreshes: int = 0
     commands_sent: int = 0
+    rate_limit_waits: int = 0
