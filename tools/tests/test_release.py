@@ -206,3 +206,16 @@ def test_cli_help_version_and_refusal(repo: Path):
     done = run("--repo", str(repo), "amora-protocol", "patch")
     assert done.returncode == 1
     assert "the working tree is not clean" in done.stderr
+
+
+def test_a_refused_commit_restores_the_tree(repo: Path):
+    _add_change(repo, "amora-protocol", "Something.")
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'refused by a hook' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    head = _git(repo, "rev-parse", "HEAD")
+    with pytest.raises(ReleaseError, match="refused by a hook"):
+        cut_release(repo, "amora-protocol", "patch", today=DAY)
+    assert _git(repo, "rev-parse", "HEAD") == head
+    assert _git(repo, "status", "--porcelain") == ""
+    assert _git(repo, "tag", "--list", "amora-protocol-v*") == "amora-protocol-v0.1.0"

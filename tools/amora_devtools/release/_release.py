@@ -139,7 +139,12 @@ def cut_release(
         _restore(root, touched)
         raise
     paths = [str(p.relative_to(root)) for p in dict.fromkeys(touched)]
-    commit = _git.commit(root, paths, f"Release {name} {version}\n\n{notes}\n")
+    try:
+        commit = _git.commit(root, paths, f"Release {name} {version}\n\n{notes}\n")
+    except ReleaseError:  # e.g. no committer identity: nothing was recorded, so undo the edits
+        _git.git(root, "reset", "--quiet", "--", *paths)
+        _restore(root, touched)
+        raise
     _git.tag(root, tag, commit, f"{name} {version}")
     release = Release(name, version, commit, date, tag)
     add_release(root, release)
