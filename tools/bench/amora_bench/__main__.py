@@ -33,6 +33,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "sdk_latency": ("amora_bench.sdk_latency", {"seconds": 2.0}, {"seconds": 10.0}),
     "agent_latency": ("amora_bench.agent_latency", {"events": 100}, {"events": 1000}),
     "revocation": ("amora_bench.revocation", {"rounds": 20}, {"rounds": 200}),
+    "failover": ("amora_bench.failover", {"rounds": 1}, {"rounds": 3}),
     "fleet": (
         "amora_bench.fleet",
         {"players": 140, "sessions": 500, "rate": 1000.0, "seconds": 5.0},

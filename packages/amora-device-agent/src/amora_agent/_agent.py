@@ -126,7 +126,7 @@ class AgentOptions:
     max_skew_ms: int = 30_000
     max_inflight: int = 16
     liveness_interval_s: float = 1.5
-    liveness_timeout_s: float = 3.0
+    liveness_timeout_s: float = 2.0
 
 
 def _reject_reason(exc: ProtocolError) -> RejectReason:

@@ -113,6 +113,9 @@ class MqttConfig(_Config, frozen=True):
     backoff_max_s: Positive = 60.0
     failback_interval_s: Positive = 60.0
     command_queue: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    liveness_interval_s: Positive = 1.5
+    liveness_timeout_s: Positive = 2.0
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
 
 
 class PlayerKind(enum.StrEnum):

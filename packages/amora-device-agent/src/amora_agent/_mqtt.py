@@ -203,7 +203,7 @@ class MqttLink:
         failback_interval_s: float = 60.0,
         max_inflight: int = 16,
         liveness_interval_s: float = 1.5,
-        liveness_timeout_s: float = 3.0,
+        liveness_timeout_s: float = 2.0,
         logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
     ) -> None:
         """Configure; nothing connects before `run`."""
