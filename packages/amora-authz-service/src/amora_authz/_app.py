@@ -452,7 +452,10 @@ def _error(status: int, code: str, message: str, **headers: str) -> Response[Err
 
 def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[ErrorBody]:
     runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
-    if runtime is not None and exc.status_code >= 500:
+    if runtime is not None and isinstance(exc, ChangePendingError):
+        # Expected while a broker is down (readiness already says so): not an error per request.
+        runtime.log.warning("request.change_pending", path=request.url.path, brokers=list(exc.brokers))
+    elif runtime is not None and exc.status_code >= 500:
         runtime.log.error("request.failed", path=request.url.path, code=exc.code, error=exc.message)
     headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status_code == 401 else {}
     if isinstance(exc, RateLimitedError | ChangePendingError):

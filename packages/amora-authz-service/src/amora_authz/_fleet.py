@@ -263,6 +263,8 @@ class BrokerFleet:
         self._pending: dict[str, Scope] = {e.name: Scope() for e in endpoints}
         self._full_owed: dict[str, bool] = {e.name: True for e in endpoints}
         self._foreign: dict[str, Scope] = {e.name: Scope() for e in endpoints}
+        self._retry_delay: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self.full_passes = 0
         self._passes_changed = asyncio.Condition()
 
@@ -390,18 +392,38 @@ class BrokerFleet:
         """The brokers that miss any change the database holds."""
         return [s.name for s in self.status.values() if s.behind]
 
-    async def retry_pending(self) -> None:
-        """Re-apply what each broker missed: a full pass where one is owed, else the names."""
+    async def retry_pending(self, *, backoff: tuple[float, float] | None = None) -> None:
+        """Re-apply what each broker missed: a full pass where one is owed, else the names.
+
+        Args:
+            backoff: ``(initial_s, max_s)``: skip a broker whose last retries failed
+                until its delay (doubling from ``initial_s`` up to ``max_s``) has passed,
+                so a broker that stays down is not dialled every interval. None: retry
+                every broker that is behind now.
+        """
         async with asyncio.TaskGroup() as tg:
             for client in self.clients:
                 name = client.endpoint.name
+                if backoff is not None and time.monotonic() < self._retry_at.get(name, 0.0):
+                    continue
                 if self._full_owed[name]:
-                    tg.create_task(self._guarded(client, None), name=f"amora-authz[{name}].retry-full")
+                    tg.create_task(self._retry(client, None, backoff), name=f"amora-authz[{name}].retry-full")
                 elif _scope_size(self._pending[name]):
                     # Names taken by foreign objects are not retried here: only an
                     # operator can free them, and the periodic full pass notices that.
                     scope = self._pending[name]
-                    tg.create_task(self._guarded(client, scope), name=f"amora-authz[{name}].retry-scope")
+                    tg.create_task(self._retry(client, scope, backoff), name=f"amora-authz[{name}].retry-scope")
+
+    async def _retry(self, client: DynsecClient, scope: Scope | None, backoff: tuple[float, float] | None) -> None:
+        name = client.endpoint.name
+        if await self._guarded(client, scope) is not None or backoff is None:
+            self._retry_delay.pop(name, None)
+            self._retry_at.pop(name, None)
+            return
+        initial, maximum = backoff
+        delay = min(maximum, self._retry_delay.get(name, initial / 2) * 2)
+        self._retry_delay[name] = delay
+        self._retry_at[name] = time.monotonic() + delay
 
     def _update_status(self, name: str) -> None:
         status = self.status[name]

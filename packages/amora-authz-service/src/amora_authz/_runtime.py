@@ -307,7 +307,8 @@ class AuthzRuntime:
         while await self._sleep(self.settings.broker_retry_interval_s):
             if fleet.behind():
                 try:
-                    await fleet.retry_pending()
+                    interval = self.settings.broker_retry_interval_s
+                    await fleet.retry_pending(backoff=(interval, max(interval, 30.0)))
                 except AuthzError as exc:
                     self.log.warning("broker.retry_failed", error=exc.message)
 
