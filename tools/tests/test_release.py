@@ -98,8 +98,10 @@ def test_minor_release_bumps_moves_changelog_and_ranges_builds_checks_and_record
     components = {c["name"]: c for c in sbom["components"]}
     assert {"msgspec", "cryptography", "cffi"} <= components.keys()
     assert all(c["hashes"][0]["alg"] == "SHA-256" for c in components.values())
-    root_deps = next(d for d in sbom["dependencies"] if d["ref"] == f"amora-protocol@{new}")
-    assert {ref.split("@")[0] for ref in root_deps["dependsOn"]} == {"msgspec", "cryptography"}
+    graph = {d["ref"].split("@")[0]: {r.split("@")[0] for r in d.get("dependsOn", [])} for d in sbom["dependencies"]}
+    assert graph["amora-protocol"] == {"msgspec", "cryptography"}  # the wheel's own requirements
+    assert graph["cryptography"] == {"cffi"}  # and the edges further down, from each one's metadata
+    assert graph["cffi"] == {"pycparser"}
     assert "[[packages]]" in cut.artefacts.lock.read_text()
     # Record: tag on the release commit, releases.toml maps the version to it, tree clean.
     commit = cut.release.commit
