@@ -66,7 +66,7 @@ async def test_only_a_newer_list_signed_by_authz_for_this_device_replaces_the_li
     agent = make_offline_agent()
     app = make_app(("player-1",))
     agent._on_message(inbound(sessions_topic("player-1"), session_list(authz_key, issued_at_ms=NOW + 10)))
-    assert agent.session_list_issued_at_ms == NOW + 10
+    assert agent.session_list.issued_at_ms == NOW + 10
     refused = [
         session_list(authz_key, app.session_id, issued_at_ms=NOW + 5),  # older: a stale retained copy
         session_list(authz_key, app.session_id, issued_at_ms=NOW + 10),  # same age
@@ -76,7 +76,7 @@ async def test_only_a_newer_list_signed_by_authz_for_this_device_replaces_the_li
     ]
     for payload in refused:
         agent._on_message(inbound(sessions_topic("player-1"), payload))
-    assert agent.session_list_issued_at_ms == NOW + 10
+    assert agent.session_list.issued_at_ms == NOW + 10
     assert agent.take_usage()["session_lists_refused"] == 3
     _, payload = app.command("player-1", ChangeVolume(delta=1))
     answer = await agent._handle_command(inbound(commands_topic("player-1"), payload))
@@ -140,3 +140,20 @@ def test_refusal_budget_forgets_senders_least_recently_used_first() -> None:
     assert budget.take("c")  # "a" is forgotten: it starts with a full bucket again
     assert budget.take("a")
     assert len(msgspec.json.encode(list(budget._senders))) < 100
+
+
+async def test_wait_session_list_returns_once_the_list_holds(make_offline_agent, make_app, authz_key) -> None:
+    import asyncio  # noqa: PLC0415
+
+    agent = make_offline_agent()
+    app = make_app(("player-1",))
+    waiter = asyncio.create_task(agent.wait_session_list(lambda s: s is not None and s.allows(app.session_id)))
+    agent._on_message(inbound(sessions_topic("player-1"), session_list(authz_key, issued_at_ms=NOW)))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # a list without the session
+    agent._on_message(
+        inbound(sessions_topic("player-1"), session_list(authz_key, app.session_id, issued_at_ms=NOW + 1))
+    )
+    await asyncio.wait_for(waiter, 5)
+    assert agent.session_list is not None
+    assert agent.session_list.allows(app.session_id)

@@ -34,6 +34,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "agent_latency": ("amora_bench.agent_latency", {"events": 100}, {"events": 1000}),
     "revocation": ("amora_bench.revocation", {"rounds": 20}, {"rounds": 200}),
     "failover": ("amora_bench.failover", {"rounds": 1}, {"rounds": 3}),
+    "device_revocation": ("amora_bench.device_revocation", {"rounds": 20}, {"rounds": 200}),
     "fleet": (
         "amora_bench.fleet",
         {"players": 140, "sessions": 500, "rate": 1000.0, "seconds": 5.0},

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
     from amora_agent._management import DesiredSettings, ManagementPlane
     from amora_agent._player import Player
-    from amora_protocol import Action
+    from amora_protocol import Action, SessionList
 
 __all__ = ["AGENT_VERSION", "Agent", "AgentOptions"]
 
@@ -230,6 +230,7 @@ class Agent:
             "sessions": sessions_topic(device_id),
         }
         self._sessions = SessionGate(device_id)
+        self._session_list_applied = asyncio.Event()
         self._refusals = RefusalBudget()
         self._state: DeviceState | None = None
         self._dirty = asyncio.Event()
@@ -455,6 +456,9 @@ class Agent:
         offer = self._sessions.offer(payload, self._trusted)
         current = self._sessions.current
         if offer.applied and current is not None:
+            # Wake the waiters of this list; later ones wait for the next.
+            self._session_list_applied.set()
+            self._session_list_applied = asyncio.Event()
             self._usage["session_lists_applied"] += 1
             self._log.info("session list applied", issued_at_ms=current.issued_at_ms, sessions=len(current.sessions))
         elif offer.reason is not None and not offer.reason.startswith("not newer"):
@@ -462,10 +466,14 @@ class Agent:
             self._log.warning("session list refused", reason=offer.reason)
 
     @property
-    def session_list_issued_at_ms(self) -> int | None:
-        """When the authz service read the session list in force (``None``: no list yet)."""
-        current = self._sessions.current
-        return None if current is None else current.issued_at_ms
+    def session_list(self) -> SessionList | None:
+        """The authz session list in force (``None``: none received yet)."""
+        return self._sessions.current
+
+    async def wait_session_list(self, predicate: Callable[[SessionList | None], bool]) -> None:
+        """Return once ``predicate`` holds for the session list in force (tools, benchmarks)."""
+        while not predicate(self._sessions.current):
+            await self._session_list_applied.wait()
 
     def _check_own_status(self, message: InboundMessage) -> None:
         """Correct a stale offline status (an old connection's Last Will, delivered late)."""
