@@ -162,13 +162,13 @@ def test_failed_check_restores_the_tree_and_records_nothing(repo: Path):
     (repo / "packages/amora-sync-sdk/src/amora_sync/py.typed").unlink()
     _git(repo, "commit", "--quiet", "-am", "lose py.typed")
     _add_change(repo, "amora-sync-sdk", "Something.")
-    head = _git(repo, "rev-parse", "HEAD")
+    head, tags = _git(repo, "rev-parse", "HEAD"), _git(repo, "tag", "--list")
     with pytest.raises(ReleaseError, match=r"amora_sync/py.typed missing") as info:
         cut_release(repo, "amora-sync-sdk", "patch")
     assert info.value.problems
     assert _git(repo, "rev-parse", "HEAD") == head
     assert _git(repo, "status", "--porcelain") == ""  # version and changelog restored
-    assert _git(repo, "tag", "--list", "amora-sync-sdk-v*") == "amora-sync-sdk-v0.1.0"
+    assert _git(repo, "tag", "--list") == tags  # no tag made (a fresh clone may carry none at all)
 
 
 def test_wheel_rules_name_each_problem(tmp_path: Path):
@@ -215,9 +215,9 @@ def test_a_refused_commit_restores_the_tree(repo: Path):
     hook = repo / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\necho 'refused by a hook' >&2\nexit 1\n")
     hook.chmod(0o755)
-    head = _git(repo, "rev-parse", "HEAD")
+    head, tags = _git(repo, "rev-parse", "HEAD"), _git(repo, "tag", "--list")
     with pytest.raises(ReleaseError, match="refused by a hook"):
         cut_release(repo, "amora-protocol", "patch", today=DAY)
     assert _git(repo, "rev-parse", "HEAD") == head
     assert _git(repo, "status", "--porcelain") == ""
-    assert _git(repo, "tag", "--list", "amora-protocol-v*") == "amora-protocol-v0.1.0"
+    assert _git(repo, "tag", "--list") == tags
