@@ -7,7 +7,13 @@ brokers is in test_broker.py and in tests-integration/test_security_*.py.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,9 +21,6 @@ import pytest
 from amora_authz import ConfigError, RateLimit, RateLimitSettings, load_settings
 from amora_authz.testing import dev_settings, serve, session_body
 from amora_protocol import EncryptionKey, SigningKey
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 # Small-order Ed25519 encodings ("Taming the many EdDSAs", Brendel et al.): the
 # identity, points of order 2, 4 and 8, and the non-canonical "-0".
@@ -206,3 +209,44 @@ def test_limits_and_the_ops_listener_are_configurable(tmp_path: Path) -> None:
     config.write_text("[rate_limits]\nsessions_global = { rate_per_s = 0, burst = 3 }\n")
     with pytest.raises(ConfigError, match="rate_per_s > 0"):
         load_settings(config, environ={})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_cli_serves_two_listeners_and_stops_on_sigterm(tmp_path: Path) -> None:
+    public, ops = _free_port(), _free_port()
+    config = tmp_path / "authz.toml"
+    config.write_text(
+        f'database_url = "sqlite://{tmp_path / "authz.db"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f"listen_port = {public}\nops_listen_port = {ops}\n"
+        'log_level = "warning"\n\n[dev_issuer]\nenabled = true\n'
+    )
+    script = Path(sys.executable).with_name("amora-authz")
+    process = subprocess.Popen(  # noqa: S603 - our own console script
+        [str(script), "--config", str(config), "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # bounded: until the ops listener answers, or the deadline
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(0.05)
+        assert httpx.get(f"http://127.0.0.1:{public}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{public}/readyz", timeout=5).status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{ops}/metrics", timeout=5).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()

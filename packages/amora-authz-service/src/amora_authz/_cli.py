@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from amora_authz._runtime import AuthzRuntime, load_signing_keys
 from amora_authz._store import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from litestar import Litestar
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(settings: Settings) -> None:
-    def server(app: Litestar, host: str, port: int) -> uvicorn.Server:
+    def server(app: Litestar, host: str, port: int, *, kind: type[uvicorn.Server] = uvicorn.Server) -> uvicorn.Server:
         config = uvicorn.Config(
             app,
             host=host,
@@ -63,26 +64,55 @@ async def _serve(settings: Settings) -> None:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
-        return uvicorn.Server(config)
+        return kind(config)
 
     if settings.ops_listen_port is None:
         await server(create_app(settings), settings.listen_host, settings.listen_port).serve()
         return
     # Two listeners share one runtime, which therefore lives here rather than in an
-    # app's lifespan. Each server handles SIGTERM/SIGINT; when one ends, so does the other.
+    # app's lifespan. The servers must not take the signals themselves: uvicorn re-raises
+    # a captured signal when it is done, which would end the process before the runtime
+    # closes. SIGTERM/SIGINT stop both; when one server ends, so does the other.
     async with AuthzRuntime(settings) as runtime:
-        public = server(create_app(settings, runtime=runtime), settings.listen_host, settings.listen_port)
-        ops = server(create_ops_app(settings, runtime=runtime), settings.ops_listen_host, settings.ops_listen_port)
+        public = server(
+            create_app(settings, runtime=runtime), settings.listen_host, settings.listen_port, kind=_QuietServer
+        )
+        ops = server(
+            create_ops_app(settings, runtime=runtime),
+            settings.ops_listen_host,
+            settings.ops_listen_port,
+            kind=_QuietServer,
+        )
 
-        async def run(this: uvicorn.Server, other: uvicorn.Server) -> None:
+        def stop() -> None:
+            public.should_exit = ops.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop)
+
+        async def run(this: uvicorn.Server) -> None:
             try:
                 await this.serve()
             finally:
-                other.should_exit = True
+                stop()
 
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(run(public, ops), name="amora-authz.public-listener")
-            tasks.create_task(run(ops, public), name="amora-authz.ops-listener")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(run(public), name="amora-authz.public-listener")
+                tasks.create_task(run(ops), name="amora-authz.ops-listener")
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its caller."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing (see ``_serve``)."""
+        yield
 
 
 async def _database(settings: Settings, args: argparse.Namespace) -> None:
