@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from amora_authz import open_store
+from amora_authz._store import open_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from amora_authz import Store
+    from amora_authz._store import Store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from amora_authz import BrokerEndpoint, Scope, Session
+from amora_authz import BrokerEndpoint
+from amora_authz._dynsec import Scope
+from amora_authz._store import Session
 from amora_authz.testing import RunningService, dev_settings, serve, session_body
 from amora_devtools import MqttClient, MqttError, MqttRefused, client_ssl_context
 from amora_devtools.broker import dynsec
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from amora_authz import Certificate
+    from amora_authz._store import Certificate
     from amora_devtools import BrokerProcess, DevPKI
 
 pytestmark = pytest.mark.services

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import structlog
 
-from amora_authz import BrokerFleet, Device, Scope, Session, Store
-from amora_authz._fleet import _restrict, scope_for_device, scope_for_link, scope_for_session
+from amora_authz._dynsec import Scope
+from amora_authz._fleet import BrokerFleet, _restrict, scope_for_device, scope_for_link, scope_for_session
+from amora_authz._store import Device, Session, Store
 
 
 async def test_scoped_desired_state_matches_the_full_one(store: Store) -> None:

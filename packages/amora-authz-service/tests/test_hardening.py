@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from amora_authz import ConfigError, RateLimit, RateLimitSettings, load_settings
+from amora_authz import ConfigError, RateLimitSettings, load_settings
+from amora_authz._limits import RateLimit
 from amora_authz.testing import dev_settings, serve, session_body
 from amora_protocol import EncryptionKey, SigningKey
 

@@ -15,7 +15,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
-from amora_authz import AuthenticationError, OidcSettings, TokenValidator
+from amora_authz import AuthenticationError, OidcSettings
+from amora_authz._jwt import TokenValidator
 
 ISSUER = "https://login.example.test/tenant/v2.0"
 AUDIENCE = "amora-api"

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from amora_authz import (
+from amora_authz._dynsec import (
     MANAGED,
     AclSpec,
     ClientSpec,
-    Device,
     DynsecState,
     GroupSpec,
-    Link,
     RoleSpec,
     Scope,
-    Session,
-    desired_state,
     foreign_names,
     plan,
 )
+from amora_authz._fleet import desired_state
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, PUBLISHER_ROLE
+from amora_authz._store import Device, Link, Session
 from amora_protocol import device_acls, user_device_acls
 
 

@@ -8,8 +8,9 @@ import sqlite3
 import psycopg
 import pytest
 
-from amora_authz import Certificate, ConflictError, Device, NotFoundError, Session, Store, StoreError
-from amora_authz import open_store as open_any_store
+from amora_authz import ConflictError, NotFoundError, StoreError
+from amora_authz._store import Certificate, Device, Session, Store
+from amora_authz._store import open_store as open_any_store
 
 
 def device(device_id: str, *, at: int = 1_000) -> Device:

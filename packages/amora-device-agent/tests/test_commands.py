@@ -7,7 +7,9 @@ from pathlib import Path
 
 import msgspec
 
-from amora_agent import BrokerEndpoint, DesiredSettings, LogLevel, SimulatedPlayer, parse_desired
+from amora_agent import BrokerEndpoint, DesiredSettings, SimulatedPlayer
+from amora_agent._config import LogLevel
+from amora_agent._management import parse_desired
 from amora_agent._mqtt import InboundMessage, _Connection, _Inflight
 from amora_protocol import (
     ChangeVolume,

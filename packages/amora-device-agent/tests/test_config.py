@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from amora_agent import ConfigError, LogLevel, PlayerKind, load_config, parse_verify_key
+from amora_agent import ConfigError, load_config
+from amora_agent._config import LogLevel, PlayerKind, parse_verify_key
 from amora_protocol import EncryptionKey, SigningKey
 
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from amora_agent import StateDirError, VersionCounter
+from amora_agent import StateDirError
+from amora_agent._persist import VersionCounter
 
 
 def test_versions_increase_within_and_across_runs(tmp_path: Path) -> None:

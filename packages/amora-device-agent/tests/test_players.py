@@ -2,7 +2,8 @@ import asyncio
 
 import pytest
 
-from amora_agent import PlayerError, SimulatedPlayer, snapshot_from_mpd
+from amora_agent import PlayerError, SimulatedPlayer
+from amora_agent._mpd import snapshot_from_mpd
 from amora_protocol import (
     ChangeVolume,
     Next,

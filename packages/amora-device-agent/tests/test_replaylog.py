@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: TC003 - pytest resolves fixture annotations
 
 import pytest
 
-from amora_agent import ReplayLog, StateDirError
-from amora_agent._replaylog import HEADER_SIZE, LOG_FILE, Executed, Outcome, encode_record
+from amora_agent import StateDirError
+from amora_agent._replaylog import HEADER_SIZE, LOG_FILE, Executed, Outcome, ReplayLog, encode_record
 from amora_protocol import Command, CommandGuard, CommandStatus, Header, MessageType, Pause, Replayed
 
 NOW = 1_800_000_000_000
@@ -219,8 +219,8 @@ def test_a_full_disk_refuses_the_record_and_loses_nothing(tmp_path: Path) -> Non
         f"""
         import resource, signal, sys
         from pathlib import Path  # noqa: TC003 - pytest resolves fixture annotations
-        from amora_agent import ReplayLog, StateDirError
-        from amora_agent._replaylog import Executed
+        from amora_agent import StateDirError
+        from amora_agent._replaylog import Executed, ReplayLog
         from amora_protocol import CommandGuard
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         guard = CommandGuard(max_skew_ms={SKEW})

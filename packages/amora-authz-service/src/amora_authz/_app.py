@@ -12,7 +12,6 @@ The operations endpoints can be served by a second, internal-only app
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -617,8 +616,3 @@ def create_ops_app(settings: Settings, *, runtime: AuthzRuntime) -> Litestar:
         openapi_config=None,
         logging_config=None,
     )
-
-
-def decode_b64(text: str) -> bytes:
-    """Decode standard base64 (helper for clients and tests)."""
-    return base64.b64decode(text)

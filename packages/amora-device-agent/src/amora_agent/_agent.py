@@ -184,7 +184,7 @@ class Agent:
         management: ManagementPlane | None = None,
         display_name: str | None = None,
         options: AgentOptions | None = None,
-        logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         """Open the state directory; nothing connects before `run`."""
         self.device_id = validate_device_id(device_id)

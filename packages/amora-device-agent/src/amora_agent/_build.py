@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from amora_agent._agent import Agent, AgentOptions
 from amora_agent._config import AgentConfig, PlayerKind, client_ssl_context
@@ -13,6 +13,8 @@ from amora_agent._mpd import MpdPlayer
 from amora_agent._sim import SimulatedPlayer
 
 if TYPE_CHECKING:
+    import structlog
+
     from amora_agent._management import ManagementPlane
     from amora_agent._player import Player
 
@@ -26,7 +28,7 @@ def _read(path: str, key: str) -> str:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key) from exc
 
 
-def _management(config: AgentConfig, logger: Any) -> ManagementPlane | None:  # noqa: ANN401
+def _management(config: AgentConfig, logger: structlog.typing.FilteringBoundLogger | None) -> ManagementPlane | None:
     hub = config.iothub
     if hub is None:
         return None
@@ -49,7 +51,7 @@ def agent_from_config(
     config: AgentConfig,
     *,
     player: Player | None = None,
-    logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
+    logger: structlog.typing.FilteringBoundLogger | None = None,
 ) -> Agent:
     """Build the agent (and its player and management plane) that ``config`` describes.
 

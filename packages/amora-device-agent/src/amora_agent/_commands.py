@@ -9,7 +9,7 @@ its outcome after; a resend of a known id is answered from here instead of runni
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from amora_agent._errors import StateDirError
 from amora_agent._replaylog import Executed, Horizon, Outcome, ReplayLog
@@ -18,6 +18,8 @@ from amora_protocol import CommandGuard, CommandResponse, ProtocolError, parse_e
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import structlog
 
     from amora_agent._mqtt import InboundMessage
     from amora_protocol import Command, VerifiedCommand
@@ -130,7 +132,7 @@ class CommandBook:
         """A running command ended without an answer (an internal error): outcome unknown."""
         self._running.discard(command_id)
 
-    def finish(self, response: CommandResponse, log: Any) -> None:  # noqa: ANN401 - structlog logger
+    def finish(self, response: CommandResponse, log: structlog.typing.FilteringBoundLogger) -> None:
         """Remember how a command ended (a failure to write it is logged: the command did run)."""
         self._running.discard(response.command_id)
         outcome = Outcome(

@@ -49,7 +49,7 @@ class IoTHubPlane:
         report_interval_s: float = 5.0,
         call_timeout_s: float = _CALL_TIMEOUT_S,
         backoff: Backoff | None = None,
-        logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         """Configure; nothing connects before `run`."""
         self._connection_string = connection_string

@@ -127,7 +127,7 @@ class MpdPlayer:
         connect_timeout_s: float = 5.0,
         call_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
-        logger: Any = None,  # noqa: ANN401 - structlog loggers have no common type
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         """Configure; nothing connects before `run`."""
         self._host = host

@@ -204,7 +204,7 @@ class MqttLink:
         max_inflight: int = 16,
         liveness_interval_s: float = 1.5,
         liveness_timeout_s: float = 2.0,
-        logger: Any = None,  # noqa: ANN401 - structlog's bound loggers have no common type
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         """Configure; nothing connects before `run`."""
         if not endpoints:
