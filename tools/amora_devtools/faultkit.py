@@ -54,6 +54,7 @@ from amora_protocol import (
     parse_topic,
     responses_topic,
     state_topic,
+    unauthenticated_id,
     verify_envelope,
 )
 
@@ -204,6 +205,8 @@ class ProtocolApp:
         self.statuses: list[tuple[float, ConnectionStatus]] = []
         self.responses: dict[str, list[CommandResponse]] = {}
         self.payloads: dict[str, bytes] = {}
+        # A device answers what it refused unverified (e.g. `busy`) by the payload's digest.
+        self._by_digest: dict[str, str] = {}
 
     # -- session and lifecycle ----------------------------------------------------------------
 
@@ -298,6 +301,7 @@ class ProtocolApp:
         )
         remaining_s = max(1, (pending.command.expires_at_ms - now_ms()) // 1000)
         self.payloads[pending.command.id] = payload
+        self._by_digest[unauthenticated_id(payload)] = pending.command.id
         with contextlib.suppress(Exception):  # a dead socket: the next link resends
             link.client.publish(
                 topic,
@@ -341,6 +345,8 @@ class ProtocolApp:
             self.statuses.append((time.monotonic(), message))
 
     def _on_response(self, response: CommandResponse, envelope: tuple[int, int]) -> None:
+        if response.command_id in self._by_digest:
+            response = msgspec.structs.replace(response, command_id=self._by_digest[response.command_id])
         self.responses.setdefault(response.command_id, []).append(response)
         pending = self._pending.get(response.command_id)
         if pending is None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import amora_agent._agent as agent_module
+import amora_agent._agent_commands as commands_module
 from amora_agent import AgentOptions, SimulatedPlayer
 from amora_agent._mqtt import InboundMessage
 from amora_agent._replaylog import LOG_FILE
@@ -151,8 +152,9 @@ async def test_skew_beyond_the_allowance_is_clock_skew_with_the_offset(
 
 
 async def test_the_device_estimates_and_reports_its_own_offset(make_offline_agent, make_app, monkeypatch) -> None:
-    # The device's clock runs 20 s ahead of everyone else's (its clock injection point).
+    # The device's clock runs 20 s ahead of everyone else's (its clock injection points).
     monkeypatch.setattr(agent_module, "now_ms", lambda: now_ms() + 20_000)
+    monkeypatch.setattr(commands_module, "now_ms", lambda: now_ms() + 20_000)
     agent = make_offline_agent()
     app = make_app(("player-1",))
     for _ in range(3):
@@ -196,5 +198,6 @@ async def test_a_damaged_replay_log_refuses_the_replayed_command(
     horizon = restarted._book.horizon
     assert horizon is not None
     monkeypatch.setattr(agent_module, "now_ms", lambda: horizon.issued_before_ms + 10)
+    monkeypatch.setattr(commands_module, "now_ms", lambda: horizon.issued_before_ms + 10)
     _, fresh = app.command("player-1", ChangeVolume(delta=5), issued_at_ms=horizon.issued_before_ms)
     assert (await restarted._handle_command(inbound("player-1", fresh))).status is CommandStatus.SUCCEEDED

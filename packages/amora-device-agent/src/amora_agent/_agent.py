@@ -14,45 +14,36 @@ import msgspec
 import structlog
 
 from amora_agent._admission import RefusalBudget, SessionGate
+from amora_agent._agent_commands import CommandHandling, claimed_sender
 from amora_agent._commands import CommandBook
 from amora_agent._config import BrokerEndpoint, parse_verify_key
-from amora_agent._errors import ConfigError, PlayerError, PlayerUnavailable, StateDirError
+from amora_agent._errors import ConfigError, PlayerUnavailable, StateDirError
 from amora_agent._mqtt import InboundMessage, MqttLink, Will
 from amora_agent._persist import VersionCounter
 from amora_protocol import (
     Backoff,
-    BadSignature,
-    ClockSkew,
     Codec,
     CommandResponse,
     CommandStatus,
     ConnectionStatus,
     DeviceState,
     EncryptionKey,
-    Expired,
     Message,
     PlaybackStatus,
     ProtocolError,
     RejectReason,
-    Replayed,
     Sender,
     SigningKey,
-    Unauthorized,
-    UnknownKey,
-    UnsupportedAction,
-    VerifiedCommand,
     VerifyKey,
     commands_topic,
     connection_topic,
     keyring,
     now_ms,
-    parse_envelope,
     responses_topic,
     sessions_topic,
     state_topic,
     unauthenticated_id,
     validate_device_id,
-    verify_command,
     verify_envelope,
 )
 
@@ -64,7 +55,7 @@ if TYPE_CHECKING:
 
     from amora_agent._management import DesiredSettings, ManagementPlane
     from amora_agent._player import Player
-    from amora_protocol import Action, SessionList
+    from amora_protocol import SessionList
 
 __all__ = ["AGENT_VERSION", "Agent", "AgentOptions"]
 
@@ -129,27 +120,7 @@ class AgentOptions:
     liveness_timeout_s: float = 2.0
 
 
-def _reject_reason(exc: ProtocolError) -> RejectReason:
-    if isinstance(exc, Expired):
-        return RejectReason.EXPIRED
-    if isinstance(exc, UnsupportedAction):  # a newer app's action: not malformed, just not known here
-        return RejectReason.UNSUPPORTED
-    if isinstance(exc, Unauthorized | BadSignature | UnknownKey):
-        return RejectReason.UNAUTHORIZED
-    # Schema errors, topic mismatches, oversized payloads, sealed bodies that do not open,
-    # and commands dated in the future are all malformed from the device's point of view.
-    return RejectReason.INVALID
-
-
-def _claimed_sender(message: InboundMessage) -> str:
-    """The sender an unauthenticated envelope names (only a claim: a refusal budget key)."""
-    try:
-        return parse_envelope(message.payload, content_type=message.content_type).header.sender
-    except ProtocolError:
-        return "-"
-
-
-class Agent:
+class Agent(CommandHandling):
     """One player's agent: keeps the broker informed and carries out authorised commands.
 
     Use it as an async context manager (it runs in the background until the block ends,
@@ -438,7 +409,7 @@ class Agent:
             # answered like any unauthenticated input: within the refusal budget, by digest.
             self._usage["commands_busy"] += 1
             self._log.warning("command queue full; answered busy", qos=message.qos)
-            if not self._refusals.take(_claimed_sender(message)):
+            if not self._refusals.take(claimed_sender(message)):
                 self._usage["commands_unanswered"] += 1
                 return
             response = CommandResponse(
@@ -548,226 +519,6 @@ class Agent:
                 retain=True,
                 content_type=self._options.codec.value,
             )
-
-    # -- commands ---------------------------------------------------------------------------
-
-    async def _serve_commands(self) -> None:
-        while True:
-            message = await self._commands.get()
-            # Queued commands can arrive right after CONNACK, before the link is usable for
-            # the answer: hold them until the connection is fully up.
-            await self._online.wait()
-            try:
-                response = await self._handle_command(message)
-            except Exception as exc:  # noqa: BLE001 - one bad command must never end the agent
-                self._log.exception("command handling failed")
-                self._usage["errors"] += 1
-                response = CommandResponse(
-                    command_id=unauthenticated_id(message.payload),
-                    device_id=self.device_id,
-                    status=CommandStatus.FAILED,
-                    at_ms=now_ms(),
-                    message=f"internal error: {type(exc).__name__}",
-                )
-            if response is not None:
-                self._respond(response)
-
-    def _respond(self, response: CommandResponse) -> None:
-        # The correlation data is the answered id, never the inbound property: that one is
-        # not covered by any signature, and echoing it would reflect a stranger's bytes.
-        topic = self._topics["responses"]
-        self._link.publish(
-            topic,
-            self._encode(topic, response),
-            qos=1,
-            content_type=self._options.codec.value,
-            correlation_data=response.command_id.encode(),
-        )
-
-    def _answer(
-        self,
-        command_id: str,
-        status: CommandStatus,
-        *,
-        reason: RejectReason | None = None,
-        message: str | None = None,
-        clock_offset_ms: int | None = None,
-    ) -> CommandResponse:
-        if status is CommandStatus.REJECTED:
-            self._usage["commands_rejected"] += 1
-        self._log.info(
-            "command answered",
-            command_id=command_id,
-            status=status.value,
-            reason=reason.value if reason else None,
-            detail=message,
-        )
-        return CommandResponse(
-            command_id=command_id,
-            device_id=self.device_id,
-            status=status,
-            at_ms=now_ms(),
-            reason=reason,
-            message=message[:1024] if message else None,
-            state_version=self._state.version if self._state is not None else None,
-            clock_offset_ms=clock_offset_ms,
-        )
-
-    def _repeat(self, command_id: str, detail: str) -> CommandResponse:
-        """The answer to an id already received: its original outcome, if known."""
-        self._usage["commands_duplicate"] += 1
-        original = self._book.original(command_id)
-        if original is not None:
-            self._log.info("command repeated; original outcome answered", command_id=command_id)
-            return CommandResponse(
-                command_id=command_id,
-                device_id=self.device_id,
-                status=original.status,
-                at_ms=original.at_ms,
-                reason=original.reason,
-                message=original.message,
-                state_version=original.state_version,
-                duplicate=True,
-            )
-        if self._book.running(command_id):
-            response = self._answer(command_id, CommandStatus.ACCEPTED, message="running; the answer follows")
-            return msgspec.structs.replace(response, duplicate=True)
-        return self._answer(
-            command_id,
-            CommandStatus.DUPLICATE,
-            message=f"{detail}; its outcome is unknown (the device restarted while running it)",
-        )
-
-    def _refuse_unauthenticated(self, message: InboundMessage, exc: ProtocolError) -> CommandResponse | None:
-        """Answer input refused before its sender was authenticated, within the refusal budget.
-
-        The answer names a digest of the payload, not an id read from it, and a fixed text per
-        error class: nothing an unauthenticated sender chose is signed back.
-        """
-        if not self._refusals.take(_claimed_sender(message)):
-            self._usage["commands_unanswered"] += 1
-            self._log.debug("unauthenticated command refused without an answer", error=type(exc).__name__)
-            return None
-        return self._answer(
-            unauthenticated_id(message.payload),
-            CommandStatus.REJECTED,
-            reason=_reject_reason(exc),
-            message=f"refused before authentication: {type(exc).__name__}",
-        )
-
-    def _verify(
-        self, message: InboundMessage, now: int
-    ) -> tuple[VerifiedCommand, int | None, int] | CommandResponse | None:
-        """The verified command with its measured and judged clock offsets, or the refusal.
-
-        ``None``: refused before authentication and not answered (over the refusal budget).
-        """
-        book = self._book
-        measured, offset = book.judge_offset(message, now)
-        try:
-            verified = verify_command(
-                message.payload,
-                topic=message.topic,
-                content_type=message.content_type,
-                trusted_keys=self._trusted,
-                now_ms=book.sender_time(now, offset),
-                decrypt_key=self._encryption_key,
-            )
-        except ProtocolError as exc:
-            if exc.command_id is None:
-                return self._refuse_unauthenticated(message, exc)
-            reason = _reject_reason(exc)
-            if reason is RejectReason.EXPIRED and measured is not None and abs(measured) > book.max_skew_ms:
-                reason = RejectReason.CLOCK_SKEW
-            return self._answer(
-                exc.command_id,
-                CommandStatus.REJECTED,
-                reason=reason,
-                message=str(exc),
-                clock_offset_ms=measured if reason is RejectReason.CLOCK_SKEW else None,
-            )
-        revoked = self._sessions.refusal(verified.grant)
-        if revoked is not None:
-            command_id = verified.command.id
-            return self._answer(command_id, CommandStatus.REJECTED, reason=RejectReason.UNAUTHORIZED, message=revoked)
-        return verified, measured, offset
-
-    async def _handle_command(self, message: InboundMessage) -> CommandResponse | None:  # noqa: PLR0911 - one answer per outcome
-        now = now_ms()
-        book = self._book
-        checked = self._verify(message, now)
-        if checked is None or isinstance(checked, CommandResponse):
-            return checked
-        verified, measured, offset = checked
-        command = verified.command
-        if book.refuses(command):
-            return self._answer(
-                command.id,
-                CommandStatus.REJECTED,
-                reason=RejectReason.EXPIRED,
-                message="issued before the device lost part of its replay record; send it again with a new id",
-            )
-        try:
-            book.guard.check(verified.header, command, now_ms=now, clock_offset_ms=offset)
-        except Replayed as exc:
-            if book.guard.seen(command.id):
-                return self._repeat(command.id, str(exc))
-            # A new id on an envelope whose (sender, epoch, seq) was already used or is too old:
-            # it never ran, so it must not read as a duplicate (which apps take as done).
-            return self._answer(command.id, CommandStatus.REJECTED, reason=RejectReason.INVALID, message=str(exc))
-        except ClockSkew as exc:
-            self._usage["commands_clock_skew"] += 1
-            reason, offset_ms = RejectReason.CLOCK_SKEW, exc.offset_ms
-            return self._answer(
-                command.id, CommandStatus.REJECTED, reason=reason, message=str(exc), clock_offset_ms=offset_ms
-            )
-        except ProtocolError as exc:
-            return self._answer(command.id, CommandStatus.REJECTED, reason=_reject_reason(exc), message=str(exc))
-        if measured is not None and book.note_skew(verified, measured, now):
-            self._log.info(
-                "clock offset estimated", clock_offset_ms=book.clock_offset_ms, allowance_ms=book.max_skew_ms
-            )
-        # Recorded (durably) before it runs: at most once, even across a crash.
-        try:
-            book.start(verified, now)
-        except StateDirError as exc:
-            self.last_error = str(exc)
-            self._log.error("cannot record a command; not run", error=str(exc))
-            return self._answer(
-                command.id,
-                CommandStatus.REJECTED,
-                reason=RejectReason.BUSY,
-                message=f"cannot record the command, so it did not run: {exc}",
-            )
-        try:
-            response = await self._run(command.id, command.action, command.if_version)
-        except BaseException:
-            book.abandon(command.id)
-            raise
-        book.finish(response, self._log)
-        return response
-
-    async def _run(self, command_id: str, action: Action, if_version: int | None) -> CommandResponse:
-        current = self._state.version if self._state is not None else None
-        if if_version is not None and if_version != current:
-            return self._answer(
-                command_id,
-                CommandStatus.REJECTED,
-                reason=RejectReason.VERSION_MISMATCH,
-                message=f"state version is {current}",
-            )
-        self._usage["commands"] += 1
-        try:
-            await self._player.execute(action)
-        except PlayerError as exc:
-            self._usage["errors"] += 1
-            return self._answer(command_id, CommandStatus.FAILED, message=str(exc))
-        return self._answer(command_id, CommandStatus.SUCCEEDED)
-
-    @property
-    def clock_offset_ms(self) -> int | None:
-        """This device's clock minus its senders' as estimated from the commands it verified."""
-        return self._book.clock_offset_ms
 
     # -- management -------------------------------------------------------------------------
 
