@@ -1,4 +1,4 @@
-"""Offline checks of the deployment templates (``hatch run deploy:check``, part of ``tools/dev test``).
+"""Offline checks of the deployment templates (``hatch run templates:check``, part of ``tools/dev test``).
 
 1. ``kubectl kustomize`` renders every overlay under ``infra/k8s/overlays``;
 2. ``kubernetes-validate --strict`` validates each rendered manifest against the Kubernetes
@@ -32,7 +32,7 @@ def _run(argv: list[str], *, cwd: Path | None = None) -> subprocess.CompletedPro
 def _tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        sys.exit(f"deploy-check: {name} not found (tools/dev installs it; hatch env 'deploy' has checkov)")
+        sys.exit(f"deploy-check: {name} not found (tools/dev installs it; the hatch env 'templates' has checkov)")
     return found
 
 

@@ -36,7 +36,7 @@ from amora_devtools._errors import PkiError
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["ClientCert", "DevPKI"]
+__all__ = ["ClientCert", "DevPKI", "device_key_and_csr"]
 
 _CA_DAYS: Final = 3650
 _LEAF_DAYS: Final = 365
@@ -353,3 +353,17 @@ class DevPKI:
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise PkiError(f"not issued by this development CA: {exc}") from exc
         return cert
+
+
+def device_key_and_csr(device_id: str) -> tuple[bytes, bytes]:
+    """A new EC P-256 device key and a CSR with CN = ``device_id``, both PEM.
+
+    What a player sends when it is registered (``POST /v1/admin/devices``, field ``csr``);
+    the authz service answers with the certificate.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(device_id)).sign(key, hashes.SHA256())
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)

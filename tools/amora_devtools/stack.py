@@ -34,17 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from amora_devtools._errors import DevtoolsError, ServiceStartError
 from amora_devtools._proc import ManagedProcess, free_port, tail, wait_until
 from amora_devtools.broker import BrokerProcess, start_broker
 from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import DEFAULT_TRACKS, Track
-from amora_devtools.pki import DevPKI
+from amora_devtools.pki import DevPKI, device_key_and_csr
 from amora_devtools.supervise import Supervisor
 from amora_devtools.webpage import WEB_DIR, WebPage, start_webpage
 from amora_protocol import EncryptionKey, SigningKey
@@ -377,17 +373,8 @@ class Stack:
             signing, encryption = SigningKey.generate(), EncryptionKey.generate()
             (directory / "signing.pem").write_bytes(signing.to_pem())
             (directory / "encryption.pem").write_bytes(encryption.to_pem())
-            tls_key = ec.generate_private_key(ec.SECP256R1())
-            (directory / "device.key").write_bytes(
-                tls_key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-            csr = (
-                x509.CertificateSigningRequestBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-                .sign(tls_key, hashes.SHA256())
-            )
+            key_pem, csr_pem = device_key_and_csr(device_id)
+            (directory / "device.key").write_bytes(key_pem)
             registered = self._admin(
                 admin,
                 "POST",
@@ -396,7 +383,7 @@ class Stack:
                     "device_id": device_id,
                     "signing_key": _b64(signing.public_key.raw),
                     "encryption_key": _b64(encryption.public_key.raw),
-                    "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                    "csr": csr_pem.decode(),
                 },
             )
             (directory / "device.pem").write_text(registered["certificate"])

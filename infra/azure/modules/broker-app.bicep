@@ -114,7 +114,7 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
             { name: 'AMORA_BROKER_DEVICE_PORT', value: string(devicePort) }
             { name: 'AMORA_BROKER_APP_PORT', value: string(appPort) }
             { name: 'AMORA_BROKER_WS_PORT', value: string(wsPort) }
-            { name: 'AMORA_BROKER_BRIDGE_USERNAME', value: 'amora-bridge' }
+            { name: 'AMORA_BROKER_BRIDGE_USERNAME', value: 'svc.bridge-standby' }
             { name: 'AMORA_BROKER_BRIDGE_PASSWORD_FILE', value: '/run/secrets/amora/bridge-password' }
             { name: 'AMORA_BROKER_CRL_FILE', value: '/run/amora/crl/devices.crl.pem' }
             { name: 'AMORA_BROKER_CRL_WATCH_S', value: '10' }

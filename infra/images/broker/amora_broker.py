@@ -106,7 +106,8 @@ _DEFAULTS: dict[str, str] = {
     "KEY_FILE": "/run/secrets/amora/broker.key",
     "CRL_FILE": "/run/amora/crl/devices.crl.pem",
     "DYNSEC_PLUGIN": "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
-    "ADMIN_USERNAME": "amora-authz",
+    # Service accounts are `svc.*` (amora_protocol.service_account_name): never a device or user id.
+    "ADMIN_USERNAME": "svc.amora-authz",
     "ADMIN_PASSWORD_FILE": "/run/secrets/amora/broker-admin-password",
     "BRIDGE_NAME": "standby-to-primary",
     "EXTRA_CONFIG_DIR": "/etc/amora-broker/conf.d",
