@@ -100,15 +100,19 @@ def check_sdist(sdist: Path, dist: Distribution, version: str) -> list[str]:
     return problems
 
 
-def run_checkers(wheel: Path, sdist: Path) -> list[str]:
-    """``twine check --strict`` on both, ``check-wheel-contents`` on the wheel; their output on failure."""
+def run_checkers(wheel: Path, sdist: Path, *, cwd: Path | None = None) -> list[str]:
+    """``twine check --strict`` on both, ``check-wheel-contents`` on the wheel; their output on failure.
+
+    ``cwd`` is the package folder: check-wheel-contents reads a package's own settings from
+    ``[tool.check-wheel-contents]`` in the ``pyproject.toml`` there.
+    """
     problems: list[str] = []
     commands = {
         "twine check --strict": [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
         "check-wheel-contents": [sys.executable, "-m", "check_wheel_contents", str(wheel)],
     }
     for label, argv in commands.items():
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603 - fixed argv
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, check=False)  # noqa: S603 - fixed argv
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip().replace("\n", "\n    ")
             problems.append(f"{label} failed:\n    {output}")
@@ -117,4 +121,8 @@ def run_checkers(wheel: Path, sdist: Path) -> list[str]:
 
 def check_artefacts(wheel: Path, sdist: Path, dist: Distribution, version: str) -> list[str]:
     """Every check on a release's wheel and sdist; an empty list means they may ship."""
-    return [*run_checkers(wheel, sdist), *check_wheel(wheel, dist, version), *check_sdist(sdist, dist, version)]
+    return [
+        *run_checkers(wheel, sdist, cwd=dist.folder),
+        *check_wheel(wheel, dist, version),
+        *check_sdist(sdist, dist, version),
+    ]
