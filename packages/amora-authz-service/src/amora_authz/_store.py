@@ -15,19 +15,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from amora_authz._database import configure_sqlite, current_revision, engine_url, upgrade
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
 from amora_authz._schema import certificates, devices, links, sessions
 
@@ -44,16 +40,11 @@ __all__ = [
     "open_store",
 ]
 
-_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-# The first Alembic revision is the schema the earlier hand-written runner created as its
-# version 1 (table ``schema_migrations``); such databases are stamped there, then upgraded.
-_LEGACY_VERSIONS = {1: "0001"}
 # PostgreSQL: connections kept open, and how many more may be opened under load. The HTTP
 # server admits more requests than this; the rest wait for a connection (pool_timeout).
 _PG_POOL_SIZE = 10
 _PG_MAX_OVERFLOW = 10
 _POOL_TIMEOUT_S = 10.0
-_SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,49 +130,6 @@ def _session(row: sa.Row[Any]) -> Session:
     )
 
 
-def _engine_url(url: str) -> str:
-    """Map the service's database URL to SQLAlchemy's (driver named explicitly).
-
-    Raises:
-        StoreError: the URL names no supported database.
-    """
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        return "sqlite+aiosqlite://" if path == ":memory:" else f"sqlite+aiosqlite:///{path}"
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url.removeprefix(scheme)
-    msg = f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite://PATH or postgresql://..."
-    raise StoreError(msg)
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """SQLite: foreign keys, WAL, a busy timeout, and transactions that begin when we say.
-
-    The sqlite3 module would otherwise open a transaction only before the first write and
-    never for reads, so a read-then-write block would not be atomic. SQLAlchemy's documented
-    recipe (its aiosqlite notes): turn the module's handling off and emit BEGIN ourselves.
-    Transactions (`Store.transaction`, migrations) take the write lock at once (BEGIN
-    IMMEDIATE) instead of failing to upgrade a read lock later; single statements run
-    without BEGIN (SQLite then commits each on its own), saving two round trips to
-    aiosqlite's thread.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: object) -> None:  # noqa: ANN401 - DBAPI connection
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        if conn.get_execution_options().get("amora_transaction", False):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 _current: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar("amora_authz_store_tx", default=None)
 """The connection of the transaction the current task is in (contextvars are per task)."""
 
@@ -199,7 +147,7 @@ class Store:
         # Two views of the same pool. Single statements commit on their own, with no
         # BEGIN/COMMIT round trips (PostgreSQL: autocommit mode; SQLite: no BEGIN sent).
         # Transactions: READ COMMITTED on PostgreSQL; on SQLite they take the write lock
-        # at once (see _configure_sqlite).
+        # at once (see `amora_authz._database.configure_sqlite`).
         self._transactional = engine.execution_options(amora_transaction=True)
         if engine.dialect.name != "sqlite":
             self._transactional = self._transactional.execution_options(isolation_level="READ COMMITTED")
@@ -215,7 +163,7 @@ class Store:
         Raises:
             StoreError: the URL is not supported, or the database cannot be reached.
         """
-        target = _engine_url(url)
+        target = engine_url(url)
         # No rollback when a connection goes back to the pool: every transaction here is
         # ended explicitly (`_connection`), and single statements run outside one, so the
         # reset would only cost a round trip per call.
@@ -237,7 +185,7 @@ class Store:
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(f"cannot use database URL: {exc}") from exc
         if engine.dialect.name == "sqlite":
-            _configure_sqlite(engine)
+            configure_sqlite(engine)
         store = cls(engine)
         try:
             await store._scalar(sa.select(sa.literal(1)))
@@ -343,7 +291,7 @@ class Store:
         """
         try:
             async with self._transactional.connect() as conn, conn.begin():
-                await conn.run_sync(_upgrade)
+                await conn.run_sync(upgrade)
         except SQLAlchemyError as exc:
             raise StoreError(f"migration failed: {exc}") from exc
         return await self.schema_version()
@@ -351,7 +299,7 @@ class Store:
     async def schema_version(self) -> int:
         """Return the applied schema revision as a number (0 when none)."""
         async with self._connection() as conn:
-            revision = await conn.run_sync(_current_revision)
+            revision = await conn.run_sync(current_revision)
         return int(revision) if revision else 0
 
     # -- devices -------------------------------------------------------------------
@@ -590,31 +538,6 @@ class Store:
                 return [r.session_id for r in result.all()]
             except SQLAlchemyError as exc:
                 raise StoreError(f"database error: {exc}") from exc
-
-
-def _alembic_config(connection: sa.Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
-
-
-def _current_revision(connection: sa.Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
-
-
-def _upgrade(connection: sa.Connection) -> None:
-    """Adopt a legacy database if needed, then upgrade to head (runs inside ``run_sync``)."""
-    config = _alembic_config(connection)
-    tables = set(sa.inspect(connection).get_table_names())
-    if "schema_migrations" in tables and _current_revision(connection) is None:
-        legacy = connection.execute(sa.text("SELECT MAX(version) FROM schema_migrations")).scalar()
-        revision = _LEGACY_VERSIONS.get(int(legacy or 0))
-        if revision is None:
-            msg = f"the database has schema version {legacy} of an unknown migration runner; migrate it by hand"
-            raise StoreError(msg)
-        command.stamp(config, revision)
-    command.upgrade(config, "head")
 
 
 async def open_store(url: str) -> Store:
