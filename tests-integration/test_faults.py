@@ -27,6 +27,7 @@ import pytest
 from amora_devtools.faultkit import ProtocolApp, agent_connections
 from amora_devtools.stack import Player, Stack
 from amora_protocol import ChangeVolume, ConnectionStatus, DeviceState, SetVolume, parse_envelope, state_topic
+from amora_sync import CommandTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -163,6 +164,43 @@ async def test_primary_hung_under_a_command_stream_is_left_and_stale_wills_corre
             return max((s for _, s in app.statuses if s.device_id == SIM), key=lambda s: s.version or 0)
 
         assert (await _until(lambda: newest().online, "online status")) is True
+
+
+async def test_sdk_client_rides_a_hung_and_a_dead_primary_without_doubling(stack: Stack, sdk_client) -> None:
+    """The SDK's own failover, failback and resend-with-the-same-id under a command stream."""
+    primary = stack.brokers[0]
+    outcomes: list[str] = []
+
+    async def one(client: Any) -> None:
+        try:
+            response = await client.command(SIM, ChangeVolume(delta=1), timeout=20)
+        except CommandTimeoutError:
+            outcomes.append("timed_out")  # the caller is told; it may or may not have run
+        else:
+            outcomes.append(response.status.value)
+
+    async with ProtocolApp(stack, "alice", [SIM]) as watcher, sdk_client(stack, "alice") as client:
+        await _healthy(stack, watcher)
+        await _reset_volume(watcher, SIM)
+        tasks = []
+        for i in range(60):
+            if i == 8:
+                primary.signal(signal.SIGSTOP)
+            elif i == 40:
+                primary.signal(signal.SIGCONT)
+            elif i == 48:
+                primary.kill()  # restarted by the stack
+            tasks.append(asyncio.create_task(one(client)))
+            await asyncio.sleep(0.25)
+        await asyncio.gather(*tasks)
+        assert not [o for o in outcomes if o not in {"succeeded", "timed_out"}], outcomes
+        succeeded, unknown = outcomes.count("succeeded"), outcomes.count("timed_out")
+        await _healthy(stack, watcher)
+        final = await _until(
+            lambda: (s := watcher.states.get(SIM)) is not None and (s.volume or 0) >= succeeded and s, "final volume"
+        )
+        # Each success took effect once; a timed-out one at most once.
+        assert succeeded <= final.volume <= succeeded + unknown, outcomes
 
 
 async def test_agent_crash_loop_runs_each_command_at_most_once(stack: Stack) -> None:
