@@ -421,7 +421,10 @@ class DynsecClient:
                 return
             await self._drop()
             client = gmqtt.Client(f"amora-authz-{self._prefix}", clean_session=True)
-            client.set_config({"reconnect_retries": 0})
+            # gmqtt's own reconnect off (docs/decisions/0003): it allows a retry while the
+            # failed-attempt count is <= reconnect_retries, so 0 still reconnects once; any
+            # value below -1 never does. The next command reconnects with a fresh client.
+            client.set_config({"reconnect_retries": -2})
             client.set_auth_credentials(self.endpoint.username, self.endpoint.password)
             client.on_message = self._on_message
             client.on_disconnect = self._on_disconnect
