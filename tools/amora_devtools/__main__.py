@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amora_devtools._errors import DevtoolsError
+from amora_devtools._files import write_private
 from amora_devtools.broker import BrokerProcess, create_device_client, start_broker
 from amora_devtools.mpd import start_mpd
 from amora_devtools.pki import DevPKI
@@ -116,7 +117,7 @@ def _up(args: argparse.Namespace) -> int:
             player = stack.enter_context(start_mpd(workdir / "mpd"))
             info["mpd"] = {"host": player.host, "port": player.port, "pid": player.pid,
                            "music_dir": str(player.music_dir)}  # fmt: skip
-        (workdir / "stack.json").write_text(json.dumps(info, indent=2))
+        write_private(workdir / "stack.json", json.dumps(info, indent=2))  # broker admin credentials
         _print_summary(info)
         stop.wait()
         _out("stopping ...")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from amora_devtools._broker_config import dynsec_plugin, render_template, template_dir
 from amora_devtools._errors import DevtoolsError, MqttError, ServiceStartError
+from amora_devtools._files import private_dir, write_private
 from amora_devtools._mqtt import MqttClient, client_ssl_context
 from amora_devtools._proc import (
     ManagedProcess,
@@ -386,19 +387,16 @@ def _prepare_state_dir(workdir: Path, name: str, pki: DevPKI) -> tuple[Path, boo
         remove_at_exit(state_dir)
         owned = True
     else:
-        state_dir = workdir / "state"
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = private_dir(workdir / "state")  # password hashes, the bridge password, the TLS key
         owned = False
-    tls = state_dir / "tls"
-    tls.mkdir(exist_ok=True)
+    tls = private_dir(state_dir / "tls")
     for src, dst in (
         (pki.ca_file, "ca.pem"),
         (pki.server_cert_file, "server.pem"),
-        (pki.server_key_file, "server.key"),
         (pki.crl_file, "crl.pem"),
     ):
         shutil.copyfile(src, tls / dst)
-    (tls / "server.key").chmod(0o600)
+    write_private(tls / "server.key", pki.server_key_file.read_bytes())
     return state_dir, owned
 
 
@@ -447,7 +445,9 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
     for _ in range(_START_ATTEMPTS):
         state_dir, owned = _prepare_state_dir(broker_dir, name, pki)
         admin_password = secrets.token_urlsafe(18)
-        (state_dir / "dynamic-security.json").write_text(json.dumps(initial_dynsec_state(admin_password), indent=2))
+        write_private(  # password hashes
+            state_dir / "dynamic-security.json", json.dumps(initial_dynsec_state(admin_password), indent=2)
+        )
         tls = state_dir / "tls"
         values = {
             "bind_address": host,
@@ -474,8 +474,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
                     "bridge_cafile": str(tls / "ca.pem"),
                 },
             )
-        (state_dir / "mosquitto.conf").write_text(config)
-        (state_dir / "mosquitto.conf").chmod(0o600)  # holds the bridge password
+        write_private(state_dir / "mosquitto.conf", config)  # holds the bridge password
         if user is not None:
             chown_tree(state_dir, user)
         broker = BrokerProcess(

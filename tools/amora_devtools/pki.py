@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from amora_devtools._errors import PkiError
+from amora_devtools._files import private_dir
 
 if TYPE_CHECKING:
     import ssl
@@ -71,7 +72,9 @@ def _now() -> dt.datetime:
 def _write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write atomically (a reader such as mosquitto never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # O_EXCL: a stale temporary file would keep its own (maybe wider) mode while filled.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     tmp.chmod(mode)
@@ -151,7 +154,9 @@ class DevPKI:
             common_name: The CA's CN.
         """
         directory = Path(directory)
-        (directory / "clients").mkdir(parents=True, exist_ok=True)
+        # The CA key and client keys live here: no one else may even list them.
+        private_dir(directory / "clients")
+        private_dir(directory)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         ca_cert = (

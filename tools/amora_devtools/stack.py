@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self
 import httpx
 
 from amora_devtools._errors import DevtoolsError, ServiceStartError
+from amora_devtools._files import private_dir, write_private
 from amora_devtools._proc import ManagedProcess, free_port, tail, wait_until
 from amora_devtools.broker import BrokerProcess, start_broker
 from amora_devtools.mpd import MpdProcess, start_mpd
@@ -112,7 +113,7 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
     Raises:
         ServiceStartError: It exited or did not answer ``/readyz`` in time.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # the database, the signing key, the session secret
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     lines = [
@@ -153,7 +154,7 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
             f"client_endpoints = {json.dumps(endpoints)}",
         ]
     config = directory / "authz.toml"
-    config.write_text("\n".join(lines) + "\n")
+    write_private(config, "\n".join(lines) + "\n")  # holds the brokers' admin passwords
     log = directory / "authz.log"
     process = ManagedProcess("amora-authz", [_script("amora-authz"), "--config", str(config), "serve"], log_file=log)
 
@@ -236,7 +237,7 @@ class Stack:
         if self.players < 1:
             raise DevtoolsError("a stack needs at least one player")
         self.state_dir = self.state_dir.resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self._listen_for_crl_reloads()
         try:
             self.pki = DevPKI.create(self.state_dir / "pki")
@@ -264,7 +265,7 @@ class Stack:
             self.stop()
             raise
         info = self.describe()
-        (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_private(self.state_dir / "stack.json", json.dumps(info, indent=2) + "\n")  # holds tokens
         return info
 
     def _listen_for_crl_reloads(self) -> None:
@@ -369,12 +370,12 @@ class Stack:
             kind = "mpd" if self.real_mpd and index == 0 else "simulated"
             device_id = f"player-{index + 1}"
             directory = self.state_dir / "players" / device_id
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
             signing, encryption = SigningKey.generate(), EncryptionKey.generate()
-            (directory / "signing.pem").write_bytes(signing.to_pem())
-            (directory / "encryption.pem").write_bytes(encryption.to_pem())
+            write_private(directory / "signing.pem", signing.to_pem())
+            write_private(directory / "encryption.pem", encryption.to_pem())
             key_pem, csr_pem = device_key_and_csr(device_id)
-            (directory / "device.key").write_bytes(key_pem)
+            write_private(directory / "device.key", key_pem)
             registered = self._admin(
                 admin,
                 "POST",

@@ -331,6 +331,7 @@ def make_ca(folder: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         )
     )
+    key_file.chmod(0o600)  # the service refuses a CA key others may read
     return cert_file, key_file
 
 
@@ -462,6 +463,7 @@ async def test_key_rotation_publishes_every_key_and_signs_with_the_first(tmp_pat
     files = []
     for name, key in (("new.pem", new), ("old.pem", old)):
         (tmp_path / name).write_bytes(key.to_pem())
+        (tmp_path / name).chmod(0o600)  # the service refuses keys others may read
         files.append(str(tmp_path / name))
     async with serve(dev_settings(tmp_path, signing_key_files=tuple(files))) as svc:
         keys = (await svc.http.get("/.well-known/amora-keys")).json()["keys"]

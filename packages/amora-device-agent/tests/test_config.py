@@ -3,9 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from amora_agent import ConfigError, load_config
+from amora_agent import ConfigError, client_ssl_context, load_config
 from amora_agent._config import LogLevel, PlayerKind, parse_verify_key
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -13,8 +14,10 @@ from amora_protocol import EncryptionKey, SigningKey
 def write_config(tmp_path: Path, extra: str = "", *, device_id: str = "player-1") -> Path:
     signing = tmp_path / "signing.pem"
     signing.write_bytes(SigningKey.generate().to_pem())
+    signing.chmod(0o600)
     sealing = tmp_path / "sealing.pem"
     sealing.write_bytes(EncryptionKey.generate().to_pem())
+    sealing.chmod(0o600)
     authz = SigningKey.generate().public_key
     authz_file = tmp_path / "authz.pem"
     authz_file.write_bytes(SigningKey.generate().public_key.to_pem())
@@ -85,6 +88,49 @@ def test_missing_key_file_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.signing_key()
     assert info.value.key == "keys.signing_key_file"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+@pytest.mark.parametrize("which", ["signing", "sealing", "tls"])
+def test_a_private_key_others_may_read_is_refused_like_ssh_does(tmp_path: Path, dev_pki, mode: int, which: str) -> None:
+    config = load_config(write_config(tmp_path))
+    cert = dev_pki.issue_client_cert("player-1")
+    path = {"signing": tmp_path / "signing.pem", "sealing": tmp_path / "sealing.pem", "tls": cert.key_file}[which]
+    path.chmod(mode)
+    tls = msgspec.structs.replace(
+        config.tls, ca_file=str(dev_pki.ca_file), cert_file=str(cert.cert_file), key_file=str(cert.key_file)
+    )
+
+    def load() -> object:
+        if which == "signing":
+            return config.signing_key()
+        if which == "sealing":
+            return config.encryption_key()
+        return client_ssl_context(tls)
+
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert (
+        info.value.key
+        == {"signing": "keys.signing_key_file", "sealing": "keys.encryption_key_file", "tls": "tls.key_file"}[which]
+    )
+    assert f"(mode {mode:04o}): run `chmod 600 {path}`" in str(info.value)
+    path.chmod(0o600)  # the fix it names works
+    assert load() is not None
+
+
+def test_the_agent_refuses_to_start_with_a_readable_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    (tmp_path / "signing.pem").chmod(0o644)
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed module
+        [sys.executable, "-m", "amora_agent", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(f"run `chmod 600 {tmp_path / 'signing.pem'}`")
 
 
 def test_verify_keys_parse_in_every_spelling() -> None:

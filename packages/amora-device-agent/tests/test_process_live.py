@@ -30,6 +30,7 @@ DEVICE = "player-1"
 def write_config(tmp_path, device, broker, *, name: str = "agent") -> str:
     signing = tmp_path / f"{device.device_id}-signing.pem"
     signing.write_bytes(device.signing_key.to_pem())
+    signing.chmod(0o600)
     config = tmp_path / f"{name}.toml"
     config.write_text(
         f"""

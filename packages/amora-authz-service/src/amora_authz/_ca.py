@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from amora_authz._errors import ConfigError, InvalidInputError
+from amora_authz._keyfiles import read_private
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -81,7 +82,7 @@ class DeviceCA:
         """
         try:
             cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(read_private(key_file, "device CA key"), password=None)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the device CA: {exc}") from exc
         if not isinstance(key, _CA_KEY_TYPES):

@@ -19,6 +19,7 @@ from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
 from amora_authz._errors import AuthzError
+from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
 from amora_authz._runtime import AuthzRuntime, load_signing_keys
 from amora_authz._store import open_store
@@ -140,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         configure_logging(level=settings.log_level, json=settings.log_json)
         if args.command == "serve":
+            # Before the server: a key others may read is one clear line, not a startup traceback.
+            check_key_files(settings)
             # uvicorn handles SIGINT/SIGTERM itself: graceful shutdown runs the lifespan exit.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             asyncio.run(_serve(settings))

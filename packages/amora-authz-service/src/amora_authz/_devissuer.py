@@ -17,6 +17,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from amora_authz._errors import PermissionDeniedError
+from amora_authz._keyfiles import read_private, write_private
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,11 +69,9 @@ class DevIssuer:
     def load_or_create_key(path: Path) -> RSAKey:
         """Load the issuer key from ``path`` (JWK JSON), creating it on first use."""
         if path.exists():
-            return RSAKey.import_key(json.loads(path.read_text("utf-8")))
+            return RSAKey.import_key(json.loads(read_private(path, "development issuer key")))
         key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex[:16]})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(key.as_dict(private=True)), "utf-8")
-        path.chmod(0o600)
+        write_private(path, json.dumps(key.as_dict(private=True)).encode())
         return key
 
     def discovery(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from amora_authz._devissuer import DevIssuer
 from amora_authz._errors import AuthenticationError, AuthzError, ConfigError
 from amora_authz._fleet import BrokerFleet
 from amora_authz._jwt import Claims, OidcSettings, TokenValidator, peek
+from amora_authz._keyfiles import read_private, write_private
 from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, SessionListPublisher
@@ -112,22 +113,22 @@ def load_signing_keys(settings: Settings) -> list[SigningKey]:
     """Load the grant-signing keys, generating one into ``state_dir`` when none is set.
 
     Raises:
-        ConfigError: a key file cannot be read or is not an Ed25519 PEM.
+        ConfigError: a key file cannot be read, is accessible by group or others, or is not
+            an Ed25519 PEM.
     """
-    if settings.signing_key_files:
-        keys = []
-        for name in settings.signing_key_files:
-            try:
-                keys.append(SigningKey.from_pem(Path(name).read_bytes()))
-            except (OSError, ProtocolError) as exc:
-                raise ConfigError(f"cannot load signing key {name}: {exc}") from exc
-        return keys
-    path = Path(settings.state_dir) / "grant-signing-key.pem"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(SigningKey.generate().to_pem())
-        path.chmod(0o600)
-    return [SigningKey.from_pem(path.read_bytes())]
+    paths = [Path(name) for name in settings.signing_key_files]
+    if not paths:
+        path = Path(settings.state_dir) / "grant-signing-key.pem"
+        if not path.exists():
+            write_private(path, SigningKey.generate().to_pem())
+        paths = [path]
+    keys = []
+    for path in paths:
+        try:
+            keys.append(SigningKey.from_pem(read_private(path, "grant-signing key")))
+        except ProtocolError as exc:
+            raise ConfigError(f"cannot load signing key {path}: {exc}") from exc
+    return keys
 
 
 def _session_secret(settings: Settings) -> bytes:
@@ -135,10 +136,8 @@ def _session_secret(settings: Settings) -> bytes:
     if not path.exists():
         if settings.session_secret_file:
             raise ConfigError(f"session secret file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
-    return path.read_bytes()
+        write_private(path, secrets.token_bytes(32))
+    return read_private(path, "session secret")
 
 
 class AuthzRuntime:

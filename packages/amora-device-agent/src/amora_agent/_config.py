@@ -29,6 +29,7 @@ import base64
 import binascii
 import enum
 import ssl
+import stat
 from pathlib import Path
 from typing import Annotated, Protocol, TypeVar
 
@@ -174,7 +175,7 @@ class AgentConfig(_Config, frozen=True):
         Raises:
             ConfigError: The file is missing or not an Ed25519 private key.
         """
-        return _load_key(self.keys.signing_key_file, SigningKey.from_pem, "keys.signing_key_file")
+        return _load_key(self.keys.signing_key_file, SigningKey.from_pem, "keys.signing_key_file", private=True)
 
     def encryption_key(self) -> EncryptionKey | None:
         """Load the device's X25519 key for sealed commands, if configured.
@@ -184,7 +185,9 @@ class AgentConfig(_Config, frozen=True):
         """
         if self.keys.encryption_key_file is None:
             return None
-        return _load_key(self.keys.encryption_key_file, EncryptionKey.from_pem, "keys.encryption_key_file")
+        return _load_key(
+            self.keys.encryption_key_file, EncryptionKey.from_pem, "keys.encryption_key_file", private=True
+        )
 
     def trusted_keys(self) -> list[VerifyKey]:
         """The authz service's public keys this device trusts for grants.
@@ -207,7 +210,27 @@ class _Parser(Protocol[_T_co]):
     def __call__(self, data: bytes, /) -> _T_co: ...
 
 
-def _load_key(path: str, parse: _Parser[_T_co], key: str) -> _T_co:
+def check_private_file(path: str, *, key: str | None = None) -> None:
+    """Refuse a private key file that group or others may read (as ssh does).
+
+    Raises:
+        ConfigError: The file's mode lets group or others read or write it, naming the fix.
+    """
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return  # reading it reports the problem, with the path
+    if mode & 0o077:
+        raise ConfigError(
+            f"private key {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"run `chmod 600 {path}`",
+            key=key,
+        )
+
+
+def _load_key(path: str, parse: _Parser[_T_co], key: str, *, private: bool = False) -> _T_co:
+    if private:
+        check_private_file(path, key=key)
     try:
         return parse(Path(path).read_bytes())
     except OSError as exc:
@@ -256,6 +279,7 @@ def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     Raises:
         ConfigError: A certificate or key file cannot be loaded.
     """
+    check_private_file(tls.key_file, key="tls.key_file")
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
