@@ -159,29 +159,28 @@ class StandInAuthz:
         )
         return issue_grant(grant, self.issuer)
 
-    def _answer(self, record: _SessionRecord, *, full: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def _answer(self, record: _SessionRecord) -> dict[str, Any]:
+        # The published schema (amora_protocol.SessionResponse), for creation and refresh alike.
+        return {
             "session_id": record.session_id,
             "expires_at": record.expires_at_ms,
             "grant": b64(self._grant(record)),
-        }
-        if full:
-            body["broker"] = {
+            "broker": {
                 "endpoints": [f"mqtts://{b.host}:{b.app_port}" for b in self.brokers],
                 "username": record.session_id,
                 "password": record.password,
                 "client_id": record.session_id,
-            }
-            body["devices"] = [
+            },
+            "devices": [
                 {
                     "device_id": d,
                     "signing_key": b64(self.device_keys[d][0]),
                     "encryption_key": b64(self.device_keys[d][1]),
                 }
                 for d in record.devices
-            ]
-            body["authz_keys"] = [{"kid": self.issuer.kid, "public_key": b64(self.issuer.public_key.raw)}]
-        return body
+            ],
+            "authz_keys": [{"kid": self.issuer.kid, "public_key": b64(self.issuer.public_key.raw)}],
+        }
 
     def handle(self, method: str, path: str, token: str | None, body: bytes) -> tuple[int, dict[str, Any]]:  # noqa: PLR0911 - one answer per route
         self.calls.append(f"{method} {path}")
@@ -219,7 +218,7 @@ class StandInAuthz:
             with self._lock:
                 self.sessions[record.session_id] = record
             self.exchanged.set()
-            return 201, self._answer(record, full=True)
+            return 201, self._answer(record)
         if len(parts) >= 3 and parts[:2] == ["v1", "sessions"]:
             with self._lock:
                 found = self.sessions.get(parts[2])
@@ -229,7 +228,7 @@ class StandInAuthz:
             if method == "POST" and parts[3:] == ["refresh"]:
                 record.expires_at_ms = now_ms() + self.session_ttl_ms
                 self.refreshed.set()
-                return 200, self._answer(record, full=False)
+                return 200, self._answer(record)
             if method == "DELETE" and len(parts) == 3:
                 self.expire(record.session_id)
                 return 204, {}

@@ -21,13 +21,14 @@ from amora_protocol import (
     Sender,
     SigningKey,
     connection_topic,
+    now_ms,
     responses_topic,
     state_topic,
 )
 from amora_sync._cache import DeviceCache, Watch
 from amora_sync._inbound import InboundVerifier
 from amora_sync._session import BrokerCredentials, DeviceInfo, Endpoint, Session
-from amora_sync._stats import ClientStats, now_ms
+from amora_sync._stats import ClientStats
 
 PROPS = {"content_type": [Codec.MSGPACK.value]}
 

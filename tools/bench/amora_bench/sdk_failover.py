@@ -79,7 +79,7 @@ async def _measure(*, rounds: int, failback_interval: float) -> dict[str, Any]:
     from amora_devtools import create_session_client  # noqa: PLC0415
     from amora_devtools.broker import start_broker_pair  # noqa: PLC0415
     from amora_devtools.pki import DevPKI  # noqa: PLC0415
-    from amora_protocol import SigningKey  # noqa: PLC0415
+    from amora_protocol import EncryptionKey, SigningKey  # noqa: PLC0415
     from amora_sync import AmoraClient, ReconnectPolicy  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="amora-bench-failover-") as tmp:
@@ -103,6 +103,7 @@ async def _measure(*, rounds: int, failback_interval: float) -> dict[str, Any]:
                     {
                         "device_id": "bench-1",
                         "signing_key": base64.b64encode(SigningKey.generate().public_key.raw).decode(),
+                        "encryption_key": base64.b64encode(EncryptionKey.generate().public_key.raw).decode(),
                     }
                 ],
                 "authz_keys": [],

@@ -47,6 +47,7 @@ from amora_protocol import (
     SetVolume,
     Stop,
     Toggle,
+    now_ms,
 )
 from amora_sync._client import AmoraClient
 from amora_sync._connection import ConnectionState
@@ -60,7 +61,6 @@ from amora_sync._errors import (
     UnknownDeviceError,
 )
 from amora_sync._outbox import validate_command
-from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Self
 
 import httpx
 
-from amora_protocol import Codec, InvalidDeviceId, validate_device_id
+from amora_protocol import Codec, InvalidDeviceId, now_ms, validate_device_id
 from amora_sync._cache import DeviceCache, Watch
 from amora_sync._connection import ConnectionInfo, ConnectionLoop, ConnectionState
 from amora_sync._errors import ClientClosedError, ConnectError, InvalidDeviceIdError, SessionError, UnknownDeviceError
@@ -31,7 +31,7 @@ from amora_sync._inbound import InboundVerifier
 from amora_sync._outbox import Outbox
 from amora_sync._session import SessionApi
 from amora_sync._session_keeper import SessionKeeper
-from amora_sync._stats import ClientStats, now_ms
+from amora_sync._stats import ClientStats
 from amora_sync._subscriptions import Subscriber
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from amora_sync._flow import Backoff, LatestPerKeyQueue, QueueClosedError
+from amora_sync._flow import LatestPerKeyQueue, QueueClosedError
 from amora_sync._mqtt import LinkError, MqttLink
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class ConnectionLoop:
     async def run(self) -> None:
         """Connect, serve until lost, back off, fail over; forever (cancel to stop)."""
         self._closing = False
-        backoff = Backoff(policy=self._policy)
+        backoff = self._policy.backoff()
         start = 0
         while True:
             session = self._session()

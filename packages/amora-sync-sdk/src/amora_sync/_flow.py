@@ -1,12 +1,13 @@
-"""Flow-control building blocks: the reconnect backoff and the latest-per-key queue."""
+"""Flow-control building blocks: the reconnect policy and the latest-per-key queue."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from amora_protocol import Backoff
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -56,35 +57,9 @@ class ReconnectPolicy:
         if self.failback_interval < 0:
             raise ValueError("failback_interval must be >= 0 (0: never fail back)")
 
-
-@dataclass(kw_only=True)
-class Backoff:
-    """Stateful full-jitter backoff over a `ReconnectPolicy`.
-
-    Attributes:
-        policy: The policy.
-        attempt: Failed attempts since the last success.
-    """
-
-    policy: ReconnectPolicy
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def ceiling(self) -> float:
-        """Return the current upper bound of the wait (before jitter)."""
-        # Cap the exponent so the float never overflows on long outages.
-        exponent = min(self.attempt, 64)
-        return min(self.policy.max_delay, self.policy.initial_delay * self.policy.multiplier**exponent)
-
-    def next_delay(self) -> float:
-        """Return the wait before the next attempt and count the attempt."""
-        delay = self.rng.uniform(0.0, self.ceiling())
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        """Forget past failures (after a successful connection)."""
-        self.attempt = 0
+    def backoff(self) -> Backoff:
+        """A fresh full-jitter backoff over this policy's bounds (`amora_protocol.Backoff`)."""
+        return Backoff(initial=self.initial_delay, maximum=self.max_delay, multiplier=self.multiplier)
 
 
 class LatestPerKeyQueue(Generic[K, V]):

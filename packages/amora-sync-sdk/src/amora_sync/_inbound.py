@@ -16,10 +16,10 @@ from amora_protocol import (
     DeviceState,
     ProtocolError,
     TopicKind,
+    now_ms,
     parse_topic,
     verify_envelope,
 )
-from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     import logging

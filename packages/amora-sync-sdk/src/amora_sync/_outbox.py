@@ -29,6 +29,7 @@ from amora_protocol import (
     RejectReason,
     commands_topic,
     is_critical,
+    now_ms,
     responses_topic,
 )
 from amora_sync._errors import (
@@ -41,7 +42,6 @@ from amora_sync._errors import (
     InvalidCommandError,
     OutboxFullError,
 )
-from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     import logging

@@ -11,16 +11,14 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
-from amora_protocol import EncryptionPublicKey, ProtocolError, VerifyKey
+from amora_protocol import EncryptionPublicKey, ProtocolError, SchemaError, VerifyKey, decode_session_response, now_ms
 from amora_sync._errors import AuthenticationError, AuthzUnavailableError, RateLimitedError, SessionError
-from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     from amora_protocol import EncryptionKey, SigningKey
@@ -32,7 +30,6 @@ _DEFAULT_MQTTS_PORT = 8883
 _TOO_MANY_REQUESTS = 429
 _NO_RETRY_AFTER_S = 1.0  # a 429 without Retry-After: try again after this
 _HALF_SECOND_MS = 500  # an HTTP Date is whole seconds: the service's time is on average .5 s later
-_MS_THRESHOLD = 100_000_000_000  # an epoch above this is milliseconds, not seconds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,33 +102,6 @@ class Session:
     authz_keys: tuple[VerifyKey, ...]
 
 
-class _WireBroker(msgspec.Struct):
-    endpoints: list[Any]
-    username: str
-    password: str
-    client_id: str | None = None
-
-
-class _WireDevice(msgspec.Struct):
-    device_id: str
-    signing_key: str
-    encryption_key: str | None = None
-
-
-class _WireKey(msgspec.Struct):
-    public_key: str
-    kid: str | None = None
-
-
-class _WireSession(msgspec.Struct):
-    session_id: str
-    expires_at: int | float | str
-    grant: str
-    broker: _WireBroker | None = None
-    devices: list[_WireDevice] | None = None
-    authz_keys: list[_WireKey] | None = None
-
-
 class _WireError(msgspec.Struct):
     code: str | None = None
     message: str | None = None
@@ -148,34 +118,11 @@ def _b64(text: str) -> bytes:
         raise SessionError(f"bad base64 in session answer: {text[:16]!r}") from exc
 
 
-def parse_expiry(value: float | str) -> int:
-    """Turn the service's ``expires_at`` (epoch s or ms, or ISO 8601) into ms since the epoch.
+def parse_endpoint(raw: str) -> Endpoint | None:
+    """Parse one endpoint: ``mqtts://host:port`` (or ``host:port``).
 
-    Raises:
-        SessionError: The value is not understood.
+    Returns None for transports the SDK does not speak (websockets, for web apps).
     """
-    if isinstance(value, str):
-        try:
-            return int(datetime.fromisoformat(value).timestamp() * 1000)
-        except ValueError as exc:
-            raise SessionError(f"bad expires_at {value!r}") from exc
-    if value > _MS_THRESHOLD:
-        return int(value)
-    return int(value * 1000)
-
-
-def parse_endpoint(raw: object) -> Endpoint | None:
-    """Parse one endpoint: ``mqtts://host:port``, ``host:port`` or ``{"host", "port"}``.
-
-    Returns None for transports the SDK does not speak (websockets).
-    """
-    if isinstance(raw, Mapping):
-        scheme = str(raw.get("scheme") or raw.get("transport") or "mqtts")
-        if scheme.startswith("ws") or "websocket" in scheme:
-            return None
-        return Endpoint(host=str(raw["host"]), port=int(raw.get("port", _DEFAULT_MQTTS_PORT)))
-    if not isinstance(raw, str):
-        return None
     text = raw if "://" in raw else f"mqtts://{raw}"
     parts = urlsplit(text)
     if parts.scheme.startswith("ws") or parts.hostname is None:
@@ -183,54 +130,40 @@ def parse_endpoint(raw: object) -> Endpoint | None:
     return Endpoint(host=parts.hostname, port=parts.port or _DEFAULT_MQTTS_PORT)
 
 
-def _broker(wire: _WireSession, previous: Session | None) -> BrokerCredentials:
-    if wire.broker is None:
-        if previous is None:
-            raise SessionError("the session has no broker credentials")
-        return previous.broker
+def _decode_session(body: bytes) -> Session:
+    """Decode a session answer with the published schema (`amora_protocol.SessionResponse`).
+
+    Raises:
+        SessionError: The answer does not match the schema or carries an invalid key.
+    """
+    try:
+        wire = decode_session_response(body)
+    except SchemaError as exc:
+        raise SessionError(f"the authz service sent an unexpected session: {exc}") from exc
     endpoints = tuple(e for e in map(parse_endpoint, wire.broker.endpoints) if e is not None)
     if not endpoints:
-        raise SessionError("the session lists no TLS endpoint this SDK can use")
-    return BrokerCredentials(
-        endpoints=endpoints,
-        username=wire.broker.username,
-        password=wire.broker.password,
-        client_id=wire.broker.client_id or wire.session_id,
-    )
-
-
-def _decode_session(body: bytes, previous: Session | None) -> Session:
+        raise SessionError("the session lists no TLS endpoint this SDK can use (mqtts://host:port)")
     try:
-        wire = msgspec.json.decode(body, type=_WireSession)
-    except msgspec.DecodeError as exc:
-        raise SessionError(f"the authz service sent an unexpected session: {exc}") from exc
-    broker = _broker(wire, previous)
-    try:
-        if wire.devices is not None:
-            devices: Mapping[str, DeviceInfo] = {
-                d.device_id: DeviceInfo(
-                    device_id=d.device_id,
-                    signing_key=VerifyKey.from_raw(_b64(d.signing_key)),
-                    encryption_key=(
-                        None if d.encryption_key is None else EncryptionPublicKey.from_raw(_b64(d.encryption_key))
-                    ),
-                )
-                for d in wire.devices
-            }
-        elif previous is not None:
-            devices = previous.devices
-        else:
-            devices = {}
-        if wire.authz_keys is not None:
-            authz_keys = tuple(VerifyKey.from_raw(_b64(k.public_key)) for k in wire.authz_keys)
-        else:
-            authz_keys = () if previous is None else previous.authz_keys
+        devices = {
+            d.device_id: DeviceInfo(
+                device_id=d.device_id,
+                signing_key=VerifyKey.from_raw(_b64(d.signing_key)),
+                encryption_key=EncryptionPublicKey.from_raw(_b64(d.encryption_key)),
+            )
+            for d in wire.devices
+        }
+        authz_keys = tuple(VerifyKey.from_raw(_b64(k.public_key)) for k in wire.authz_keys)
     except ProtocolError as exc:  # bad key lengths
         raise SessionError(f"the session carries an invalid key: {exc}") from exc
     return Session(
         session_id=wire.session_id,
-        expires_at_ms=parse_expiry(wire.expires_at),
-        broker=broker,
+        expires_at_ms=wire.expires_at,
+        broker=BrokerCredentials(
+            endpoints=endpoints,
+            username=wire.broker.username,
+            password=wire.broker.password,
+            client_id=wire.broker.client_id,
+        ),
         grant=_b64(wire.grant),
         devices=devices,
         authz_keys=authz_keys,
@@ -385,7 +318,7 @@ class SessionApi:
         }
         if client_name:
             body["client_name"] = client_name
-        return _decode_session(await self._post("/v1/sessions", body), None)
+        return _decode_session(await self._post("/v1/sessions", body))
 
     async def refresh(self, session: Session) -> Session:
         """Extend `session` with a fresh token (``POST /v1/sessions/{id}/refresh``).
@@ -398,7 +331,7 @@ class SessionApi:
             SessionError: Any other refusal (404: the session is gone).
         """
         body = await self._post(f"/v1/sessions/{session.session_id}/refresh", {})
-        return _decode_session(body, session)
+        return _decode_session(body)
 
     async def delete(self, session: Session) -> None:
         """End `session` (``DELETE /v1/sessions/{id}``); errors are ignored (best effort)."""

@@ -13,11 +13,10 @@ import contextlib
 import secrets
 from typing import TYPE_CHECKING
 
-from amora_protocol import EncryptionKey, Sender, SigningKey
+from amora_protocol import EncryptionKey, Sender, SigningKey, now_ms
 from amora_sync._errors import AuthzUnavailableError, ClientClosedError, RateLimitedError, SessionError
-from amora_sync._flow import Backoff, LatestPerKeyQueue, QueueClosedError, ReconnectPolicy
+from amora_sync._flow import LatestPerKeyQueue, QueueClosedError, ReconnectPolicy
 from amora_sync._session import refresh_delay
-from amora_sync._stats import now_ms
 
 if TYPE_CHECKING:
     import logging
@@ -110,7 +109,7 @@ class SessionKeeper:
     async def run(self) -> None:
         """Refresh the session before it expires; exchange again when it is gone. Runs forever."""
         api = self._require_api()
-        backoff = Backoff(policy=_REFRESH_RETRY)
+        backoff = _REFRESH_RETRY.backoff()
         while True:
             session = self.require()
             # Due time, or earlier after a reconnect: the broker also kicks clients when

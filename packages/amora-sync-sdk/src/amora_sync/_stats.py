@@ -1,16 +1,10 @@
-"""The client's counters and clock, shared by the modules that make up the client."""
+"""The client's counters, shared by the modules that make up the client."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-__all__ = ["ClientStats", "now_ms"]
-
-
-def now_ms() -> int:
-    """Return the wall clock in ms since the epoch."""
-    return time.time_ns() // 1_000_000
+__all__ = ["ClientStats"]
 
 
 @dataclass(kw_only=True)
