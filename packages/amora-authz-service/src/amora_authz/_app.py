@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, delete, get, post, put
@@ -26,6 +26,18 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from amora_authz._bodies import (  # Litestar reads the body types at runtime
+    DeviceRegisteredResponse,
+    DeviceRegistration,
+    DeviceUsers,
+    DevTokenRequest,
+    DevTokenResponse,
+    ErrorBody,
+    KeysDocument,
+    LinkResponse,
+    RevokedResponse,
+    UserDevices,
+)
 from amora_authz._errors import (
     AuthenticationError,
     AuthzError,
@@ -37,7 +49,6 @@ from amora_authz._jwt import Claims
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
 from amora_protocol import (
-    AuthzPublicKey,
     BrokerCredential,
     DevicePublicKeys,
     SessionRequest,
@@ -54,90 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["create_app", "create_ops_app"]
 
 VERSION = "0.1.0"
-
-
-# -- bodies ---------------------------------------------------------------------------
-
-
-# The session exchange's bodies (SessionRequest, SessionResponse and their parts) are the
-# published contract and live in amora_protocol, so that clients decode exactly what is sent.
-
-Base64Key = Annotated[str, msgspec.Meta(max_length=64)]
-"""A 32-byte raw key in standard base64 (44 characters; a little slack)."""
-
-
-class DeviceRegistration(msgspec.Struct, frozen=True):
-    """Admin: register a device (keys as base64 of raw bytes; CSR as PEM)."""
-
-    device_id: Annotated[str, msgspec.Meta(max_length=64)]
-    signing_key: Base64Key
-    encryption_key: Base64Key
-    csr: Annotated[str, msgspec.Meta(max_length=16_384)] | None = None
-
-
-class DeviceRegisteredResponse(msgspec.Struct, frozen=True):
-    """The registered device and its certificate (PEM) when a CSR was sent."""
-
-    device_id: str
-    certificate: str | None
-    serial: str | None
-
-
-class RevokedResponse(msgspec.Struct, frozen=True):
-    """A revoked device and the certificate serials added to the CRL."""
-
-    device_id: str
-    revoked_serials: list[str]
-
-
-class LinkResponse(msgspec.Struct, frozen=True):
-    """A user-device link."""
-
-    user: str
-    device_id: str
-    created: bool
-
-
-class UserDevices(msgspec.Struct, frozen=True):
-    """A user's devices."""
-
-    user: str
-    devices: list[str]
-
-
-class DeviceUsers(msgspec.Struct, frozen=True):
-    """A device's users."""
-
-    device_id: str
-    users: list[str]
-
-
-class KeysDocument(msgspec.Struct, frozen=True):
-    """``/.well-known/amora-keys``: grant-signing public keys."""
-
-    keys: tuple[AuthzPublicKey, ...]
-
-
-class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Every error answer (``brokers``: those behind, on ``change_pending``)."""
-
-    code: str
-    message: str
-    brokers: list[str] | None = None
-
-
-class DevTokenRequest(msgspec.Struct, frozen=True):
-    """Development issuer: a token for a named development user."""
-
-    username: Annotated[str, msgspec.Meta(max_length=200)]
-
-
-class DevTokenResponse(msgspec.Struct, frozen=True):
-    """Development issuer: the token."""
-
-    access_token: str
-    token_type: str
-    expires_in: int
 
 
 NO_STORE = CacheControlHeader(no_store=True)
