@@ -408,6 +408,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
     bridge_to: BrokerProcess | None = None,
     host: str = "127.0.0.1",
     timeout: float = _START_TIMEOUT,
+    ports: tuple[int, int, int] | None = None,
 ) -> BrokerProcess:
     """Start mosquitto with the Amora configuration and wait until it is usable.
 
@@ -420,6 +421,8 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             returns once the bridge is connected.
         host: Loopback address for the MQTT listeners.
         timeout: Bound for each readiness wait, in seconds.
+        ports: Fixed (device, app, websocket) ports instead of free ones (``stack:up``'s
+            documented defaults); a port in use then fails the start instead of a retry.
 
     Returns:
         The running broker; `BrokerProcess.close` it (or use it as a context manager).
@@ -449,12 +452,13 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             state_dir / "dynamic-security.json", json.dumps(initial_dynsec_state(admin_password), indent=2)
         )
         tls = state_dir / "tls"
+        device_port, app_port, ws_port = ports or (free_port(host), free_port(host), free_port(host))
         values = {
             "bind_address": host,
             "ws_bind": "lo",
-            "device_port": str(free_port(host)),
-            "app_port": str(free_port(host)),
-            "ws_port": str(free_port(host)),
+            "device_port": str(device_port),
+            "app_port": str(app_port),
+            "ws_port": str(ws_port),
             "ca_file": str(tls / "ca.pem"),
             "cert_file": str(tls / "server.pem"),
             "key_file": str(tls / "server.key"),
@@ -498,7 +502,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             broker._start(timeout=timeout)  # noqa: SLF001 - the factory of its own class
         except ServiceStartError as exc:
             broker.close()
-            if "Address already in use" not in exc.log_tail:
+            if "Address already in use" not in exc.log_tail or ports is not None:
                 raise
             last_error = exc  # a port was taken between probing and binding: new ports
             continue

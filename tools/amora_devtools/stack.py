@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -50,12 +51,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
-__all__ = ["DEFAULT_USERS", "Player", "Stack", "main", "start_authz"]
+__all__ = ["DEFAULT_AUTHZ_PORT", "DEFAULT_BROKER_PORT", "DEFAULT_USERS", "Player", "Stack", "main", "start_authz"]
 
 ADMIN_USER = "admin"
 # Who owns which player, by player index (0 is the real-MPD player when there is one).
 DEFAULT_USERS: dict[str, tuple[int, ...]] = {"alice": (0, 1), "bob": (2, 3), "carol": ()}
 _READY_TIMEOUT = 30.0
+# `stack:up`'s fixed ports, which the READMEs use (the SDK quickstart's authz URL); the
+# standby takes the three after the primary's. `Stack` itself (tests) picks free ports.
+DEFAULT_AUTHZ_PORT = 8080
+DEFAULT_BROKER_PORT = 8883  # primary: apps (TLS + password); +1 devices (mTLS); +2 wss
 
 
 @dataclass
@@ -101,11 +106,13 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
     crl_reload_command: Sequence[str] = (),
     session_ttl_s: int = 3600,
     rate_limits: bool = True,
+    port: int | None = None,
 ) -> tuple[ManagedProcess, str]:
     """Start the authz service (SQLite, development issuer on) for ``brokers``; wait until ready.
 
     ``rate_limits=False`` turns the service's per-user and global rate limits off (for
-    benchmarks that create thousands of sessions); the stack keeps the defaults.
+    benchmarks that create thousands of sessions); the stack keeps the defaults. ``port``
+    fixes the HTTP port (default: a free one).
 
     Returns:
         The process and the service's base URL.
@@ -114,7 +121,7 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
         ServiceStartError: It exited or did not answer ``/readyz`` in time.
     """
     private_dir(directory)  # the database, the signing key, the session secret
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     lines = [
         f"database_url = {_toml_str('sqlite://' + str(directory / 'authz.db'))}",
@@ -190,6 +197,9 @@ class Stack:
         agent_programs: Device id -> the ``amora-agent`` executable to run it with (default:
             this environment's); the compatibility suite runs a previous release this way.
         supervise: Restart brokers and agents that die, with backoff.
+        authz_port: Fixed port for the authz service (default: a free one).
+        broker_port: Fixed first port of the primary broker's three (apps, devices, wss);
+            the standby takes the next three (default: free ones).
     """
 
     state_dir: Path
@@ -200,6 +210,8 @@ class Stack:
     mpd_tracks: tuple[Track, ...] = DEFAULT_TRACKS
     agent_programs: dict[str, Path] = field(default_factory=dict)
     supervise: bool = True
+    authz_port: int | None = None
+    broker_port: int | None = None
     supervisor: Supervisor | None = field(default=None, init=False)
     pki: DevPKI | None = field(default=None, init=False)
     brokers: list[BrokerProcess] = field(default_factory=list, init=False)
@@ -238,14 +250,24 @@ class Stack:
             raise DevtoolsError("a stack needs at least one player")
         self.state_dir = self.state_dir.resolve()
         private_dir(self.state_dir)
+        # A second `stack:up` in the same folder starts afresh (new PKI, new keys): the previous
+        # run's database and players would only conflict with them (409 device_exists).
+        for part in ("authz", "players"):
+            shutil.rmtree(self.state_dir / part, ignore_errors=True)
         self._listen_for_crl_reloads()
         try:
             self.pki = DevPKI.create(self.state_dir / "pki")
-            primary = start_broker(self.state_dir / "brokers", self.pki, name="primary")
+            primary = start_broker(self.state_dir / "brokers", self.pki, name="primary", ports=self._broker_ports(0))
             self.brokers.append(primary)
             if self.standby:
                 self.brokers.append(
-                    start_broker(self.state_dir / "brokers", self.pki, name="standby", bridge_to=primary)
+                    start_broker(
+                        self.state_dir / "brokers",
+                        self.pki,
+                        name="standby",
+                        bridge_to=primary,
+                        ports=self._broker_ports(1),
+                    )
                 )
             self._start_authz()
             admin = self._token(ADMIN_USER)
@@ -267,6 +289,13 @@ class Stack:
         info = self.describe()
         write_private(self.state_dir / "stack.json", json.dumps(info, indent=2) + "\n")  # holds tokens
         return info
+
+    def _broker_ports(self, index: int) -> tuple[int, int, int] | None:
+        """The (device, app, wss) ports of broker ``index`` when fixed, else None."""
+        if self.broker_port is None:
+            return None
+        app = self.broker_port + 3 * index
+        return app + 1, app, app + 2
 
     def _listen_for_crl_reloads(self) -> None:
         """Install the CRL on every broker whenever the authz service asks.
@@ -333,6 +362,7 @@ class Stack:
             users=[*self.users, ADMIN_USER],
             # The stack reloads every broker's CRL when the service signals it.
             crl_reload_command=["kill", "-USR1", str(os.getpid())],
+            port=self.authz_port,
         )
         self._http = httpx.Client(base_url=self.authz_url, timeout=10.0)
 
@@ -578,6 +608,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--no-mpd", action="store_true", help="simulated players only")
     up.add_argument("--no-standby", action="store_true", help="no standby broker")
     up.add_argument("--no-restart", action="store_true", help="do not restart brokers and agents that die")
+    up.add_argument(
+        "--authz-port", type=int, default=DEFAULT_AUTHZ_PORT, help=f"authz HTTP port (default {DEFAULT_AUTHZ_PORT})"
+    )
+    up.add_argument(
+        "--broker-port",
+        type=int,
+        default=DEFAULT_BROKER_PORT,
+        help=f"primary broker's app port; +1 devices, +2 wss, standby the next three (default {DEFAULT_BROKER_PORT})",
+    )
+    up.add_argument("--random-ports", action="store_true", help="free ports instead (several stacks side by side)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -588,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         real_mpd=not args.no_mpd,
         standby=not args.no_standby,
         supervise=not args.no_restart,
+        authz_port=None if args.random_ports else args.authz_port,
+        broker_port=None if args.random_ports else args.broker_port,
     )
     try:
         info = stack.start()
