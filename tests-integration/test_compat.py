@@ -198,8 +198,10 @@ async def test_agent_upgraded_in_place_keeps_counting_versions(
         assert client.stats.invalid == 0
 
 
+# Not strict: the agent's owners may fix this at any time, and a fix must not turn the whole
+# suite red; an XPASS in the summary (-ra) then says this marker can go.
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     raises=CommandRejectedError,
     reason="found by this suite: since 75ac437 (agent: crash-safe replay log) an agent upgraded from 0.1.0"
     " imports the old executed-commands log as possibly damaged and answers every command issued within"
