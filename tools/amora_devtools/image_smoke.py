@@ -503,7 +503,13 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
         _owned(config_dir, mode=0o500)
         authz = run.container("authz", images["amora-authz"])
         authz.start(
-            env={"AMORA_AUTHZ_CONFIG": "/etc/amora-authz/authz.toml"},
+            # The image's AMORA_AUTHZ_LISTEN_* override the file; on the host network the
+            # service takes a free loopback port instead of 8080.
+            env={
+                "AMORA_AUTHZ_CONFIG": "/etc/amora-authz/authz.toml",
+                "AMORA_AUTHZ_LISTEN_HOST": "127.0.0.1",
+                "AMORA_AUTHZ_LISTEN_PORT": str(authz_port),
+            },
             volumes=[
                 *mounts,
                 f"{config_dir}:/etc/amora-authz:ro",
