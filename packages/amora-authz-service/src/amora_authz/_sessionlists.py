@@ -70,6 +70,10 @@ def publisher_acls() -> tuple[TopicAcl, ...]:
     )
 
 
+_NO_RECONNECT: Final = -2  # gmqtt: below -1 turns its own reconnection off (0 does not)
+_RETRY_S: Final = 5.0
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -92,6 +96,7 @@ class _BrokerLink:
         self._client: gmqtt.Client | None = None
         self._lost = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0
         self.generation = 0
         """Counts connections: a new one means the broker may have lost its retained lists."""
 
@@ -100,10 +105,14 @@ class _BrokerLink:
         async with self._lock:
             if self._client is not None and not self._lost.is_set():
                 return self._client
+            if time.monotonic() < self._retry_at:
+                # Down a moment ago: an API call must not wait for its timeout again; the
+                # periodic pass (`publish_all`) retries and republishes everything.
+                return None
             await self.close()
             # Several service instances may publish at once: each its own client id.
             client = gmqtt.Client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}", clean_session=True)
-            client.set_config({"reconnect_retries": 0})
+            client.set_config({"reconnect_retries": _NO_RECONNECT})  # a fresh client per connection
             client.set_auth_credentials(PUBLISHER_ACCOUNT, self._password)
             lost = asyncio.Event()
             client.on_disconnect = lambda *_args, **_kwargs: lost.set()
@@ -118,6 +127,7 @@ class _BrokerLink:
                     )
             except Exception as exc:  # noqa: BLE001 - gmqtt raises OSError, SSLError and its own: all mean unreachable
                 self._log.warning("session_lists.unreachable", error=repr(exc))
+                self._retry_at = time.monotonic() + _RETRY_S
                 with contextlib.suppress(Exception):
                     await client.disconnect()
                 return None
