@@ -15,8 +15,11 @@ The stack restarts what dies (like systemd): a killed broker or agent comes back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,6 +292,78 @@ async def test_clock_offsets_within_the_allowance_work_beyond_it_say_clock_skew(
             assert "clock offset estimated" in log  # the agent logs its own estimate
         finally:
             await _restart_agent(stack, app, MPD, None)
+        assert app.ledger.executed_twice == 0
+
+
+def _mount_small_tmpfs(path: Path) -> bool:
+    """Mount a 256 KiB tmpfs on ``path`` (root only); False where that is not allowed.
+
+    A real full disk (ENOSPC), which only a file system of its own gives without filling the
+    machine's.
+    """
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(path)],  # noqa: S607
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+async def test_a_full_state_disk_refuses_commands_and_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+    player = stack.player(MPD)
+    assert stack.supervisor is not None
+    state = player.directory / "state"
+    async with ProtocolApp(stack, "alice", [MPD]) as app:
+        await _healthy(stack, app)
+        await _reset_volume(app, MPD)
+        connections = len(agent_connections(player.log_file))
+        stack.supervisor.hold(f"agent[{MPD}]")
+        saved = tmp_path / "state"
+        mounted = False
+        try:
+            assert player.process is not None
+            player.process.stop()
+            shutil.copytree(state, saved)
+            mounted = await asyncio.to_thread(_mount_small_tmpfs, state)
+            if not mounted:
+                pytest.skip("mounting a small tmpfs needs root; test_replaylog.py covers a full disk (EFBIG)")
+            for item in saved.iterdir():
+                shutil.copy2(item, state / item.name)
+            stack.start_agent(player)
+            await _until(_more_connections(player, connections), "the agent back")
+            await _healthy(stack, app)
+            volume = _mpd_volume(stack)
+            filler = state / "filler"
+            with contextlib.suppress(OSError), filler.open("wb") as handle:
+                handle.write(bytes(1024 * 1024))  # until the disk is full
+            # The log's last page may still have room: commands run until an append needs a
+            # new page; that one is answered busy (not recorded, so not run), and so is every
+            # resend of it until its deadline.
+            busy, ran = app.ledger.busy_answers, 0
+            async with asyncio.timeout(120):
+                while app.ledger.busy_answers == busy:
+                    outcome = await app.command(MPD, ChangeVolume(delta=1), timeout_s=4)
+                    ran += outcome == "succeeded"
+            assert app.ledger.timed_out == 1, app.ledger.summary()  # the refused one, its caller told
+            assert _mpd_volume(stack) == volume + ran  # the refused one had no effect
+            assert "cannot record a command" in player.log_file.read_text()
+            filler.unlink()
+            assert await app.command(MPD, ChangeVolume(delta=1), timeout_s=10) == "succeeded"
+            await _until(lambda: _mpd_volume(stack) == volume + ran + 1, "the command's one effect")
+        finally:
+            if mounted:
+                assert player.process is not None
+                player.process.stop()
+                after = tmp_path / "after"  # what the agent recorded on the small disk: kept
+                shutil.copytree(state, after)
+                await asyncio.to_thread(subprocess.run, ["umount", str(state)], check=False)
+                for item in after.iterdir():
+                    shutil.copy2(item, state / item.name)
+                stack.start_agent(player)
+            stack.supervisor.release(f"agent[{MPD}]")
+        await _healthy(stack, app)
         assert app.ledger.executed_twice == 0
 
 
