@@ -14,6 +14,7 @@ from amora_devtools._errors import (
     PkiError,
     ServiceStartError,
 )
+from amora_devtools._gmqtt import NO_RECONNECT
 from amora_devtools._mqtt import Message, MqttClient, Will, client_ssl_context
 from amora_devtools.broker import BrokerProcess, start_broker, start_broker_pair
 from amora_devtools.dynsec import (
@@ -29,6 +30,7 @@ from amora_devtools.pki import ClientCert, DevPKI
 from amora_devtools.postgres import PostgresProcess, start_postgres
 
 __all__ = [
+    "NO_RECONNECT",
     "BrokerProcess",
     "ClientCert",
     "DevPKI",

@@ -32,6 +32,7 @@ import gmqtt
 import httpx
 import msgspec
 
+from amora_devtools._gmqtt import NO_RECONNECT
 from amora_devtools._mqtt import client_ssl_context
 from amora_protocol import (
     Codec,
@@ -379,7 +380,7 @@ class ProtocolApp:
     async def _connect(self, port: int) -> _AppLink | None:
         client = gmqtt.Client(self._account["client_id"])
         client.set_auth_credentials(self._account["username"], self._account["password"])
-        client.set_config({"reconnect_retries": -2})  # below -1: gmqtt's own reconnection off
+        client.set_config({"reconnect_retries": NO_RECONNECT})  # the kit reconnects itself
         link = _AppLink(client, port)
 
         def on_message(_c: object, topic: str, payload: bytes, _qos: int, props: dict[str, Any]) -> int:

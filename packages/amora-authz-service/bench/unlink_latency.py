@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from amora_authz import BrokerEndpoint, RateLimitSettings
-from amora_authz.testing import dev_settings, serve, session_body
+from amora_authz import RateLimitSettings
+from amora_authz.testing import broker_endpoint, dev_settings, serve, session_body
 from amora_devtools import DevPKI, MqttClient, client_ssl_context, start_broker
 from amora_protocol import EncryptionKey, SigningKey, state_topic
 
@@ -56,16 +56,7 @@ async def run(rounds: int, sessions: int) -> None:
                 folder,
                 max_sessions_per_user=sessions + 1,
                 rate_limits=RateLimitSettings(enabled=False),  # thousands of set-up sessions
-                brokers=(
-                    BrokerEndpoint(
-                        name=broker.name,
-                        host=broker.host,
-                        port=broker.app_port,
-                        username=broker.admin_username,
-                        password=broker.admin_password,
-                        ca_file=str(broker.ca_file),
-                    ),
-                ),
+                brokers=(broker_endpoint(broker),),
             )
             async with serve(settings) as svc:
                 admin = await svc.auth("admin")

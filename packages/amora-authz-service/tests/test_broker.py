@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from amora_authz import BrokerEndpoint
 from amora_authz._dynsec import Scope
 from amora_authz._store import Session
-from amora_authz.testing import RunningService, dev_settings, serve, session_body
+from amora_authz.testing import RunningService, broker_endpoint, dev_settings, serve, session_body
 from amora_devtools import MqttClient, MqttError, MqttRefused, client_ssl_context
 from amora_devtools.broker import dynsec
 from amora_protocol import (
@@ -52,20 +52,7 @@ NOT_AUTHORISED = 0x87
 WAIT = 5.0  # bound for every wait on a broker event
 
 
-def endpoint(broker: BrokerProcess) -> BrokerEndpoint:
-    return BrokerEndpoint(
-        name=broker.name,
-        host=broker.host,
-        port=broker.app_port,
-        username=broker.admin_username,
-        password=broker.admin_password,
-        ca_file=str(broker.ca_file),
-        dynsec_file=str(broker.dynsec_file),
-        client_endpoints=(
-            f"mqtts://{broker.host}:{broker.app_port}",
-            f"wss://{broker.host}:{broker.ws_port}/mqtt",
-        ),
-    )
+endpoint = broker_endpoint
 
 
 @dataclass

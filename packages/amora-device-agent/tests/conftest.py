@@ -12,6 +12,7 @@ from typing import Any, Self
 import pytest
 
 from amora_agent import Agent, AgentOptions, BrokerEndpoint, SimulatedPlayer
+from amora_agent._mqtt import NO_RECONNECT
 from amora_protocol import (
     Action,
     Codec,
@@ -180,7 +181,7 @@ class AppClient:
         import gmqtt  # noqa: PLC0415
 
         client = gmqtt.Client(self.session_id, clean_session=True)
-        client.set_config({"reconnect_retries": -2})
+        client.set_config({"reconnect_retries": NO_RECONNECT})
         client.set_auth_credentials(self.session_id, self._password)
         client.on_message = self._on_message
         await client.connect(self._host, self._port, ssl=self._ssl)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from amora_agent import IoTHubPlane, SimulatedPlayer
+from amora_agent._mqtt import NO_RECONNECT
 from amora_protocol import (
     Codec,
     CommandStatus,
@@ -67,7 +68,7 @@ class TwinResponder:
         from gmqtt.mqtt.constants import MQTTv311  # noqa: PLC0415
 
         client = gmqtt.Client("iothub-twin-responder")
-        client.set_config({"reconnect_retries": -2})
+        client.set_config({"reconnect_retries": NO_RECONNECT})
         client.on_message = self._on_message
         await asyncio.wait_for(client.connect("127.0.0.1", HUB_PORT, ssl=ssl_context, version=MQTTv311), 10)
         subscribed = asyncio.Event()

@@ -36,6 +36,7 @@ import gmqtt
 from mpd.asyncio import MPDClient
 
 import amora_protocol as ap
+from amora_devtools import NO_RECONNECT
 from amora_devtools.broker import (
     BrokerProcess,
     create_device_client,
@@ -142,7 +143,7 @@ async def _measure(
     create_session_client(broker, session, password, user="bench", device_ids=[DEVICE])
     observer = _Observer(key)
     app = gmqtt.Client(session)
-    app.set_config({"reconnect_retries": -2})
+    app.set_config({"reconnect_retries": NO_RECONNECT})
     app.set_auth_credentials(session, password)
     app.on_message = observer.on_message
     await asyncio.wait_for(app.connect(broker.host, broker.app_port, ssl=pki.client_context()), _WAIT_S)

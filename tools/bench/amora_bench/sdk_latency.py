@@ -233,7 +233,10 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
             self.arrived(count)
             return 0
 
+        from amora_devtools import NO_RECONNECT  # noqa: PLC0415
+
         client = gmqtt.Client(self.session_id)
+        client.set_config({"reconnect_retries": NO_RECONNECT})
         client.set_auth_credentials(self.session_id, self.password)
         client.on_message = on_message
         client.on_subscribe = lambda *_a: subscribed.set()

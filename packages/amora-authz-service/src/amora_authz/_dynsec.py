@@ -17,15 +17,16 @@ import ssl
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import gmqtt
 import msgspec
 from gmqtt.mqtt.constants import MQTTv50
 
 from amora_authz._errors import BrokerError
+from amora_authz._gmqtt import new_client
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    import gmqtt
     import structlog
 
 __all__ = [
@@ -420,11 +421,8 @@ class DynsecClient:
             if self._connected.is_set() and self._client is not None:
                 return
             await self._drop()
-            client = gmqtt.Client(f"amora-authz-{self._prefix}", clean_session=True)
-            # gmqtt's own reconnect off (docs/decisions/0003): it allows a retry while the
-            # failed-attempt count is <= reconnect_retries, so 0 still reconnects once; any
-            # value below -1 never does. The next command reconnects with a fresh client.
-            client.set_config({"reconnect_retries": -2})
+            # gmqtt's own reconnect off: the next command reconnects with a fresh client.
+            client = new_client(f"amora-authz-{self._prefix}")
             client.set_auth_credentials(self.endpoint.username, self.endpoint.password)
             client.on_message = self._on_message
             client.on_disconnect = self._on_disconnect

@@ -22,16 +22,17 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Final
 
-import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from amora_authz._dynsec import client_tls
+from amora_authz._gmqtt import new_client
 from amora_protocol import (
     TOPIC_PREFIX,
     SessionList,
     TopicAcl,
     commands_topic,
     issue_session_list,
+    now_ms,
     service_account_name,
     sessions_topic,
 )
@@ -39,6 +40,7 @@ from amora_protocol import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    import gmqtt
     import structlog
 
     from amora_authz._dynsec import BrokerEndpoint
@@ -70,12 +72,7 @@ def publisher_acls() -> tuple[TopicAcl, ...]:
     )
 
 
-_NO_RECONNECT: Final = -2  # gmqtt: below -1 turns its own reconnection off (0 does not)
 _RETRY_S: Final = 5.0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _BrokerLink:
@@ -111,8 +108,8 @@ class _BrokerLink:
                 return None
             await self.close()
             # Several service instances may publish at once: each its own client id.
-            client = gmqtt.Client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}", clean_session=True)
-            client.set_config({"reconnect_retries": _NO_RECONNECT})  # a fresh client per connection
+            # gmqtt's own reconnect off: the next publish connects a fresh client.
+            client = new_client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}")
             client.set_auth_credentials(PUBLISHER_ACCOUNT, self._password)
             lost = asyncio.Event()
             client.on_disconnect = lambda *_args, **_kwargs: lost.set()
@@ -164,7 +161,7 @@ class SessionListPublisher:
         signing_key: SigningKey,
         password: str,
         logger: structlog.typing.FilteringBoundLogger,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
         timeout_s: float = 5.0,
     ) -> None:
         """Create the publisher (it connects on first use)."""

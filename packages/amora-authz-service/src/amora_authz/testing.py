@@ -20,6 +20,7 @@ import uvicorn
 
 from amora_authz._app import create_app, create_ops_app
 from amora_authz._config import DevIssuerSettings, Settings
+from amora_authz._dynsec import BrokerEndpoint
 from amora_authz._runtime import AuthzRuntime
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -27,7 +28,26 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-__all__ = ["RunningService", "dev_settings", "serve", "session_body"]
+    from amora_devtools import BrokerProcess
+
+__all__ = ["RunningService", "broker_endpoint", "dev_settings", "serve", "session_body"]
+
+
+def broker_endpoint(broker: BrokerProcess) -> BrokerEndpoint:
+    """The service's endpoint for a harness broker: its admin account on the app listener."""
+    return BrokerEndpoint(
+        name=broker.name,
+        host=broker.host,
+        port=broker.app_port,
+        username=broker.admin_username,
+        password=broker.admin_password,
+        ca_file=str(broker.ca_file),
+        dynsec_file=str(broker.dynsec_file),
+        client_endpoints=(
+            f"mqtts://{broker.host}:{broker.app_port}",
+            f"wss://{broker.host}:{broker.ws_port}/mqtt",
+        ),
+    )
 
 
 def dev_settings(folder: Path, **overrides: Any) -> Settings:  # noqa: ANN401 - Settings fields

@@ -46,9 +46,14 @@ if TYPE_CHECKING:
 
     from amora_agent._config import BrokerEndpoint
 
-__all__ = ["InboundMessage", "MqttLink", "Will"]
+__all__ = ["NO_RECONNECT", "InboundMessage", "MqttLink", "Will"]
 
-_NO_RECONNECT: Final = -2  # gmqtt: any value below -1 disables its own reconnection
+NO_RECONNECT: Final = -2
+"""gmqtt's ``reconnect_retries`` value that switches its reconnect off.
+
+gmqtt reconnects while its failed attempts are ``<= reconnect_retries`` (-1: unlimited), so
+0 still reconnects once; only a value below -1 allows none. The agent's one way to set it.
+"""
 _CLOSE_TIMEOUT_S: Final = 1.0  # a DISCONNECT to a hung broker is never waited on longer
 _gmqtt_logger = logging.getLogger("amora_agent.gmqtt")
 
@@ -332,7 +337,7 @@ class MqttLink:
             persistent_storage=inflight,
             logger=_gmqtt_logger,
         )
-        client.set_config({"reconnect_retries": _NO_RECONNECT})
+        client.set_config({"reconnect_retries": NO_RECONNECT})
         connection = _Connection(client, endpoint, inflight)
 
         def on_connect(_c: object, flags: int, _rc: int, props: Any) -> None:  # noqa: ANN401 - gmqtt's
