@@ -38,6 +38,7 @@ from amora_authz._bodies import (  # Litestar reads the body types at runtime
     RevokedResponse,
     UserDevices,
 )
+from amora_authz._enrolment import enrolment_handlers
 from amora_authz._errors import (
     AuthenticationError,
     AuthzError,
@@ -469,6 +470,7 @@ def _api_handlers(settings: Settings) -> list[Any]:
         user_devices,
         amora_keys,
         healthz,
+        *enrolment_handlers(admin=_ADMIN, no_store=NO_STORE),
     ]
     if settings.dev_issuer.enabled:
         handlers += [dev_discovery, dev_jwks, dev_token]

@@ -18,6 +18,7 @@ from amora_authz._app import create_app, create_ops_app
 from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
+from amora_authz._enrolment import DEFAULT_TTL_S, issue_claim
 from amora_authz._errors import AuthzError
 from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     unlink.add_argument("device_id")
     devices = sub.add_parser("devices", help="list a user's devices, or all devices")
     devices.add_argument("user", nargs="?")
+    claim = sub.add_parser("enrolment-claim", help="issue a one-time device enrolment claim (database only)")
+    claim.add_argument("--device-id", help="the one device it enrols (default: any, --uses times)")
+    claim.add_argument("--uses", type=int, default=1, help="how many devices it enrols (batch; default 1)")
+    claim.add_argument(
+        "--ttl", type=int, default=DEFAULT_TTL_S, help=f"seconds it stays valid (default {DEFAULT_TTL_S})"
+    )
     token = sub.add_parser("dev-token", help="mint a development token (dev issuer must be on)")
     token.add_argument("user")
     return parser
@@ -126,6 +133,13 @@ async def _database(settings: Settings, args: argparse.Namespace) -> None:
             print("linked" if created else "already linked")  # noqa: T201
         elif args.command == "unlink":
             print("unlinked" if await store.unlink(args.user, args.device_id) else "no link")  # noqa: T201
+        elif args.command == "enrolment-claim":
+            issued = await issue_claim(
+                store, by="amora-authz-cli", device_id=args.device_id, uses=args.uses, ttl_s=args.ttl
+            )
+            print(issued.claim)  # noqa: T201 - the claim alone on stdout, for scripts
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued.expires_at_ms / 1000))
+            print(f"for {issued.device_id or f'{issued.uses} device(s)'}, until {expires}", file=sys.stderr)  # noqa: T201
         elif args.command == "devices":
             if args.user:
                 rows = await store.devices_of_user(args.user)

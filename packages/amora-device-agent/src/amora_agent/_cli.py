@@ -1,4 +1,4 @@
-"""The ``amora-agent`` command: ``amora-agent run --config FILE`` (and ``check-config``)."""
+"""The ``amora-agent`` command: ``run --config FILE``, ``check-config``, ``keygen`` and ``enrol``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import signal
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 from amora_agent._build import agent_from_config
 from amora_agent._config import load_config
+from amora_agent._enrol import EnrolmentError, enrol, keygen
 from amora_agent._errors import AgentError, ConfigError
 from amora_agent._logging import configure_logging
 
@@ -58,6 +61,44 @@ async def _run(paths: Sequence[Path]) -> int:
     return 0
 
 
+def _add_enrolment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = commands.add_parser(
+        "keygen", help="make the keys and CSR the configuration names (mode 0600); print the registration body"
+    )
+    keygen.add_argument("--config", required=True, help="TOML configuration file")
+    enrol = commands.add_parser("enrol", help="register this player with a one-time claim; write its certificate")
+    enrol.add_argument("--config", required=True, help="TOML configuration file")
+    enrol.add_argument("--authz-url", required=True, help="the authz service, e.g. https://authz.example.net")
+    source = enrol.add_mutually_exclusive_group(required=True)
+    source.add_argument("--claim", help="the claim from your administrator")
+    source.add_argument("--claim-file", help="a file holding the claim (keeps it out of the process list)")
+    enrol.add_argument("--run", action="store_true", help="then run the agent")
+    commands.add_parser("example-config", help="print an annotated example configuration (agent.toml.example)")
+
+
+def _enrolment_command(args: argparse.Namespace) -> int:
+    """``keygen`` / ``enrol``; errors are raised to `main`, which reports them in one line."""
+    if args.command == "example-config":
+        sys.stdout.write(resources.files("amora_agent").joinpath("agent.toml.example").read_text())
+        return 0
+    config = load_config(args.config)
+    if args.command == "keygen":
+        sys.stdout.write(msgspec.json.encode(keygen(config)).decode() + "\n")
+        return 0
+    claim = args.claim if args.claim is not None else _read_claim(args.claim_file)
+    serial = enrol(config, claim=claim, authz_url=args.authz_url)
+    sys.stdout.write(f"enrolled {config.device_id}: certificate {serial} in {config.tls.cert_file}\n")
+    sys.stdout.flush()
+    return asyncio.run(_run([Path(args.config)])) if args.run else 0
+
+
+def _read_claim(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the claim file {path}: {exc.strerror}", key="--claim-file") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="amora-agent", description="Amora player agent.")
@@ -77,8 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = commands.add_parser("check-config", help="load the configuration and exit")
     check.add_argument("--config", required=True, help="TOML configuration file")
+    _add_enrolment_commands(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command in {"keygen", "enrol", "example-config"}:
+            return _enrolment_command(args)
         if args.command == "check-config":
             config = load_config(args.config)
             config.signing_key()
@@ -90,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"amora-agent: {exc}\n")
         return EXIT_CONFIG
+    except EnrolmentError as exc:
+        sys.stderr.write(f"amora-agent: {exc}\n")
+        # A refused claim does not heal by retrying; an unreachable service may.
+        return EXIT_CONFIG if exc.status is not None and exc.status < 500 else EXIT_FAILURE
     except AgentError as exc:  # e.g. the state directory: may heal, so systemd restarts
         sys.stderr.write(f"amora-agent: {exc}\n")
         return EXIT_FAILURE
