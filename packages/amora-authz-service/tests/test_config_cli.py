@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 import structlog
@@ -78,6 +80,16 @@ def test_the_example_deployment_config_loads() -> None:
     settings = load_settings(example, environ={})
     assert [b.name for b in settings.brokers] == ["primary", "standby"]
     assert not settings.dev_issuer.enabled
+    # The service and apps log in with a password: the deployed brokers' app listener, not
+    # the device listener (mTLS only); web apps need a wss endpoint on every broker.
+    deployed = (example.parents[1] / "k8s" / "base" / "broker-config.yaml").read_text()
+    found = re.search(r'AMORA_BROKER_APP_PORT: "(\d+)"', deployed)
+    assert found, "infra/k8s/base/broker-config.yaml no longer names the app port"
+    app_port = int(found[1])
+    for broker in settings.brokers:
+        schemes = {urlsplit(e).scheme: urlsplit(e).port for e in broker.client_endpoints}
+        assert (broker.port, schemes.get("mqtts")) == (app_port, app_port), broker.name
+        assert "wss" in schemes, broker.name
 
 
 @pytest.mark.parametrize(
