@@ -57,6 +57,7 @@ ADMIN_USER = "admin"
 # Who owns which player, by player index (0 is the real-MPD player when there is one).
 DEFAULT_USERS: dict[str, tuple[int, ...]] = {"alice": (0, 1), "bob": (2, 3), "carol": ()}
 _READY_TIMEOUT = 30.0
+_CONFIG_ERROR_STATUS = 2
 # `stack:up`'s fixed ports, which the READMEs use (the SDK quickstart's authz URL); the
 # standby takes the three after the primary's. `Stack` itself (tests) picks free ports.
 DEFAULT_AUTHZ_PORT = 8080
@@ -484,6 +485,7 @@ class Stack:
                 f"agent[{player.device_id}]",
                 alive=_agent_alive(player),
                 restart=functools.partial(self.start_agent, player),
+                final=_agent_config_error(player),
             )
         supervisor.start()
 
@@ -578,6 +580,12 @@ def _broker_alive(broker: BrokerProcess) -> Callable[[], bool]:
 
 def _agent_alive(player: Player) -> Callable[[], bool]:
     return lambda: player.process is not None and player.process.alive()
+
+
+def _agent_config_error(player: Player) -> Callable[[], bool]:
+    # amora-agent exits with status 2 on a configuration error; its systemd unit does not
+    # restart it then (RestartPreventExitStatus=2), nor does the stack.
+    return lambda: player.process is not None and player.process.returncode == _CONFIG_ERROR_STATUS
 
 
 def _says_online(payload: bytes, content_type: str | None) -> bool:

@@ -8,7 +8,9 @@ polls children the same way elsewhere), and restarts a dead one after a delay th
 ``initial_s``, doubles on each restart up to ``maximum_s``, and goes back to ``initial_s`` once
 the unit has stayed up for ``stable_s``. A stopped (SIGSTOP) process is alive: like systemd
 without a watchdog, the supervisor leaves it alone, which is what the clients' own liveness
-probes are for. A unit can be held (a test that wants it to stay down).
+probes are for. Like the agent's unit (``infra/systemd``: ``Restart=always`` with
+``RestartPreventExitStatus=2``), a unit that exits with a status it names as final (a
+configuration error) is not restarted. A unit can be held (a test that wants it to stay down).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class _Unit:
     alive: Callable[[], bool]
     restart: Callable[[], None]
     delay_s: float
+    final: Callable[[], bool] = lambda: False
     held: bool = False
     up_since: float | None = None
     retry_at: float | None = None
@@ -76,10 +79,24 @@ class Supervisor:
         """Held while a unit is checked or restarted (take it to start a unit by hand)."""
         return self._lock
 
-    def watch(self, name: str, *, alive: Callable[[], bool], restart: Callable[[], None]) -> None:
-        """Supervise a unit: ``restart`` is called when ``alive`` says it died."""
+    def watch(
+        self,
+        name: str,
+        *,
+        alive: Callable[[], bool],
+        restart: Callable[[], None],
+        final: Callable[[], bool] | None = None,
+    ) -> None:
+        """Supervise a unit: ``restart`` is called when ``alive`` says it died.
+
+        ``final`` says whether the way it ended forbids a restart (systemd's
+        ``RestartPreventExitStatus``); it stays down until restarted by hand.
+        """
         with self._lock:
-            self._units[name] = _Unit(alive, restart, self._initial_s, up_since=time.monotonic())
+            unit = _Unit(alive, restart, self._initial_s, up_since=time.monotonic())
+            if final is not None:
+                unit.final = final
+            self._units[name] = unit
 
     def hold(self, name: str) -> None:
         """Leave ``name`` alone (dead or not) until `release`."""
@@ -124,6 +141,11 @@ class Supervisor:
                 unit.delay_s = self._initial_s
             return
         if unit.retry_at is None:
+            if unit.final():
+                if unit.up_since is not None:
+                    self._note(f"{name} exited with a status that forbids a restart; left down")
+                unit.up_since = None
+                return
             unit.up_since = None
             unit.retry_at = now + unit.delay_s
             self._note(f"{name} died; restarting in {unit.delay_s:.1f} s")

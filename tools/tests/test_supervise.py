@@ -68,3 +68,25 @@ def test_dead_units_come_back_with_backoff_and_held_ones_stay_down(tmp_path: Pat
     finally:
         supervisor.stop()
         unit.process.stop()
+
+
+def test_an_exit_status_named_final_is_not_restarted(tmp_path: Path) -> None:
+    # As the agent's systemd unit: a configuration error (status 2) is not restarted.
+    process = ManagedProcess("config-error", ["sh", "-c", "exit 2"], log_file=tmp_path / "unit.log")
+    restarted: list[float] = []
+    supervisor = Supervisor(tmp_path / "supervisor.log", initial_s=0.05, poll_s=0.02)
+    supervisor.watch(
+        "config-error",
+        alive=process.alive,
+        restart=lambda: restarted.append(time.monotonic()),
+        final=lambda: process.returncode == 2,
+    )
+    supervisor.start()
+    try:
+        assert process.wait(timeout=10) == 2
+        log = tmp_path / "supervisor.log"
+        assert wait_until(lambda: "forbids a restart" in (log.read_text() if log.exists() else "") or None, timeout=10)
+        time.sleep(0.3)  # well past the restart delay: nothing may happen
+        assert restarted == []
+    finally:
+        supervisor.stop()
