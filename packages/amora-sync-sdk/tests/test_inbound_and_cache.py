@@ -173,3 +173,20 @@ async def test_a_slow_watch_keeps_only_the_newest_state_and_closing_ends_every_w
     assert [e async for e in late] == []  # registered after close: ends at once
     cache.retain_only([])
     assert cache.state("player-1") is None
+
+
+def test_a_stale_last_will_does_not_show_a_live_device_offline():
+    stats = ClientStats()
+    cache = DeviceCache(stats=stats)
+    online = ConnectionStatus(device_id="player-1", online=True, at_ms=now_ms(), version=8)
+    stale_will = ConnectionStatus(device_id="player-1", online=False, at_ms=now_ms(), reason="lost", version=5)
+    real_will = ConnectionStatus(device_id="player-1", online=False, at_ms=now_ms(), reason="lost", version=9)
+    cache.on_status(online)
+    cache.on_status(stale_will)  # an older connection's Will, delivered late
+    assert cache.status("player-1") == online
+    cache.on_status(real_will)
+    assert cache.status("player-1") == real_will
+    unversioned = ConnectionStatus(device_id="player-1", online=True, at_ms=now_ms())
+    cache.on_status(unversioned)  # an agent that does not number statuses: last one wins
+    assert cache.status("player-1") == unversioned
+    assert stats.stale == 1

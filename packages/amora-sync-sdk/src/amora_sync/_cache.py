@@ -129,10 +129,19 @@ class DeviceCache:
                 watch.offer(state)
 
     def on_status(self, status: ConnectionStatus) -> None:
-        """Keep `status` and offer it to the watches that include connection changes."""
-        # Statuses arrive in order per topic; the device's Last Will is signed when it
-        # connects, so its timestamp can be older than the online status: last one wins.
-        if self._statuses.get(status.device_id) == status:
+        """Keep `status` unless older than the one held; offer it to the watches that want it."""
+        # A status carries the device's version counter: its Last Will is numbered when the
+        # connection is made, and the online status right after gets a higher number, so a
+        # stale Will (late from a resumed broker or across the bridge) is older than the
+        # online status and dropped, never showing a live device offline. Statuses without
+        # a version (older agents) keep the old rule: last one wins.
+        held = self._statuses.get(status.device_id)
+        if held == status or (
+            held is not None
+            and held.version is not None
+            and status.version is not None
+            and status.version < held.version
+        ):
             self._stats.stale += 1
             return
         self._statuses[status.device_id] = status
