@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -11,9 +12,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from amora_devtools.release import (
     ReleaseError,
+    check_artefacts,
     check_wheel,
     compatible_range,
     cut_release,
@@ -23,7 +27,8 @@ from amora_devtools.release import (
     unreleased_entries,
     validate_sbom,
 )
-from amora_devtools.release._project import move_sibling_ranges
+from amora_devtools.release._build import build
+from amora_devtools.release._project import move_sibling_ranges, required_range
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAY = dt.date(2026, 12, 1)
@@ -52,6 +57,22 @@ def _add_change(repo: Path, dist: str, entry: str) -> None:
     head, _, rest = text.partition("## Unreleased\n")
     changelog.write_text(f"{head}## Unreleased\n\n### Changed\n- {entry}\n{rest}")
     _git(repo, "commit", "--quiet", "-am", f"{dist}: {entry}")
+
+
+def _clear_unreleased(repo: Path, dist: str) -> None:
+    """Empty ``dist``'s Unreleased section and commit (as if it had just been released)."""
+    changelog = repo / "packages" / dist / "CHANGELOG.md"
+    head, _, rest = changelog.read_text().partition("## Unreleased\n")
+    after = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+    changelog.write_text(f"{head}## Unreleased\n{after}")
+    _git(repo, "commit", "--quiet", "--allow-empty", "-am", f"{dist}: nothing unreleased")
+
+
+def _requires(wheel: Path, dist: str) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        info = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = zf.read(info).decode().splitlines()
+    return [line.removeprefix("Requires-Dist: ") for line in lines if line.startswith(f"Requires-Dist: {dist}")]
 
 
 def _version(repo: Path, dist: str) -> str:
@@ -125,6 +146,47 @@ def test_patch_leaves_sibling_ranges_alone(repo: Path):
     assert _git(repo, "status", "--porcelain") == ""
 
 
+def test_require_latest_moves_lower_bounds_that_still_admit_the_new_version(repo: Path):
+    dist = find(repo, "amora-protocol")
+    patch = dist.version.rsplit(".", 1)[0] + ".7"
+    changes = move_sibling_ranges(repo, dist, patch, require_latest=True)
+    assert sorted(c.sibling.name for c in changes) == sorted([*SIBLINGS, "amora-devtools"])
+    for sibling in SIBLINGS:
+        pyproject = (repo / "packages" / sibling / "pyproject.toml").read_text()
+        assert f'"amora-protocol{required_range(patch)}"' in pyproject
+    assert required_range(patch).startswith(f">={patch},<")
+    # A second pass finds them at the new version already: nothing to move.
+    assert move_sibling_ranges(repo, dist, patch, require_latest=True) == []
+
+
+def test_required_ranges():
+    assert required_range("0.2.0") == ">=0.2,<0.3"
+    assert required_range("0.2.1") == ">=0.2.1,<0.3"
+    assert required_range("1.5.0") == ">=1.5,<2"
+    assert required_range("1.5.2") == ">=1.5.2,<2"
+
+
+def test_refuses_while_a_required_sibling_is_unreleased_then_releases_after_it(repo: Path):
+    """Finding: the agent imported protocol names that its range's oldest release lacks."""
+    _add_change(repo, "amora-protocol", "New names the agent imports.")
+    _add_change(repo, "amora-device-agent", "Uses the new names.")
+    head = _git(repo, "rev-parse", "HEAD")
+    with pytest.raises(ReleaseError, match="Release amora-protocol first") as info:
+        cut_release(repo, "amora-device-agent", "minor", today=DAY)
+    assert "amora-device-agent depends on unreleased changes: amora-protocol (" in str(info.value)
+    assert "packages/amora-protocol/CHANGELOG.md" in str(info.value)
+    assert _git(repo, "rev-parse", "HEAD") == head
+    assert _git(repo, "status", "--porcelain") == ""
+
+    protocol = cut_release(repo, "amora-protocol", "minor", today=DAY).release.version
+    agent = cut_release(repo, "amora-device-agent", "patch", today=DAY)
+    # The agent's wheel cannot be installed with a protocol older than the one it was released after.
+    (requirement,) = _requires(agent.artefacts.wheel, "amora-protocol")
+    assert Requirement(requirement).specifier == SpecifierSet(required_range(protocol))
+    lock = agent.artefacts.lock.read_text()
+    assert f'name = "amora-protocol"\nversion = "{protocol}"' in lock
+
+
 def test_compatible_ranges():
     assert compatible_range("0.3.1") == ">=0.3,<0.4"
     assert compatible_range("1.4.0") == ">=1.4,<2"
@@ -139,11 +201,7 @@ def test_refuses_a_dirty_tree(repo: Path):
 
 
 def test_refuses_an_empty_unreleased_section(repo: Path):
-    changelog = repo / "packages/amora-sync-sdk/CHANGELOG.md"
-    head, _, rest = changelog.read_text().partition("## Unreleased\n")
-    after = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
-    changelog.write_text(f"{head}## Unreleased\n{after}")
-    _git(repo, "commit", "--quiet", "--allow-empty", "-am", "empty Unreleased")
+    _clear_unreleased(repo, "amora-sync-sdk")
     with pytest.raises(ReleaseError, match="nothing under '## Unreleased'"):
         cut_release(repo, "amora-sync-sdk", "patch")
     assert _git(repo, "status", "--porcelain") == ""
@@ -159,6 +217,7 @@ def test_refuses_first_for_a_released_distribution_and_unknown_names(repo: Path)
 
 
 def test_failed_check_restores_the_tree_and_records_nothing(repo: Path):
+    _clear_unreleased(repo, "amora-protocol")  # the SDK requires it
     (repo / "packages/amora-sync-sdk/src/amora_sync/py.typed").unlink()
     _git(repo, "commit", "--quiet", "-am", "lose py.typed")
     _add_change(repo, "amora-sync-sdk", "Something.")
@@ -203,6 +262,7 @@ def test_cli_help_version_and_refusal(repo: Path):
         return subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603 - this interpreter
 
     assert "Cut a release" in run("--help").stdout
+    assert "--require-latest" in run("--help").stdout
     assert run("--version").stdout.strip()
     (repo / "README.md").write_text("dirty\n")
     done = run("--repo", str(repo), "amora-protocol", "patch")
@@ -221,3 +281,16 @@ def test_a_refused_commit_restores_the_tree(repo: Path):
     assert _git(repo, "rev-parse", "HEAD") == head
     assert _git(repo, "status", "--porcelain") == ""
     assert _git(repo, "tag", "--list") == tags
+
+
+def test_authz_wheel_with_its_alembic_revisions_passes_every_check(tmp_path: Path):
+    """check-wheel-contents W004 refused ``migrations/versions/0001_initial.py``; the package opts out of W004 only."""
+    packages = tmp_path / "packages"
+    ignore = shutil.ignore_patterns("dist", ".hatch", "__pycache__", "*.pyc", ".*_cache")
+    shutil.copytree(ROOT / "packages/amora-authz-service", packages / "amora-authz-service", ignore=ignore)
+    dist = find(tmp_path, "amora-authz-service")
+    wheel, sdist = build(dist, dist.version)
+    with zipfile.ZipFile(wheel) as zf:
+        revisions = [n for n in zf.namelist() if n.startswith("amora_authz/migrations/versions/0")]
+    assert revisions  # the file W004 is about is in the wheel the checks see
+    assert check_artefacts(wheel, sdist, dist, dist.version) == []

@@ -30,8 +30,10 @@ def _say(line: object) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/dev release",
+        epilog="Refused while a sibling the distribution requires has entries under '## Unreleased':"
+        " release that sibling first.",
         description="Cut a release of one distribution: bump its version with hatch, move its changelog's"
-        " Unreleased section under the new version, move sibling ranges that exclude it, build wheel and sdist"
+        " Unreleased section under the new version, move sibling ranges onto it, build wheel and sdist"
         " in its dist/, check them, lock the wheel's closure and write its CycloneDX SBOM, then commit, tag"
         " <distribution>-v<version> and record the commit in releases.toml.",
     )
@@ -47,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "--build-only",
         action="store_true",
         help="build, check, lock and SBOM the checked-out version; change and commit nothing (the release workflow)",
+    )
+    parser.add_argument(
+        "--require-latest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move every sibling's requirement on this distribution up to the new version (lower bound >=X.Y, or"
+        " >=X.Y.Z for a patch); default: on for major, minor and first, off for patch",
     )
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the repository (default: current folder)")
     return parser
@@ -66,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.bump is None:
             parser.error("say which bump: major, minor, patch or first")
-        cut = cut_release(root, args.distribution, args.bump, log=_say)
+        cut = cut_release(root, args.distribution, args.bump, require_latest=args.require_latest, log=_say)
     except ReleaseError as exc:
         sys.stderr.write(f"tools/dev release: {exc}\n")
         return 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -16,7 +17,16 @@ from amora_devtools.release._errors import ReleaseError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["Distribution", "RangeChange", "compatible_range", "distributions", "find", "move_sibling_ranges"]
+__all__ = [
+    "Distribution",
+    "RangeChange",
+    "compatible_range",
+    "distributions",
+    "find",
+    "move_sibling_ranges",
+    "required_range",
+    "sibling_dependencies",
+]
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,34 @@ def compatible_range(version: str) -> str:
     return f">={v.major}.{v.minor},<{v.major + 1}"
 
 
+def required_range(version: str) -> str:
+    """The range that requires ``version`` itself: its full version as the lower bound.
+
+    ``>=0.2.1,<0.3`` for ``0.2.1``; the upper bound is :func:`compatible_range`'s. For
+    ``X.Y.0`` it is the compatible range itself, written the same way (``>=0.2,<0.3``).
+    """
+    v = Version(version)
+    if v.micro == 0 and not v.pre and not v.post and not v.dev:
+        return compatible_range(version)
+    upper = compatible_range(version).split(",", 1)[1]
+    return f">={v},{upper}"
+
+
+def sibling_dependencies(root: Path, dist: Distribution) -> list[Distribution]:
+    """The publishable siblings ``dist`` requires, directly or through another sibling, nearest first."""
+    by_name = {canonicalize_name(d.name): d for d in distributions(root) if d.publishable}
+    found: list[Distribution] = []
+    queue = [dist]
+    while queue:
+        current = queue.pop(0)
+        for dependency in current.dependencies:
+            sibling = by_name.get(canonicalize_name(Requirement(dependency).name))
+            if sibling is not None and sibling.name != dist.name and sibling not in found:
+                found.append(sibling)
+                queue.append(sibling)
+    return found
+
+
 @dataclass(frozen=True)
 class RangeChange:
     """A sibling's requirement on a released distribution that had to move."""
@@ -116,11 +154,16 @@ class RangeChange:
     new: str
 
 
-def move_sibling_ranges(root: Path, released: Distribution, version: str) -> list[RangeChange]:
+def move_sibling_ranges(
+    root: Path, released: Distribution, version: str, *, require_latest: bool = False
+) -> list[RangeChange]:
     """Rewrite every sibling requirement on ``released`` that excludes ``version``.
 
-    A requirement that still admits the new version (a patch, or a compatible minor from
-    1.0 on) is left alone: moving it would force a sibling release for nothing.
+    Without ``require_latest`` a requirement that still admits the new version (a patch, or a
+    compatible minor from 1.0 on) is left alone. With it, every requirement is moved to
+    :func:`required_range` (``version`` as its lower bound): the siblings are developed and
+    tested against the released code, and may use what it added, so an older release must
+    not satisfy them.
 
     Raises:
         ReleaseError: A requirement string could not be found verbatim to rewrite.
@@ -135,11 +178,13 @@ def move_sibling_ranges(root: Path, released: Distribution, version: str) -> lis
             req = Requirement(dependency)
             if canonicalize_name(req.name) != canonicalize_name(released.name):
                 continue
-            if req.specifier.contains(target, prereleases=True):
+            wanted = required_range(version) if require_latest else compatible_range(version)
+            admits = req.specifier.contains(target, prereleases=True)
+            if admits and (not require_latest or req.specifier == SpecifierSet(wanted)):
                 continue
             extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
             marker = f"; {req.marker}" if req.marker else ""
-            new = f"{req.name}{extras}{compatible_range(version)}{marker}"
+            new = f"{req.name}{extras}{wanted}{marker}"
             quoted = re.escape(f'"{dependency}"')
             text, count = re.subn(quoted, f'"{new}"', text)
             if count != 1:

@@ -19,7 +19,13 @@ from amora_devtools.release._artefacts import check_artefacts
 from amora_devtools.release._build import build, hatch_version
 from amora_devtools.release._changelog import add_unreleased_entry, move_unreleased, unreleased_entries
 from amora_devtools.release._errors import ReleaseError
-from amora_devtools.release._project import Distribution, distributions, find, move_sibling_ranges
+from amora_devtools.release._project import (
+    Distribution,
+    distributions,
+    find,
+    move_sibling_ranges,
+    sibling_dependencies,
+)
 from amora_devtools.release._record import RECORD_FILE, Release, add_release, latest
 from amora_devtools.release._sbom import write_lock_and_sbom
 
@@ -89,13 +95,41 @@ def _refuse_early(root: Path, dist: Distribution, bump: str) -> None:
             f"{dist.name} was never released; cut its first release at its current version {dist.version}"
             f" with 'first' (tools/dev release {dist.name} first)"
         )
+    _refuse_unreleased_dependencies(root, dist)
 
 
-def cut_release(
+def _refuse_unreleased_dependencies(root: Path, dist: Distribution) -> None:
+    """Refuse while a sibling ``dist`` requires has unreleased changes.
+
+    The siblings are developed against each other's current code: ``dist`` may import what a
+    dependency added since its last release, and its range (``>=0.1,<0.2``) would let pip pair
+    the new wheel with that older release, which fails on import. Releasing the dependency
+    first moves ``dist``'s lower bound onto it (see ``cut_release``'s ``require_latest``).
+    """
+    pending = [
+        (sibling, len(unreleased_entries(sibling.changelog.read_text())))
+        for sibling in sibling_dependencies(root, dist)
+        if sibling.changelog.is_file() and unreleased_entries(sibling.changelog.read_text())
+    ]
+    if pending:
+        shown = "; ".join(
+            f"{s.name} ({n} entr{'y' if n == 1 else 'ies'} under '## Unreleased' in {s.changelog.relative_to(root)})"
+            for s, n in pending
+        )
+        first = pending[0][0].name
+        raise ReleaseError(
+            f"{dist.name} depends on unreleased changes: {shown}. Its code may use them, and its range would let"
+            f" pip install it with the older release. Release {first} first (tools/dev release {first} minor,"
+            f" which moves {dist.name}'s lower bound onto it), then {dist.name}"
+        )
+
+
+def cut_release(  # noqa: PLR0913 - the options are keyword-only
     root: Path,
     name: str,
     bump: str,
     *,
+    require_latest: bool | None = None,
     today: dt.date | None = None,
     log: Callable[[str], None] = lambda _line: None,
 ) -> Cut:
@@ -106,6 +140,11 @@ def cut_release(
         name: The distribution (``amora-protocol``, ...).
         bump: ``major``, ``minor`` or ``patch`` (``hatch version BUMP``), or ``first`` for a
             distribution that was never released: its current version is released as is.
+        require_latest: Move every sibling requirement on ``name`` up to the new version
+            (lower bound ``>=X.Y`` or, for a patch, ``>=X.Y.Z``), not only those that exclude
+            it. Default: yes for ``major``, ``minor`` and ``first`` (the siblings are tested
+            against this code and may use what it adds), no for ``patch`` (a fix adds nothing
+            to depend on; pass ``True`` when a sibling needs the fix).
         today: The release date (default: today, UTC).
         log: Called with one line per step.
 
@@ -114,7 +153,8 @@ def cut_release(
         a release of their own to be installable with this one).
 
     Raises:
-        ReleaseError: Refused (dirty tree, empty Unreleased, tag exists, ...) or failed; the
+        ReleaseError: Refused (dirty tree, empty Unreleased, a sibling it requires has unreleased
+            changes, tag exists, ...) or failed; the
             tree is restored.
     """
     dist = find(root, name)
@@ -126,7 +166,8 @@ def cut_release(
         log(f"{name}: version {version} ({bump})")
         notes = "\n".join(unreleased_entries(dist.changelog.read_text()))
         dist.changelog.write_text(move_unreleased(dist.changelog.read_text(), version, date))
-        changes = move_sibling_ranges(root, dist, version)
+        latest_only = bump != "patch" if require_latest is None else require_latest
+        changes = move_sibling_ranges(root, dist, version, require_latest=latest_only)
         for change in changes:
             log(f"{change.sibling.name}: requirement {change.old} -> {change.new}")
             text = change.sibling.changelog.read_text() if change.sibling.changelog.is_file() else "# Changelog\n"
