@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -185,3 +186,30 @@ async def test_several_agents_run_in_one_process(tmp_path, broker, live_device, 
             assert await asyncio.to_thread(process.wait) == 0
         finally:
             process.kill()
+
+
+def test_under_systemd_it_notifies_readiness_watchdog_and_stopping(tmp_path, broker, live_device) -> None:
+    device = live_device(broker)
+    config = write_config(tmp_path, device, broker)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        listener.settimeout(15)  # bounds every wait below
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"}
+        with (tmp_path / "agent.log").open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv
+                [sys.executable, "-m", "amora_agent", "run", "--config", config], env=env, stdout=log, stderr=log
+            )
+            try:
+                ready = listener.recv(4096).decode()
+                assert ready.splitlines()[0] == "READY=1", ready
+                # Pets every 0.1 s from the event loop, while it runs.
+                assert [listener.recv(4096).decode() for _ in range(3)] == ["WATCHDOG=1"] * 3
+                process.send_signal(signal.SIGTERM)
+                while (message := listener.recv(4096).decode()) == "WATCHDOG=1":
+                    pass
+                assert message == "STOPPING=1"
+                assert process.wait(timeout=15) == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()

@@ -18,6 +18,7 @@ from amora_agent._config import load_config
 from amora_agent._enrol import EnrolmentError, enrol, keygen
 from amora_agent._errors import AgentError, ConfigError
 from amora_agent._logging import configure_logging
+from amora_agent._sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,8 +47,13 @@ async def _run(paths: Sequence[Path]) -> int:
     log = structlog.get_logger("amora_agent")
     agents = [agent_from_config(config, logger=log) for config in configs]
     loop = asyncio.get_running_loop()
+    systemd = SystemdNotifier(logger=log)
+    watchdog: asyncio.Task[None] | None = None
 
     def stop_all() -> None:
+        systemd.notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.cancel()
         for agent in agents:
             agent.stop()
 
@@ -58,6 +64,11 @@ async def _run(paths: Sequence[Path]) -> int:
     async with asyncio.TaskGroup() as group:
         for agent in agents:
             group.create_task(agent.run(), name=f"amora-agent[{agent.device_id}]")
+        # Ready = configuration, keys and TLS loaded and the agents running (each then keeps
+        # trying its brokers; a broker that is down is no reason for systemd to give up).
+        systemd.notify("READY=1", f"STATUS=running {len(agents)} agent(s)")
+        if systemd.watchdog_interval_s is not None:
+            watchdog = group.create_task(systemd.pet_watchdog(), name="amora-agent.systemd-watchdog")
     return 0
 
 
