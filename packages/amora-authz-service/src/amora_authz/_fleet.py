@@ -506,9 +506,13 @@ class BrokerFleet:
     async def _reconcile(self, client: DynsecClient, scope: Scope | None) -> tuple[int, ForeignNames]:
         # The database is read under the broker's lock: a pass that read the database
         # before a later change must not apply after that change's own pass (an unlink
-        # undone by a concurrent, stale link pass). Every change is followed by a pass
-        # that starts after its write, so the last pass applied reflects the latest state.
-        async with self._locks[client.endpoint.name]:
+        # undone by a concurrent, stale link pass; a full pass deleting a session created
+        # after its read). Every change is followed by a pass that starts after its write,
+        # so the last pass applied reflects the latest state. The lock is held in this
+        # process and in the database, so replicas of the service on one database take
+        # turns per broker as well.
+        name = client.endpoint.name
+        async with self._locks[name], self._store.exclusive(f"reconcile:{name}"):
             desired = await self.desired(scope)
             if scope is None:
                 actual = await client.fetch_state()

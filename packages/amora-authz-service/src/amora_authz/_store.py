@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import hashlib
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
@@ -274,6 +275,41 @@ class Store:
                 yield
             finally:
                 _current.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock ``name`` against every process on this database for the block.
+
+        PostgreSQL: a session advisory lock on a connection of its own, so replicas of the
+        service on one database take turns (a process that dies loses its locks with its
+        connection). SQLite: nothing to take; a SQLite database belongs to one process.
+
+        Raises:
+            StoreError: the database failed while taking the lock.
+        """
+        if self._engine.dialect.name == "sqlite":
+            yield
+            return
+        digest = hashlib.sha256(f"amora-authz:{name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        # Its own connection, never the task's transaction: the lock outlives statements.
+        conn = self._single.connect()
+        try:
+            await conn.start()
+            await conn.execute(sa.select(sa.func.pg_advisory_lock(key)))
+        except (SQLAlchemyError, OSError) as exc:
+            await conn.close()
+            raise StoreError(f"database error while taking lock {name!r}: {exc}") from exc
+        try:
+            yield
+        finally:
+            try:
+                await conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+            except (SQLAlchemyError, OSError):
+                # Never hand a connection that may still hold the lock back to the pool.
+                await conn.invalidate()
+            finally:
+                await conn.close()
 
     # -- schema --------------------------------------------------------------------
 
