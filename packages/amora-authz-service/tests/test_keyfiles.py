@@ -89,9 +89,9 @@ def test_the_service_refuses_to_start_with_a_readable_key(tmp_path: Path) -> Non
         timeout=60,
         check=False,
     )
-    assert done.returncode == 1
-    last = done.stderr.strip().splitlines()[-1]  # one line: the JSON log event
-    assert "cli.failed" in last
+    assert done.returncode == 2  # configuration: restarting will not help
+    last = done.stderr.strip().splitlines()[-1]  # one line
+    assert last.startswith("amora-authz: ")
     assert (
         f"grant-signing key {key_file} is accessible by group or others (mode 0644): run `chmod 600 {key_file}`" in last
     )

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
+import msgspec
 import uvicorn
 
 from amora_authz._app import create_app, create_ops_app
@@ -19,7 +19,7 @@ from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
 from amora_authz._enrolment import DEFAULT_TTL_S, issue_claim
-from amora_authz._errors import AuthzError
+from amora_authz._errors import AuthzError, ConfigError
 from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
 from amora_authz._runtime import AuthzRuntime, load_signing_keys
@@ -32,14 +32,19 @@ if TYPE_CHECKING:
 
     from amora_authz._config import Settings
 
-__all__ = ["main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "main"]
+
+EXIT_FAILURE = 1  # may heal: a database or broker that is down
+EXIT_CONFIG = 2  # will not heal by restarting (systemd's RestartPreventExitStatus=2)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amora-authz", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP API and the broker reconciler")
+    serve = sub.add_parser("serve", help="run the HTTP API and the broker reconciler")
+    serve.add_argument("--host", help="bind address (overrides listen_host)")
+    serve.add_argument("--port", type=int, help="HTTP port (overrides listen_port)")
     sub.add_parser("migrate", help="apply database migrations and exit")
     sub.add_parser("keys", help="print the grant-signing key ids")
     link = sub.add_parser("link", help="link a user and a device (database only)")
@@ -75,7 +80,10 @@ async def _serve(settings: Settings) -> None:
         return kind(config)
 
     if settings.ops_listen_port is None:
-        await server(create_app(settings), settings.listen_host, settings.listen_port).serve()
+        single = server(create_app(settings), settings.listen_host, settings.listen_port)
+        await single.serve()
+        if not single.started:  # uvicorn logged why (port taken, start-up failed) and returned
+            raise AuthzError(f"the HTTP server did not start on {settings.listen_host}:{settings.listen_port}")
         return
     # Two listeners share one runtime, which therefore lives here rather than in an
     # app's lifespan. The servers must not take the signals themselves: uvicorn re-raises
@@ -148,25 +156,61 @@ async def _database(settings: Settings, args: argparse.Namespace) -> None:
             print("\n".join(rows))  # noqa: T201
 
 
+def _check_serve(settings: Settings) -> None:
+    """What would otherwise fail inside the server's start-up, as one clear line before it.
+
+    Raises:
+        ConfigError: no token issuer, or a key file others may read.
+    """
+    if settings.oidc is None and not settings.dev_issuer.enabled:
+        raise ConfigError(
+            "no token issuer configured: add an [oidc] table (issuer, audience), or for local work "
+            "[dev_issuer] enabled = true (AMORA_AUTHZ_DEV_ISSUER=1)"
+        )
+    check_key_files(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status."""
+    """Run the CLI; return the exit status.
+
+    Exit statuses, as the agent's: 0 done; 1 a failure that may heal (database or broker
+    unreachable); 2 unusable configuration or command line (restarting will not help).
+    One line on stderr says why.
+    """
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if args.command == "serve" and (args.host is not None or args.port is not None):
+            settings = msgspec.structs.replace(
+                settings,
+                listen_host=settings.listen_host if args.host is None else args.host,
+                listen_port=settings.listen_port if args.port is None else args.port,
+            )
         configure_logging(level=settings.log_level, json=settings.log_json)
         if args.command == "serve":
-            # Before the server: a key others may read is one clear line, not a startup traceback.
-            check_key_files(settings)
+            # Before the server: a missing issuer or a key others may read is one clear line,
+            # not a start-up traceback.
+            _check_serve(settings)
             # uvicorn handles SIGINT/SIGTERM itself: graceful shutdown runs the lifespan exit.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            asyncio.run(_serve(settings))
+            try:
+                asyncio.run(_serve(settings))
+            except SystemExit as exc:  # uvicorn's own exit when it cannot start (it logged why)
+                raise AuthzError(
+                    f"the HTTP server did not start on {settings.listen_host}:{settings.listen_port} "
+                    f"(uvicorn exit {exc.code}; its log line above says why)",
+                    code="start_failed",
+                ) from exc
         elif args.command == "keys":
             for key in load_signing_keys(settings):
                 print(key.kid)  # noqa: T201 - CLI output
         elif args.command == "dev-token":
             if not settings.dev_issuer.enabled:
-                print("the development issuer is disabled", file=sys.stderr)  # noqa: T201
-                return 2
+                print(  # noqa: T201
+                    "amora-authz: the development issuer is disabled: set [dev_issuer] enabled = true",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
             issuer = DevIssuer(
                 key=DevIssuer.load_or_create_key(Path(settings.state_dir) / "dev-issuer-key.json"),
                 issuer=settings.base_url + DEV_ISSUER_PATH,
@@ -178,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(issuer.issue(args.user))  # noqa: T201
         else:
             asyncio.run(_database(settings, args))
+    except ConfigError as exc:
+        print(f"amora-authz: {exc.message}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
     except AuthzError as exc:
-        structlog.get_logger("amora_authz").error("cli.failed", code=exc.code, error=exc.message)
-        return 1
+        print(f"amora-authz: {exc.message} ({exc.code})", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILURE
     return 0
