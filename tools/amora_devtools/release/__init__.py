@@ -7,7 +7,7 @@ See ``tools/README.md`` ("Releases") for the procedure; the compatibility suite 
 from amora_devtools.release._artefacts import check_artefacts, check_sdist, check_wheel
 from amora_devtools.release._changelog import add_unreleased_entry, move_unreleased, unreleased_entries
 from amora_devtools.release._errors import ReleaseError
-from amora_devtools.release._project import Distribution, compatible_range, distributions, find
+from amora_devtools.release._project import Distribution, compatible_range, distributions, find, required_range
 from amora_devtools.release._record import RECORD_FILE, Release, latest, read_releases
 from amora_devtools.release._release import BUMPS, Artefacts, Cut, build_and_check, cut_release
 from amora_devtools.release._sbom import sbom_from_lock, validate_sbom
@@ -32,6 +32,7 @@ __all__ = [
     "latest",
     "move_unreleased",
     "read_releases",
+    "required_range",
     "sbom_from_lock",
     "unreleased_entries",
     "validate_sbom",
