@@ -7,6 +7,7 @@ installed gmqtt no longer matches what they were written for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -103,3 +104,37 @@ async def test_closing_a_link_to_a_stopped_broker_does_not_block(stack):
     finally:
         os.kill(broker.pid, signal.SIGCONT)
     assert link.lost.is_set()
+
+
+@pytest.mark.services
+async def test_publishes_lost_with_a_broker_session_do_not_use_up_packet_ids(pair_stack):
+    primary, standby = pair_stack.brokers
+    for broker in (primary, standby):
+        _account(broker)
+    link = _link([])
+    await link.connect(
+        Endpoint(host=primary.host, port=primary.app_port), ssl_context=primary.client_context(), limit=WAIT
+    )
+    # A hung broker: the publishes are never acknowledged (the receive maximum is 20).
+    with stopped(primary):
+        sent = sum(link.publish("amora/adapter/lost", b"x", qos=1) for _ in range(30))
+        link.abort()
+        # Failover: the standby has no session of ours; gmqtt drops what was in flight.
+        standby_endpoint = Endpoint(host=standby.host, port=standby.app_port)
+        assert await link.connect(standby_endpoint, ssl_context=standby.client_context(), limit=WAIT) is False
+        # Every packet id is free again: a full window goes out and is acknowledged.
+        assert all(link.publish("amora/adapter/after", b"y", qos=1) for _ in range(sent))
+        async with asyncio.timeout(WAIT):
+            await link.wait_inflight_drained()
+        assert await link.probe(limit=WAIT)
+        await link.close()
+    assert 0 < sent < 30  # the window had filled up
+
+
+@contextlib.contextmanager
+def stopped(broker):
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)

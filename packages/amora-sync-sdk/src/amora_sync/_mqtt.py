@@ -8,9 +8,10 @@ adapter turns "the connection is gone" into an `asyncio.Event` the owner waits o
 gmqtt's public API covers nearly all of it: `Client` and its callbacks, `connect`,
 `subscribe`, `publish`, `disconnect`, the `reconnect_retries` setting, the
 `persistent_storage` argument (so the adapter holds the in-flight store it waits on) and
-`MQTTConnectError`. Two things it does not offer are done in the section marked
-"gmqtt internals" at the end, against the tested range in `TESTED_GMQTT` (the package pins
-it; ``tests/test_mqtt_adapter.py`` fails loudly when gmqtt changes under them).
+`MQTTConnectError`. The one thing it does not offer (cutting a socket at once) is done in
+the section marked "gmqtt internals" at the end, against the tested range in
+`TESTED_GMQTT` (the package pins it; ``tests/test_mqtt_adapter.py`` fails loudly when
+gmqtt changes under it).
 """
 
 from __future__ import annotations
@@ -101,7 +102,17 @@ def _refusal_code(exc: gmqtt.MQTTConnectError) -> int | None:
 
 
 class MqttLink:
-    """A gmqtt client for one broker credential (one client id, one persistent session)."""
+    """One broker credential (one client id, one persistent session) over gmqtt.
+
+    Each connection attempt gets a fresh gmqtt client. gmqtt drops its in-flight store when
+    a broker has lost the session (a failover, a broker restart) but never frees the packet
+    ids of what it dropped, nor of a SUBSCRIBE or UNSUBSCRIBE left unanswered by a broker
+    that hung; with mosquitto's receive maximum of 20 a long-lived client would run out of
+    ids after a few such events and could neither publish nor subscribe again. A fresh
+    client starts with every id free. What a resumed session would have replayed from the
+    old client is covered by the outbox, which resends every unanswered command on every
+    new link.
+    """
 
     def __init__(  # noqa: PLR0913 - keyword-only connection settings
         self,
@@ -116,28 +127,15 @@ class MqttLink:
     ) -> None:
         """Create the link; nothing is sent until `connect`."""
         self.client_id = client_id
+        self._username = username
+        self._password = password
+        self._session_expiry = session_expiry
         self._logger = logger
         self._on_message_cb = on_message
-        # QoS 1/2 publishes stay here until acknowledged, across our reconnects to the
-        # same broker session (gmqtt replays them); we hold it to wait for it to drain.
-        self._inflight = PersistentStorage()
-        gmqtt_logger = logger.getChild("gmqtt")
-        if not any(isinstance(f, _QuietRefusedReconnect) for f in gmqtt_logger.filters):
-            gmqtt_logger.addFilter(_QuietRefusedReconnect())
-        self._client = gmqtt.Client(
-            client_id,
-            clean_session=False,
-            logger=gmqtt_logger,
-            session_expiry_interval=session_expiry,
-            persistent_storage=self._inflight,
-        )
-        self._client.set_config({"reconnect_retries": NO_RECONNECT})
-        self._client.set_auth_credentials(username, password)
-        self._client.on_message = self._handle_message
-        self._client.on_disconnect = self._handle_disconnect
-        self._client.on_subscribe = self._handle_suback
-        self._client.on_connect = self._handle_connect
-        self._client.on_unsubscribe = self._handle_unsuback
+        self._gmqtt_logger = logger.getChild("gmqtt")
+        if not any(isinstance(f, _QuietRefusedReconnect) for f in self._gmqtt_logger.filters):
+            self._gmqtt_logger.addFilter(_QuietRefusedReconnect())
+        self._inflight, self._client = self._new_client()
         self._session_present = False
         self._keepalive = keepalive
         self._suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
@@ -148,6 +146,26 @@ class MqttLink:
         self.lost.set()
         self.endpoint: Endpoint | None = None
 
+    def _new_client(self) -> tuple[PersistentStorage, gmqtt.Client]:
+        # QoS 1/2 publishes stay in `inflight` until acknowledged; we hold it to wait for
+        # it to drain (the broker's receive maximum).
+        inflight = PersistentStorage()
+        client = gmqtt.Client(
+            self.client_id,
+            clean_session=False,
+            logger=self._gmqtt_logger,
+            session_expiry_interval=self._session_expiry,
+            persistent_storage=inflight,
+        )
+        client.set_config({"reconnect_retries": NO_RECONNECT})
+        client.set_auth_credentials(self._username, self._password)
+        client.on_message = self._handle_message
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_suback
+        client.on_connect = self._handle_connect
+        client.on_unsubscribe = self._handle_unsuback
+        return inflight, client
+
     @property
     def connected(self) -> bool:
         """Whether the link is up (CONNACK received, not lost since)."""
@@ -157,8 +175,10 @@ class MqttLink:
         self.last_inbound = asyncio.get_running_loop().time()
 
     def _handle_message(
-        self, _client: object, topic: str, payload: bytes, _qos: int, properties: Mapping[str, Any]
+        self, client: object, topic: str, payload: bytes, _qos: int, properties: Mapping[str, Any]
     ) -> None:
+        if client is not self._client:
+            return  # a superseded connection's last words
         self._heard()
         try:
             self._on_message_cb(topic, payload, properties)
@@ -166,11 +186,15 @@ class MqttLink:
             # A bug in the owner's handler must not kill gmqtt's read loop.
             self._logger.exception("amora-sync: message handler failed for %s", topic)
 
-    def _handle_connect(self, _client: object, flags: int, _rc: int, _properties: object) -> None:
+    def _handle_connect(self, client: object, flags: int, _rc: int, _properties: object) -> None:
+        if client is not self._client:
+            return
         self._heard()
         self._session_present = bool(flags)
 
-    def _handle_disconnect(self, _client: object, _packet: object, *_exc: object) -> None:
+    def _handle_disconnect(self, client: object, _packet: object, *_exc: object) -> None:
+        if client is not self._client:
+            return
         if not self.lost.is_set():
             self._logger.info("amora-sync: connection to %s lost", self.endpoint)
         self._mark_lost()
@@ -186,13 +210,17 @@ class MqttLink:
                 waiter.set_exception(LinkError("connection lost before UNSUBACK"))
         self._unsuback.clear()
 
-    def _handle_unsuback(self, _client: object, mid: int, _codes: object) -> None:
+    def _handle_unsuback(self, client: object, mid: int, _codes: object) -> None:
+        if client is not self._client:
+            return
         self._heard()
         waiter = self._unsuback.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _handle_suback(self, _client: object, mid: int, granted: tuple[int, ...], _properties: object) -> None:
+    def _handle_suback(self, client: object, mid: int, granted: tuple[int, ...], _properties: object) -> None:
+        if client is not self._client:
+            return
         self._heard()
         fut = self._suback.pop(mid, None)
         if fut is not None and not fut.done():
@@ -206,6 +234,8 @@ class MqttLink:
         """
         self.endpoint = endpoint
         self._session_present = False
+        _abort_transport(self._client)  # the previous connection, if any, is over
+        self._inflight, self._client = self._new_client()
         try:
             async with asyncio.timeout(limit):
                 await self._client.connect(
@@ -236,7 +266,6 @@ class MqttLink:
         if not self.connected:
             raise LinkError("not connected")
         subs = [gmqtt.Subscription(topic, qos=qos) for topic in topics]
-        _forget_subscriptions(self._client)
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         try:
             mid = self._client.subscribe(subs)
@@ -328,16 +357,9 @@ class MqttLink:
 
 # ---------------------------------------------------------------------- gmqtt internals
 #
-# The two places where gmqtt's public API falls short. Both are checked against the
-# installed gmqtt by tests/test_mqtt_adapter.py; TESTED_GMQTT and the package's pin say
-# which versions they were written for.
-
-
-def _forget_subscriptions(client: gmqtt.Client) -> None:
-    # gmqtt appends every Subscription to its `subscriptions` list and uses the list only
-    # to mark SUBACKs (it never resubscribes: the SDK does, after every reconnect). Left
-    # alone it grows by every topic on every reconnect; the SDK starts it afresh instead.
-    client.subscriptions = []
+# The one place where gmqtt's public API falls short. It is checked against the installed
+# gmqtt by tests/test_mqtt_adapter.py; TESTED_GMQTT and the package's pin say which
+# versions it was written for.
 
 
 def _abort_transport(client: gmqtt.Client) -> bool:
