@@ -19,7 +19,9 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,6 +245,57 @@ async def test_a_stalled_player_answers_every_command(stack: Stack) -> None:
         # ones are resent after retry_after_ms); none dropped, none timed out.
         assert not [o for o in outcomes if o not in {"succeeded", "failed"}], app.ledger.summary()
         await _assert_invariants(stack, app, MPD)
+
+
+async def test_a_slow_consumer_holds_nobody_back_and_ends_on_the_latest_state(
+    stack: Stack, new_session: Any, mqtt_probe: Any
+) -> None:
+    assert stack.pki is not None
+    session = new_session(stack, "alice")["broker"]
+    probe_ctx = mqtt_probe(
+        stack.brokers[0].app_port,
+        stack.pki.ca_file,
+        username=session["username"],
+        password=session["password"],
+        client_id=session["client_id"],
+    )
+    async with ProtocolApp(stack, "alice", [SIM]) as app:
+        await _healthy(stack, app)
+        with probe_ctx as slow:
+            assert slow.subscribe(state_topic(SIM))[0] < 0x80
+            slow.client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            # Its message handler blocks, so its network thread stops reading the socket: the
+            # broker's queue for it grows while everyone else goes on.
+            reading = threading.Event()
+            handler = slow.client.on_message
+
+            def stalled(client: Any, userdata: Any, message: Any) -> None:
+                reading.wait(timeout=120)
+                handler(client, userdata, message)
+
+            slow.client.on_message = stalled
+            try:
+                outcomes = await _stream(app, SIM, 80, rate=20, faults={})
+            finally:
+                reading.set()
+            # Nobody waited for the slow one: every command ran once.
+            assert set(outcomes) == {"succeeded"}, app.ledger.summary()
+            assert app.ledger.executed_twice == 0
+            latest = await _until(lambda: app.states.get(SIM), "the latest state")
+
+            def newest_seen() -> int:
+                versions = [
+                    msgspec.msgpack.decode(
+                        parse_envelope(m.payload, content_type=getattr(m.properties, "ContentType", None)).body,
+                        type=DeviceState,
+                    ).version
+                    for m in list(slow.messages)
+                ]
+                return max(versions, default=0)
+
+            # Once it reads again it catches up, ending on the state the device published last.
+            await _until(lambda: newest_seen() >= app.states[SIM].version, "the slow consumer to catch up")
+            assert newest_seen() == app.states[SIM].version >= latest.version
 
 
 def _mpd_volume(stack: Stack) -> int:
