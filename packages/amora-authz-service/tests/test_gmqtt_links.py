@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import structlog
 
-from amora_authz._dynsec import DynsecClient
+from amora_authz._control import DynsecClient
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, _BrokerLink
 from amora_authz.testing import broker_endpoint
 

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from amora_authz._control import DynsecClient
 from amora_authz._dynsec import (
     DEFAULT_ACL_ACCESS,
     MANAGED,
     AclSpec,
     BrokerEndpoint,
     ClientSpec,
-    DynsecClient,
     DynsecState,
     ForeignNames,
     GroupSpec,

@@ -1,7 +1,7 @@
 """How the service makes its gmqtt clients: gmqtt's own reconnect switched off.
 
 The service holds two kinds of MQTT link per broker, the dynsec control client
-(`amora_authz._dynsec`) and the session-list publisher (`amora_authz._sessionlists`).
+(`amora_authz._control`) and the session-list publisher (`amora_authz._sessionlists`).
 Both notice a lost connection themselves and open a fresh client on their next use
 (docs/decisions/0003-packages-own-reconnection.md). gmqtt must therefore never reconnect
 the old client behind their back: that would leave a second connection for the same

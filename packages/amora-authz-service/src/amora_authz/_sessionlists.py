@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from gmqtt.mqtt.constants import MQTTv50
 
-from amora_authz._dynsec import client_tls
+from amora_authz._control import client_tls
 from amora_authz._gmqtt import new_client
 from amora_protocol import (
     TOPIC_PREFIX,
