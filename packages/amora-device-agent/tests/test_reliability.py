@@ -24,6 +24,7 @@ from amora_protocol import (
     Seek,
     SetVolume,
     commands_topic,
+    connection_topic,
     now_ms,
     unauthenticated_id,
 )
@@ -201,3 +202,23 @@ async def test_a_damaged_replay_log_refuses_the_replayed_command(
     monkeypatch.setattr(commands_module, "now_ms", lambda: horizon.issued_before_ms + 10)
     _, fresh = app.command("player-1", ChangeVolume(delta=5), issued_at_ms=horizon.issued_before_ms)
     assert (await restarted._handle_command(inbound("player-1", fresh))).status is CommandStatus.SUCCEEDED
+
+
+async def test_a_stale_will_seen_while_online_is_corrected_at_once(make_offline_agent, monkeypatch) -> None:
+    agent = make_offline_agent()
+    republished: list[bool] = []
+    monkeypatch.setattr(
+        agent, "_publish_connection", lambda *, online, reason=None: republished.append(online and reason is None)
+    )
+    will = agent._will()  # an earlier connection's Last Will, as a resumed broker delivers it late
+    message = InboundMessage(connection_topic("player-1"), will.payload, 1, True, will.content_type, None, None)
+    agent._on_message(message)
+    assert republished == []  # offline now: nothing to correct
+    agent._online.set()
+    agent._on_message(message)
+    assert republished == [True]  # online again at once
+    assert agent.take_usage()["stale_wills_corrected"] == 1
+    # The Will is numbered after its connection's online status and before anything later.
+    online_version, will_version = agent._connection_versions
+    assert online_version is not None
+    assert will_version == online_version + 1
