@@ -96,7 +96,7 @@ class Harness:
         )
         for user in users:
             linked = await self.svc.http.put(f"/v1/admin/users/{user}/devices/{device_id}", headers=admin)
-            assert linked.status_code == 200
+            assert linked.status_code == 201
         return folder
 
     async def session(self, user: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from amora_authz._admin_devices import admin_device_handlers
 from amora_authz._bodies import (  # Litestar reads the body types at runtime
     DeviceRegisteredResponse,
     DeviceRegistration,
@@ -271,10 +272,15 @@ async def device_users(device_id: FromPath[str], claims: AuthzClaims, runtime: R
 
 
 @put("/v1/admin/users/{user:str}/devices/{device_id:str}", tags=["admin"], dependencies=_ADMIN)
-async def link(user: FromPath[str], device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime) -> LinkResponse:
-    """Let a user use a device."""
+async def link(
+    user: FromPath[str], device_id: FromPath[str], claims: AuthzClaims, runtime: Runtime
+) -> Response[LinkResponse]:
+    """Let a user use a device: 201 when this made the link, 200 when it was there already."""
     created = await runtime.service.link(claims, user, device_id)
-    return LinkResponse(user=user, device_id=device_id, created=created)
+    return Response(
+        LinkResponse(user=user, device_id=device_id, created=created),
+        status_code=HTTP_201_CREATED if created else HTTP_200_OK,
+    )
 
 
 @delete(
@@ -471,6 +477,7 @@ def _api_handlers(settings: Settings) -> list[Any]:
         amora_keys,
         healthz,
         *enrolment_handlers(admin=_ADMIN, no_store=NO_STORE),
+        *admin_device_handlers(admin=_ADMIN),
     ]
     if settings.dev_issuer.enabled:
         handlers += [dev_discovery, dev_jwks, dev_token]
