@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import structlog
 
+from amora_authz._desired import restrict, scope_for_device, scope_for_link, scope_for_session
 from amora_authz._dynsec import Scope
-from amora_authz._fleet import BrokerFleet, _restrict, scope_for_device, scope_for_link, scope_for_session
+from amora_authz._fleet import BrokerFleet
 from amora_authz._store import Device, Session, Store
 
 
@@ -56,4 +57,4 @@ async def test_scoped_desired_state_matches_the_full_one(store: Store) -> None:
         Scope(clients=frozenset({"p1", "sess.b", "nobody"})),
     ]
     for scope in scopes:
-        assert _restrict(await fleet.desired(scope), scope) == _restrict(full, scope), scope
+        assert restrict(await fleet.desired(scope), scope) == restrict(full, scope), scope

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from amora_authz._desired import desired_state
 from amora_authz._dynsec import (
     MANAGED,
     AclSpec,
@@ -13,7 +14,6 @@ from amora_authz._dynsec import (
     foreign_names,
     plan,
 )
-from amora_authz._fleet import desired_state
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, PUBLISHER_ROLE
 from amora_authz._store import Device, Link, Session
 from amora_protocol import device_acls, user_device_acls

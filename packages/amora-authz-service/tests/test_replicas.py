@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 import structlog
 
-from amora_authz._fleet import BrokerFleet, scope_for_session
+from amora_authz._desired import scope_for_session
+from amora_authz._fleet import BrokerFleet
 from amora_authz._store import Session, Store
 from amora_authz.testing import broker_endpoint
 

@@ -1,10 +1,7 @@
 """Broker reconciliation: make every configured broker's dynsec state match the database.
 
-The desired state is computed from the store (docs/architecture.md, "Topics and their ACLs"): a role ``device:{id}`` and
-a role ``user-device:{id}`` per active device, a client per device (no password, so it
-can only log in with its certificate on the mTLS listener), a group ``user:{sub}`` per
-user holding ``user-device:{id}`` for each linked device, and a client per live session
-(username = client id = session id) in its user's group. Default ACL: deny.
+The desired state is computed from the store (`amora_authz._desired`; docs/architecture.md,
+"Topics and their ACLs"). Default ACL: deny.
 
 After each API change only the touched names are reconciled (a scope); a full pass runs
 at start-up and periodically, which heals a broker that was down or lost its file.
@@ -27,134 +24,28 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from amora_authz._control import DynsecClient
+from amora_authz._desired import desired_state, restrict
 from amora_authz._dynsec import (
-    DEFAULT_ACL_ACCESS,
     MANAGED,
-    AclSpec,
     BrokerEndpoint,
-    ClientSpec,
     DynsecState,
     ForeignNames,
     GroupSpec,
-    RoleSpec,
     Scope,
     foreign_names,
     plan,
 )
 from amora_authz._errors import AuthzError, BrokerError
-from amora_authz._sessionlists import PUBLISHER_ACCOUNT, PUBLISHER_ROLE, publisher_acls
 from amora_authz._store import Device, Link, Session
-from amora_protocol import device_acls, device_role, user_device_acls, user_device_role, user_group
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
     import structlog
 
     from amora_authz._store import Store
 
-__all__ = [
-    "ApplyOutcome",
-    "BrokerFleet",
-    "BrokerStatus",
-    "desired_state",
-    "scope_for_device",
-    "scope_for_link",
-    "scope_for_session",
-]
-
-
-def scope_for_session(session_id: str, user_sub: str, devices: Iterable[str] = ()) -> Scope:
-    """Names touched by creating or deleting a session."""
-    return Scope(
-        clients=frozenset({session_id}),
-        groups=frozenset({user_group(user_sub)}),
-        roles=frozenset(user_device_role(d) for d in devices),
-    )
-
-
-def scope_for_link(user_sub: str, device_id: str) -> Scope:
-    """Names touched by linking or unlinking a user and a device."""
-    return Scope(groups=frozenset({user_group(user_sub)}), roles=frozenset({user_device_role(device_id)}))
-
-
-def scope_for_device(device_id: str, users: Iterable[str] = ()) -> Scope:
-    """Names touched by registering or revoking a device."""
-    return Scope(
-        clients=frozenset({device_id}),
-        roles=frozenset({device_role(device_id), user_device_role(device_id)}),
-        groups=frozenset(user_group(u) for u in users),
-    )
-
-
-def _acls(acls: Iterable[tuple[str, str, bool]]) -> frozenset[AclSpec]:
-    return frozenset(AclSpec(acltype, topic, allow) for acltype, topic, allow in acls)
-
-
-def desired_state(
-    devices: Sequence[Device],
-    links: Sequence[Link],
-    sessions: Sequence[Session],
-    *,
-    password_for: Callable[[str], str],
-) -> DynsecState:
-    """Compute what every broker must hold.
-
-    Args:
-        devices: active devices.
-        links: user-device links (links to devices not in ``devices`` are ignored).
-        sessions: live sessions.
-        password_for: the broker password of a session id.
-
-    Returns:
-        The desired dynsec state, default ACL included.
-    """
-    state = DynsecState(default_acl=dict(DEFAULT_ACL_ACCESS))
-    active = {d.device_id for d in devices}
-    for device_id in sorted(active):
-        state.roles[device_role(device_id)] = RoleSpec(name=device_role(device_id), acls=_acls(device_acls(device_id)))
-        state.roles[user_device_role(device_id)] = RoleSpec(
-            name=user_device_role(device_id), acls=_acls(user_device_acls(device_id))
-        )
-        state.clients[device_id] = ClientSpec(
-            username=device_id,
-            clientid=device_id,
-            password=None,
-            roles=frozenset({device_role(device_id)}),
-        )
-    roles_by_user: dict[str, set[str]] = {}
-    for link in links:
-        if link.device_id in active:
-            roles_by_user.setdefault(link.user_sub, set()).add(user_device_role(link.device_id))
-    for session in sessions:
-        roles_by_user.setdefault(session.user_sub, set())
-    for user, roles in roles_by_user.items():
-        state.groups[user_group(user)] = GroupSpec(name=user_group(user), roles=frozenset(roles))
-    for session in sessions:
-        state.clients[session.session_id] = ClientSpec(
-            username=session.session_id,
-            clientid=session.session_id,
-            password=password_for(session.session_id),
-            groups=frozenset({user_group(session.user_sub)}),
-        )
-    # The service's own account for session lists (revocation that reaches the device); its
-    # password is derived like a session's, from a name no session id can take.
-    state.roles[PUBLISHER_ROLE] = RoleSpec(name=PUBLISHER_ROLE, acls=_acls(publisher_acls()))
-    state.clients[PUBLISHER_ACCOUNT] = ClientSpec(
-        username=PUBLISHER_ACCOUNT,
-        clientid=None,
-        password=password_for(PUBLISHER_ACCOUNT),
-        roles=frozenset({PUBLISHER_ROLE}),
-    )
-    return state
-
-
-def _restrict(state: DynsecState, scope: Scope) -> DynsecState:
-    return DynsecState(
-        roles={k: v for k, v in state.roles.items() if k in scope.roles},
-        groups={k: v for k, v in state.groups.items() if k in scope.groups},
-        clients={k: v for k, v in state.clients.items() if k in scope.clients},
-    )
+__all__ = ["ApplyOutcome", "BrokerFleet", "BrokerStatus"]
 
 
 class BrokerStatus(msgspec.Struct, kw_only=True):
@@ -520,7 +411,7 @@ class BrokerFleet:
                 foreign = foreign_names(desired, actual)
             else:
                 actual = await client.fetch_scope(scope)
-                wanted = _restrict(desired, scope)
+                wanted = restrict(desired, scope)
                 commands = plan(wanted, actual, scope=scope)
                 foreign = foreign_names(wanted, actual)
             before: int | None = None

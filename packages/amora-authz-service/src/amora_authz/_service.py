@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from amora_authz._desired import scope_for_device, scope_for_link, scope_for_session
 from amora_authz._dynsec import Scope
 from amora_authz._errors import (
     AuthzError,
@@ -34,7 +35,6 @@ from amora_authz._errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from amora_authz._fleet import scope_for_device, scope_for_link, scope_for_session
 from amora_authz._inputs import device_id_of, session_keys, user_id_of
 from amora_authz._pending import PendingChanges
 from amora_authz._store import Certificate, Device, Session
