@@ -50,6 +50,7 @@ from amora_authz._errors import (
 from amora_authz._jwt import Claims
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
+from amora_authz._validation import field_errors
 from amora_protocol import (
     BrokerCredential,
     DevicePublicKeys,
@@ -403,8 +404,10 @@ def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[E
 
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
-    detail = exc.extra or exc.detail
-    return _error(422, InvalidInputError.default_code, f"invalid request: {detail}")
+    errors = field_errors(exc.extra)
+    reasons = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
+    body = ErrorBody(code=InvalidInputError.default_code, message=f"invalid request: {reasons}", errors=errors or None)
+    return Response(body, status_code=422)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import msgspec
 
+from amora_authz._validation import FieldError  # noqa: TC001 - msgspec resolves field types at runtime
 from amora_protocol import AuthzPublicKey  # noqa: TC001 - msgspec resolves field types at runtime
 
 __all__ = [
@@ -88,6 +89,7 @@ class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
     code: str
     message: str
     brokers: list[str] | None = None
+    errors: list[FieldError] | None = None  # 422: each invalid field's path and reason
 
 
 class DevTokenRequest(msgspec.Struct, frozen=True):
