@@ -30,7 +30,7 @@ import pytest
 
 from amora_devtools.compat import VECTORS_PATH, PreviousEnv, check_vectors, previous_env, probe
 from amora_devtools.stack import Stack
-from amora_sync import CommandRejectedError, ConnectionStatus, DeviceState, SetVolume
+from amora_sync import ConnectionStatus, DeviceState, SetVolume
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -198,15 +198,6 @@ async def test_agent_upgraded_in_place_keeps_counting_versions(
         assert client.stats.invalid == 0
 
 
-# Not strict: the agent's owners may fix this at any time, and a fix must not turn the whole
-# suite red; an XPASS in the summary (-ra) then says this marker can go.
-@pytest.mark.xfail(
-    strict=False,
-    raises=CommandRejectedError,
-    reason="found by this suite: since 75ac437 (agent: crash-safe replay log) an agent upgraded from 0.1.0"
-    " imports the old executed-commands log as possibly damaged and answers every command issued within"
-    " 2 x the skew allowance (60 s) of the upgrade 'rejected'/'expired'",
-)
 async def test_agent_upgraded_in_place_takes_commands_at_once(
     tmp_path: Path, previous_agent: PreviousEnv, sdk_client: Any
 ):

@@ -181,11 +181,47 @@ def test_a_missing_log_in_a_used_state_directory_is_damage(tmp_path: Path) -> No
     log.close()
 
 
-def test_the_previous_text_log_is_imported_cautiously(tmp_path: Path) -> None:
+def test_an_intact_previous_text_log_is_imported_without_a_refusal_window(tmp_path: Path) -> None:
+    # As agent 0.1.0 leaves it: every line whole, UTF-8, ending with a newline.
+    (tmp_path / "executed-commands").write_bytes(f"old-1 {NOW + TTL}\nälter-2 {NOW + TTL}\n".encode())
+    log, guard = _open(tmp_path, now=NOW + 1_000)
+    assert log.damage is None
+    assert log.horizon is None
+    assert not log.refuses(NOW)  # commands issued around the upgrade run at once
+    assert not _would_run_again(log, guard, "old-1", 1, now=NOW + 1_000)  # replays still refused
+    assert "älter-2" in log
+    assert _would_run_again(log, guard, "new-1", 1, now=NOW + 1_000)
+    assert (tmp_path / "executed-commands.imported").exists()
+    log.close()
+    # The imported ids are in the new log: a later restart still refuses the replay.
+    again, guard = _open(tmp_path, now=NOW + 2_000)
+    assert again.damage is None
+    assert not _would_run_again(again, guard, "old-1", 1, now=NOW + 2_000)
+    again.close()
+
+
+@pytest.mark.parametrize("cut", [1, 5, len(f" {NOW + TTL}\n"), len(f"old-2 {NOW + TTL}\n") - 1])
+def test_a_previous_text_log_cut_inside_its_last_line_gets_the_refusal_window(tmp_path: Path, cut: int) -> None:
+    whole = f"old-1 {NOW + TTL}\nold-2 {NOW + TTL}\n".encode()
+    (tmp_path / "executed-commands").write_bytes(whole[:-cut])
+    log, guard = _open(tmp_path)
+    assert log.damage is not None
+    assert "previous format" in log.damage
+    assert log.refuses(NOW)  # old-2 may have run with its id lost: older commands are refused
+    assert "old-1" in log  # the whole lines are kept
+    assert guard.seen("old-1")
+    # A line missing only its newline is still whole and kept; a cut expiry (read as 1970 by
+    # 0.1.0) is never trusted.
+    assert ("old-2" in log) == (cut == 1)
+    log.close()
+
+
+def test_the_previous_text_log_is_imported_cautiously_when_garbled(tmp_path: Path) -> None:
     (tmp_path / "executed-commands").write_bytes(b"old-1 1800000060000\nold-2 17959775\n\xff\xfe\n")
     log, guard = _open(tmp_path)
     assert "old-1" in log
     assert guard.seen("old-1")
+    assert log.damage is not None
     assert log.refuses(NOW)  # the old format could be misread: older commands are refused
     assert (tmp_path / "executed-commands.imported").exists()
     log.close()

@@ -26,8 +26,9 @@ header; a command runs only after that. So every record a command depends on lie
   ``issued_at_ms`` a lost command can carry), so it ends by itself a minute later.
 
 A missing log in a state directory that was used before (its version file exists) is damage
-too, and the text log of earlier agent versions (``executed-commands``) is imported the same
-cautious way.
+too. The text log of agent 0.1.0 (``executed-commands``) is imported: intact (every line
+well-formed, ending with a newline) it starts a clean log with its ids and expiries; torn or
+garbled, its well-formed lines are kept and it is damage like the above.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ _HEADER: Final = struct.Struct(">8sQI")  # magic, committed, zero; then crc32 of
 HEADER_SIZE: Final = _HEADER.size + 4
 _FRAME: Final = struct.Struct(">HHI")  # length, length ^ 0xFFFF, crc32(payload)
 _MAX_RECORD: Final = 0xFFFF
+# Expiry times in the 0.1.0 text log: milliseconds since 1970, 13 digits from 2001 to 2286.
+_LEGACY_EXPIRY_DIGITS: Final = 13
 # A horizon is only needed while commands issued before it can be alive (10 min by default).
 _HORIZON_KEPT_MS: Final = 24 * 3600_000
 
@@ -198,6 +201,34 @@ def _parse(data: bytes) -> tuple[list[Record], int, _Damage | None]:
     return records, offset, None
 
 
+def _parse_legacy(data: bytes) -> tuple[list[tuple[str, int]], str | None]:
+    """The (id, expiry) lines of a 0.1.0 ``executed-commands`` log, and its first fault.
+
+    0.1.0 appended one ``<id> <expires_at_ms>`` line per command (UTF-8, ending with a
+    newline) and compacted by atomic replacement, so an intact file is empty or ends with a
+    newline, and every line is a printable id without spaces and a 13-digit millisecond time
+    (2001-2286). A cut line fails one of these: it lacks the newline, or its expiry has lost
+    digits. The fault is None when the
+    whole file reads that way; otherwise the well-formed lines are still returned.
+    """
+    entries: list[tuple[str, int]] = []
+    fault: str | None = None
+    if data and not data.endswith(b"\n"):
+        fault = "the last line has no newline (cut mid-line)"
+    for number, line in enumerate(data.splitlines(), start=1):
+        command_id, _, expires = line.partition(b" ")
+        try:
+            text_id = command_id.decode("utf-8")
+        except UnicodeDecodeError:
+            text_id = ""
+        plausible = len(expires) == _LEGACY_EXPIRY_DIGITS and expires.isdigit() and not expires.startswith(b"0")
+        if text_id and text_id.isprintable() and plausible:
+            entries.append((text_id, int(expires)))
+        elif fault is None:
+            fault = f"line {number} is not '<id> <expires_at_ms>'"
+    return entries, fault
+
+
 def _mtime_ms(path: Path) -> int:
     with contextlib.suppress(OSError):
         return path.stat().st_mtime_ns // 1_000_000
@@ -288,22 +319,28 @@ class ReplayLog:
             self._rewrite()
 
     def _import_legacy(self, legacy: Path, *, now_ms: int) -> None:
-        # The old text log could be misread after a torn write: keep what parses, and treat
-        # the rest of its lifetime as damaged.
         try:
             data = legacy.read_bytes()
         except OSError as exc:
             raise StateDirError(f"cannot read the old executed-commands log: {exc}", path=str(legacy)) from exc
-        for line in data.splitlines():
-            command_id, _, expires = line.rpartition(b" ")
-            with contextlib.suppress(UnicodeDecodeError, ValueError):
-                self._apply(Known(command_id.decode("ascii"), int(expires)))
-        self._quarantine(
-            f"{legacy} (the previous format) was imported",
-            since_ms=_mtime_ms(legacy),
-            now_ms=now_ms,
-            move_aside=False,
-        )
+        entries, fault = _parse_legacy(data)
+        for command_id, expires_at_ms in entries:
+            self._apply(Known(command_id, expires_at_ms))
+        if fault is None:
+            # Read in full: every id the old agent recorded (before running its command) is
+            # kept with its expiry. 0.1.0 kept no sequence windows on disk, so none are lost
+            # here: a replay of any unexpired command is refused by its id, an expired one by
+            # its expiry, which is all a restart of 0.1.0 itself relied on.
+            self._rewrite()
+        else:
+            # The old format could be cut mid-line (a cut expiry reads as 1970 and the id would
+            # be pruned): keep what parses, and treat the rest of its lifetime as damaged.
+            self._quarantine(
+                f"{legacy} (the previous format) was imported with damage ({fault})",
+                since_ms=_mtime_ms(legacy),
+                now_ms=now_ms,
+                move_aside=False,
+            )
         try:
             legacy.replace(legacy.with_name(f"{legacy.name}.imported"))
         except OSError as exc:
