@@ -2,9 +2,10 @@
 
 Environment variables override top-level scalar settings as ``AMORA_AUTHZ_<NAME>``
 (``AMORA_AUTHZ_DATABASE_URL``, ``AMORA_AUTHZ_LISTEN_PORT``...); the file is named by
-``--config`` or ``AMORA_AUTHZ_CONFIG``. Secrets may be given as files
-(``session_secret_file``, ``signing_key_files``) so that they come from mounted
-secrets rather than the environment.
+``--config`` or ``AMORA_AUTHZ_CONFIG``. Nested settings: ``AMORA_AUTHZ_<TABLE>__<KEY>`` and
+``AMORA_AUTHZ_BROKERS__<N>__<KEY>`` (`amora_authz._config_sources`). Secrets may be given as
+files (``session_secret_file``, ``signing_key_files``, a broker's ``password_file``,
+``database_url_file``) so that they come from mounted secrets rather than the environment.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from amora_authz._config_sources import apply_nested_env, read_secret_files
 from amora_authz._dynsec import BrokerEndpoint  # noqa: TC001 - msgspec resolves it at runtime
 from amora_authz._errors import ConfigError
 from amora_authz._jwt import OidcSettings  # noqa: TC001 - msgspec resolves it at runtime
@@ -169,6 +171,8 @@ def load_settings(path: Path | None = None, *, environ: Mapping[str, str] | None
     data.update(overrides)
     if dev is not None:
         data["dev_issuer"] = {**data.get("dev_issuer", {}), **dev}
+    apply_nested_env(data, env, ENV_PREFIX)
+    read_secret_files(data)
     try:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
