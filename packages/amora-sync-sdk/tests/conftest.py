@@ -59,6 +59,7 @@ from amora_protocol import (
     keyring,
     responses_topic,
     state_topic,
+    unauthenticated_id,
     user_device_acls,
     verify_command,
 )
@@ -309,6 +310,12 @@ class Device:
         self.answers_to_lose = 0  # run the next commands but lose their answers
         self.outcomes: dict[str, CommandResponse] = {}  # command id -> original answer
         self.clock_offset_ms = 0  # this device's clock minus the real one
+        # As the agent when its command queue is full: answer `busy` before verifying,
+        # by the digest of the payload (`unauthenticated_id`), never by the command's id.
+        self.busy_by_digest = False
+        self.commands_to_ignore = 0  # drop the next verified commands unseen by the guard
+        self.ignored: list[str] = []  # ids of the commands dropped that way
+        self.ignored_event = asyncio.Event()
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.pki.client_context(self.cert)
@@ -383,6 +390,17 @@ class Device:
     def _on_message(self, _client: object, topic: str, payload: bytes, qos: int, properties: Any) -> int:
         content_type = (properties.get("content_type") or [None])[0]
         correlation = (properties.get("correlation_data") or [b""])[0]
+        if self.busy_by_digest:
+            busy = CommandResponse(
+                command_id=unauthenticated_id(payload),
+                device_id=self.device_id,
+                status=CommandStatus.REJECTED,
+                at_ms=now_ms(),
+                reason=RejectReason.BUSY,
+                retry_after_ms=self.retry_after_ms,
+            )
+            self._respond(busy, correlation)
+            return 0
         try:
             verified = verify_command(
                 payload,
@@ -395,6 +413,12 @@ class Device:
         except ProtocolError:
             return 0
         command = verified.command
+        if self.commands_to_ignore > 0:
+            # Lost on the way, as to a broker with no session for the device yet.
+            self.commands_to_ignore -= 1
+            self.ignored.append(command.id)
+            self.ignored_event.set()
+            return 0
         self.seen_ids.append(command.id)
         self.delivery[command.id] = (qos, verified.header.sealed_to)
         now = now_ms() + self.clock_offset_ms
@@ -451,6 +475,12 @@ class Device:
             content_type=Codec.MSGPACK.value,
             correlation_data=correlation,
         )
+
+    async def wait_ignored(self, count: int = 1) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(self.ignored) < count:
+                self.ignored_event.clear()
+                await self.ignored_event.wait()
 
     async def wait_command(self, count: int = 1) -> None:
         async with asyncio.timeout(WAIT):

@@ -14,8 +14,10 @@ import pytest
 
 from amora_protocol import CommandStatus, DeviceState, Pause, Ping, RejectReason, SetVolume
 from amora_sync import (
+    AmoraClient,
     ClockSkewError,
     CommandRejectedError,
+    CommandTimeoutError,
     ConnectionState,
     DeviceBusyError,
     RateLimitedError,
@@ -134,6 +136,59 @@ async def test_a_busy_device_is_a_device_busy_error(stack):
         assert caught.value.retry_after == 1.5
         assert caught.value.reason == "busy"
         assert "try again in 1.5 s" in str(caught.value)
+
+
+async def test_a_busy_answer_by_payload_digest_is_a_device_busy_error_not_a_timeout(stack):
+    device = stack.devices["player-1"]
+    device.busy_by_digest = True  # as the agent with a full command queue
+    device.retry_after_ms = 2000
+    await device.connect(stack.broker)
+    async with stack.client(resend_interval=60) as client:
+        try:
+            await client.command("player-1", Pause(), timeout=5)
+        except DeviceBusyError as exc:
+            caught = exc
+        except CommandTimeoutError:
+            pytest.fail("the busy answer by digest was not matched to its command")
+        else:
+            pytest.fail("a busy device did not refuse")
+    assert caught.retry_after == 2.0
+    assert caught.response.command_id.startswith("unauthenticated:")
+    assert device.commands == []
+
+
+async def test_an_unanswered_command_is_resent_when_the_device_comes_online_and_runs_once(stack):
+    device = stack.devices["player-1"]
+    device.commands_to_ignore = 1  # the first copy is lost, as to a broker without its session
+    await device.connect(stack.broker)
+    # No periodic resend within the test: only the online status can bring the second copy.
+    async with stack.client(resend_interval=600) as client:
+        task = asyncio.create_task(client.command("player-1", SetVolume(volume=40), timeout=WAIT))
+        await device.wait_ignored()
+        sent = client.stats.commands_sent
+        await device.publish_status(online=True)  # as after the device's own failover
+        response = await task
+    assert response.status is CommandStatus.SUCCEEDED
+    assert not response.duplicate
+    assert client.stats.commands_sent == sent + 1
+    assert device.ignored == [response.command_id]
+    assert [c.id for c in device.commands] == [response.command_id]
+
+
+async def test_an_unanswered_command_is_resent_every_resend_interval(stack):
+    device = stack.devices["player-1"]
+    device.commands_to_ignore = 2
+    await device.connect(stack.broker)
+    async with stack.client(resend_interval=0.5) as client:
+        response = await client.command("player-1", SetVolume(volume=41), timeout=WAIT)
+    assert response.status is CommandStatus.SUCCEEDED
+    assert device.ignored == [response.command_id] * 2
+    assert [c.id for c in device.commands] == [response.command_id]
+
+
+def test_a_resend_interval_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError, match="resend_interval must be a positive"):
+        AmoraClient("http://127.0.0.1:1", lambda: "token", resend_interval=0)
 
 
 @pytest.mark.parametrize(

@@ -128,8 +128,12 @@ class DeviceCache:
             if watch.wants(state.device_id):
                 watch.offer(state)
 
-    def on_status(self, status: ConnectionStatus) -> None:
-        """Keep `status` unless older than the one held; offer it to the watches that want it."""
+    def on_status(self, status: ConnectionStatus) -> bool:
+        """Keep `status` unless older than the one held; offer it to the watches that want it.
+
+        Returns:
+            Whether it was kept (False: a repeat or an older status).
+        """
         # A status carries the device's version counter: its Last Will is numbered when the
         # connection is made, and the online status right after gets a higher number, so a
         # stale Will (late from a resumed broker or across the bridge) is older than the
@@ -143,12 +147,13 @@ class DeviceCache:
             and status.version < held.version
         ):
             self._stats.stale += 1
-            return
+            return False
         self._statuses[status.device_id] = status
         self._stats.delivered += 1
         for watch in list(self._watches):
             if watch.include_connection and watch.wants(status.device_id):
                 watch.offer(status)
+        return True
 
     def retain_only(self, device_ids: Iterable[str]) -> None:
         """Forget the devices not in `device_ids` (the session no longer covers them)."""

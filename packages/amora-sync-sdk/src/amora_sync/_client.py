@@ -69,6 +69,7 @@ class AmoraClient:
         keepalive: int = 30,
         refresh_margin: float = 0.2,
         max_pending_commands: int = 256,
+        resend_interval: float = 3.0,
         max_watched_devices: int = 10_000,
         rate_limit_wait: float = 30.0,
         codec: Codec = Codec.MSGPACK,
@@ -91,6 +92,8 @@ class AmoraClient:
             refresh_margin: Refresh the session when this fraction of its life is left.
             max_pending_commands: Bound of the outbox (pending commands); more raise
                 `OutboxFullError`.
+            resend_interval: Seconds after which a command that got no answer at all is sent
+                again with the same id, until its deadline (the device runs it once).
             max_watched_devices: Bound on the devices one watch queues for.
             rate_limit_wait: How long one session request (create or refresh) waits in all
                 when the authz service answers 429 with ``Retry-After``, before
@@ -99,6 +102,8 @@ class AmoraClient:
             http_client: An httpx client to use for the authz service (not closed by us).
             logger: Where to log (default ``logging.getLogger("amora_sync")``).
         """
+        if not resend_interval > 0:
+            raise ValueError(f"resend_interval must be a positive number of seconds, not {resend_interval!r}")
         self._authz_url = authz_url
         self._token_provider = token_provider
         self._ca_file = None if ca_file is None else os.fspath(ca_file)
@@ -119,6 +124,7 @@ class AmoraClient:
         self._cache = DeviceCache(stats=self.stats)
         self._outbox = Outbox(
             max_pending=max_pending_commands,
+            resend_interval=resend_interval,
             codec=codec,
             session=self._keeper.require,
             sender=self._keeper.sender,
@@ -130,7 +136,7 @@ class AmoraClient:
             session=lambda: self._keeper.session,
             decrypt_key=self._keeper.encryption_key,
             on_state=self._cache.on_state,
-            on_status=self._cache.on_status,
+            on_status=self._on_status,
             on_response=self._outbox.on_response,
             stats=self.stats,
             logger=self._log,
@@ -252,6 +258,7 @@ class AmoraClient:
                 tg.create_task(self._conn.run(), name=f"amora-sync[{sid}].connection")
                 tg.create_task(self._keeper.run(), name=f"amora-sync[{sid}].session-refresh")
                 tg.create_task(self._outbox.run(), name=f"amora-sync[{sid}].outbox")
+                tg.create_task(self._outbox.run_resends(), name=f"amora-sync[{sid}].resends")
                 ready.set_result(None)
         except Exception as exc:  # noqa: BLE001 - a bug must end the client visibly, not hang it
             self._log.exception("amora-sync: background task failed; the client is closed")
@@ -396,8 +403,10 @@ class AmoraClient:
             The device's verified response (status ``succeeded`` or ``duplicate``).
 
         A command still waiting for its answer when the link changes (reconnect, failover,
-        failback) is sent again with the same id; the device runs it at most once and
-        answers a repeat with the original outcome, which is what this returns or raises.
+        failback) is sent again with the same id, and so is one with no answer at all when
+        the device publishes a new online status and every `resend_interval` seconds; the
+        device runs it at most once and answers a repeat with the original outcome, which is
+        what this returns or raises.
 
         Raises:
             DeviceBusyError: The device could not take it now (``busy``; `retry_after` says when).
@@ -442,6 +451,12 @@ class AmoraClient:
             # The broker also drops clients whose access changed: a refresh brings the
             # current device list.
             self._keeper.refresh_soon()
+
+    def _on_status(self, status: ConnectionStatus) -> None:
+        # A new online status may mean the device just reached this broker: what it was sent
+        # before may have been dropped there, so its unanswered commands go again.
+        if self._cache.on_status(status) and status.online:
+            self._outbox.device_online(status.device_id)
 
     def _rate_limited(self, wait: float) -> None:
         self.stats.rate_limit_waits += 1

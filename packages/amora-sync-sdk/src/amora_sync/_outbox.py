@@ -8,7 +8,15 @@ Whenever the link changes (a reconnect, a failover, a failback) every command st
 waiting for its answer is sent again with the same id, until its deadline: nothing tells
 whether the first copy, or its answer, got through. The device runs each id at most once
 and answers a repeat with the original outcome (``duplicate: true``), which settles the
-command as that outcome.
+command as that outcome. A link change on the device's side is invisible here, and a broker
+with no session for the device yet drops what it is sent meanwhile, so a command that got
+no answer at all is also sent again when the device's online status is published anew and
+every `resend_interval` seconds (the protocol's sender rules).
+
+A device refuses some input before authenticating it (``busy`` when its command queue is
+full) and then answers with `unauthenticated_id` of the exact payload, never the command's
+own id; each published payload's digest is remembered until its command settles, so such
+an answer settles the command it refuses.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import asyncio
 import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -31,6 +39,7 @@ from amora_protocol import (
     is_critical,
     now_ms,
     responses_topic,
+    unauthenticated_id,
 )
 from amora_sync._errors import (
     ClientClosedError,
@@ -67,6 +76,8 @@ class _Pending:
     deadline: float  # loop time
     final: asyncio.Future[CommandResponse]
     published: bool = False
+    sent_at: float = 0.0  # loop time of the last publish
+    digests: list[str] = field(default_factory=list)  # unauthenticated_id of each payload sent
     last: CommandResponse | None = None
 
 
@@ -77,6 +88,7 @@ class Outbox:
         self,
         *,
         max_pending: int,
+        resend_interval: float,
         codec: Codec,
         session: Callable[[], Session],
         sender: Callable[[], Sender],
@@ -88,6 +100,8 @@ class Outbox:
 
         Args:
             max_pending: Bound on pending commands; one more raises `OutboxFullError`.
+            resend_interval: Seconds after which a sent command without any answer is sent
+                again (same id), until its deadline.
             codec: Encoding of the commands.
             session: Returns the current session (its grant goes with each command).
             sender: Returns the envelope signer of the current session.
@@ -97,6 +111,7 @@ class Outbox:
             logger: Where to log.
         """
         self._max_pending = max_pending
+        self._resend_interval = resend_interval
         self._codec = codec
         self._session = session
         self._sender = sender
@@ -104,6 +119,7 @@ class Outbox:
         self._stats = stats
         self._log = logger
         self._pending: dict[str, _Pending] = {}
+        self._by_digest: dict[str, _Pending] = {}  # unauthenticated_id(payload) -> its command
         self._link: MqttLink | None = None
         self._wakeup = asyncio.Event()
 
@@ -125,6 +141,34 @@ class Outbox:
     def detach(self) -> None:
         """The link is gone: hold commands until the next `attach`."""
         self._link = None
+
+    def device_online(self, device_id: str) -> None:
+        """`device_id` published a new online status: resend its unanswered commands.
+
+        The device may have just connected to this broker (its failover): what was sent to it
+        before could have been dropped by a broker that had no session for it yet.
+        """
+        link = self._link
+        if link is None or not link.connected:
+            return
+        self._resend_unanswered(link, device_id=device_id, sent_before=math.inf)
+
+    def _resend_unanswered(self, link: MqttLink, *, device_id: str | None, sent_before: float) -> None:
+        # Only commands with no answer at all: one the device acknowledged (``accepted``) is
+        # in its hands, and a repeat of a command still running may be answered with a bare
+        # ``duplicate`` before its real outcome.
+        now = asyncio.get_running_loop().time()
+        for pending in list(self._pending.values()):
+            if (
+                pending.published
+                and pending.last is None
+                and not pending.final.done()
+                and now < pending.deadline
+                and pending.sent_at <= sent_before
+                and device_id in {None, pending.device.device_id}
+                and not self._publish(link, pending)
+            ):
+                return  # the broker's receive maximum is reached
 
     # ------------------------------------------------------------------ commands
 
@@ -177,6 +221,8 @@ class Outbox:
             response = await self._settle(pending, timeout)
         finally:
             self._pending.pop(command.id, None)
+            for digest in pending.digests:
+                self._by_digest.pop(digest, None)
         if _status(response) in _FINAL_BAD:
             raise self._rejection(response, device_id=device_id, command_id=command.id)
         return response
@@ -211,7 +257,7 @@ class Outbox:
 
     def on_response(self, response: CommandResponse) -> None:
         """Settle the pending command `response` answers (a verified response)."""
-        pending = self._pending.get(response.command_id)
+        pending = self._pending.get(response.command_id) or self._by_digest.get(response.command_id)
         if pending is None or pending.device.device_id != response.device_id or pending.final.done():
             return  # someone else's command (same user, other app) or already settled
         status = _status(response)
@@ -245,6 +291,17 @@ class Outbox:
             await link.wait_inflight_drained()
             if link.connected and link is self._link:
                 self._flush(link, resend=False)
+
+    async def run_resends(self) -> None:
+        """Every `resend_interval`, send again what was sent that long ago and got no answer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            # Half the interval: a command waits between one and one and a half intervals.
+            await asyncio.sleep(self._resend_interval / 2)
+            link = self._link
+            if link is not None and link.connected:
+                due = loop.time() - self._resend_interval
+                self._resend_unanswered(link, device_id=None, sent_before=due)
 
     def _flush(self, link: MqttLink, *, resend: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -282,6 +339,10 @@ class Outbox:
             self._wakeup.set()
             return False
         pending.published = True
+        pending.sent_at = asyncio.get_running_loop().time()
+        digest = unauthenticated_id(payload)
+        pending.digests.append(digest)
+        self._by_digest[digest] = pending
         self._stats.commands_sent += 1
         return True
 
