@@ -24,6 +24,7 @@ from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
 from amora_authz._runtime import AuthzRuntime, load_signing_keys
 from amora_authz._store import open_store
+from amora_protocol import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -137,7 +138,7 @@ async def _database(settings: Settings, args: argparse.Namespace) -> None:
         if args.command == "migrate":
             print(f"schema version {version}")  # noqa: T201 - CLI output
         elif args.command == "link":
-            created = await store.link(args.user, args.device_id, at_ms=time.time_ns() // 10**6)
+            created = await store.link(args.user, args.device_id, at_ms=now_ms())
             print("linked" if created else "already linked")  # noqa: T201
         elif args.command == "unlink":
             print("unlinked" if await store.unlink(args.user, args.device_id) else "no link")  # noqa: T201

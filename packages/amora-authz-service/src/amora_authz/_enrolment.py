@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
@@ -32,6 +31,7 @@ from amora_authz._inputs import device_id_of
 from amora_authz._jwt import Claims
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._schema import metadata
+from amora_protocol import now_ms
 
 if TYPE_CHECKING:
     from litestar.datastructures import CacheControlHeader
@@ -110,10 +110,6 @@ def claim_digest(claim: str) -> str:
     return hashlib.sha256(claim.encode()).hexdigest()
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 async def issue_claim(
     store: Store, *, by: str, device_id: str | None = None, uses: int = 1, ttl_s: int = DEFAULT_TTL_S
 ) -> ClaimIssued:
@@ -132,7 +128,7 @@ async def issue_claim(
     if not 1 <= ttl_s <= MAX_TTL_S:
         raise InvalidInputError(f"ttl_s must be 1..{MAX_TTL_S} (a claim is short-lived)")
     claim = CLAIM_PREFIX + secrets.token_urlsafe(32)
-    now = _now_ms()
+    now = now_ms()
     expires = now + ttl_s * 1000
     await store._execute(  # noqa: SLF001 - the store's statement runner, shared by the package
         enrolment_claims.insert().values(
@@ -159,7 +155,7 @@ async def _take_use(store: Store, claim: str, device_id: str) -> str:
     if not rows:
         raise EnrolmentClaimError(f"unknown enrolment claim: {fix}", code="claim_unknown")
     row = rows[0]
-    now = _now_ms()
+    now = now_ms()
     if row.device_id is not None and row.device_id != device_id:
         raise EnrolmentClaimError(
             f"this claim is for device {row.device_id!r}, not {device_id!r}: set device_id in the agent's "
@@ -201,7 +197,7 @@ async def enrol_device(service: AuthzService, store: Store, request: EnrolReques
     device_id = device_id_of(request.device_id)
     admin = await _take_use(store, request.claim, device_id)
     # The claim stands for the admin who issued it: the registration is theirs.
-    on_behalf = Claims(subject=admin, expires_at=_now_ms() // 1000 + 60, roles=(service.admin_role,))
+    on_behalf = Claims(subject=admin, expires_at=now_ms() // 1000 + 60, roles=(service.admin_role,))
     try:
         return await service.register_device(
             on_behalf,

@@ -37,6 +37,7 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._store import Device, Link, Session
+from amora_protocol import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -126,7 +127,7 @@ class BrokerFleet:
         *,
         password_for: Callable[[str], str],
         logger: structlog.typing.FilteringBoundLogger,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock_ms: Callable[[], int] = now_ms,
         timeout_s: float = 10.0,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
