@@ -631,7 +631,7 @@ resource authz 'Microsoft.App/containerApps@2024-03-01' = if (deployApps) {
           probes: [
             { type: 'Startup', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 2, failureThreshold: 30 }
             { type: 'Liveness', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 20 }
-            { type: 'Readiness', httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 10 }
+            { type: 'Readiness', httpGet: { path: '/readyz/serving', port: 8080 }, periodSeconds: 10 } // /readyz (every broker caught up) feeds the availability test and alerts
           ]
           volumeMounts: [
             { volumeName: 'secrets', mountPath: '/run/secrets/amora' }

@@ -469,6 +469,9 @@ async def test_primary_and_standby_are_both_reconciled(
         ready = await svc.http.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["code"] == "brokers_behind"
+        # Logins need only the primary: the load balancer's probe keeps the service in rotation.
+        serving = await svc.http.get("/readyz/serving")
+        assert (serving.status_code, serving.json()["status"]) == (200, "ready")
         # Repeating the request answers the same while the standby is behind...
         again = await svc.http.delete(f"/v1/sessions/{session['session_id']}", headers=alice)
         assert (again.status_code, again.json()["code"]) == (503, "change_pending")
@@ -587,6 +590,8 @@ async def test_no_session_is_handed_out_without_the_primary(tmp_path: Path) -> N
             ready = await svc.http.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["code"] == "brokers_unreachable"
+            serving = await svc.http.get("/readyz/serving")
+            assert (serving.status_code, serving.json()["code"]) == (503, "primary_unreachable")
 
 
 async def test_the_background_loops_heal_and_expire(broker: BrokerProcess, tmp_path: Path) -> None:

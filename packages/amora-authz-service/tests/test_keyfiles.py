@@ -54,7 +54,7 @@ def test_a_stale_temporary_file_cannot_widen_the_mode(tmp_path: Path) -> None:
     assert (target.read_bytes(), _mode(target)) == (b"secret", 0o600)
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+@pytest.mark.parametrize("mode", [0o660, 0o604, 0o644])
 def test_keys_others_may_read_are_refused_naming_the_fix(tmp_path: Path, mode: int) -> None:
     key_file = tmp_path / "grant.pem"
     key_file.write_bytes(SigningKey.generate().to_pem())
@@ -68,6 +68,20 @@ def test_keys_others_may_read_are_refused_naming_the_fix(tmp_path: Path, mode: i
         _session_secret(Settings(state_dir=str(tmp_path), session_secret_file=str(secret)))
     key_file.chmod(0o600)
     assert load_signing_keys(Settings(state_dir=str(tmp_path), signing_key_files=(str(key_file),)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the file to another owner")
+def test_group_read_is_allowed_only_when_root_owns_the_file(tmp_path: Path) -> None:
+    # Kubernetes secret volumes: owned by root, group = the pod's fsGroup, mode 0440/0640.
+    key_file = tmp_path / "grant.pem"
+    key_file.write_bytes(SigningKey.generate().to_pem())
+    key_file.chmod(0o440)
+    settings = Settings(state_dir=str(tmp_path), signing_key_files=(str(key_file),))
+    assert load_signing_keys(settings)
+    # The same mode on a file someone else owns: that owner could widen it; refused.
+    os.chown(key_file, 65534, 65534)
+    with pytest.raises(ConfigError, match=r"\(mode 0440\): run `chmod 600"):
+        load_signing_keys(settings)
 
 
 def test_the_service_refuses_to_start_with_a_readable_key(tmp_path: Path) -> None:

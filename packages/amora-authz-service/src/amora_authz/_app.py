@@ -318,6 +318,23 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/readyz/serving", tags=["operations"])
+async def readyz_serving(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+    """Ready to serve traffic: the database answers and the primary broker is reachable.
+
+    This is the load balancer's readiness probe. ``/readyz`` is stricter (no broker may be
+    behind) and feeds alerts: probing it would take every replica out of rotation while only
+    the standby is down, although logins need only the primary.
+    """
+    runtime = _runtime(request)
+    try:
+        await runtime.store.schema_version()
+        runtime.service.fleet.raise_if_primary_unreachable()
+    except AuthzError as exc:
+        return Response({"status": "unavailable", "code": exc.code, "message": exc.message}, status_code=503)
+    return Response({"status": "ready"})
+
+
 @get("/readyz", tags=["operations"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """Readiness: the database answers and every broker holds every change (none behind)."""
@@ -479,6 +496,7 @@ def _api_handlers(settings: Settings) -> list[Any]:
         user_devices,
         amora_keys,
         healthz,
+        readyz_serving,
         *enrolment_handlers(admin=_ADMIN, no_store=NO_STORE),
         *admin_device_handlers(admin=_ADMIN),
     ]

@@ -503,6 +503,21 @@ class BrokerFleet:
         if self.status and not any(s.reachable for s in self.status.values()):
             raise BrokerError("no broker is reachable", broker="*", code="brokers_unreachable")
 
+    def raise_if_primary_unreachable(self) -> None:
+        """Raise when the primary broker failed its last exchange (readiness to serve).
+
+        A session is handed out only once its credential exists on the primary, so the
+        primary is what serving logins needs; a standby that is down or behind is not.
+
+        Raises:
+            BrokerError: code ``primary_unreachable``, naming the broker.
+        """
+        primary = next(iter(self.status.values()), None)
+        if primary is not None and not primary.reachable:
+            raise BrokerError(
+                f"the primary broker {primary.name} is unreachable", broker=primary.name, code="primary_unreachable"
+            )
+
     def raise_if_behind(self) -> None:
         """Raise when any broker misses a change the database holds (readiness).
 

@@ -26,16 +26,21 @@ _PRIVATE_DIR: Final = 0o700
 
 
 def check_private_file(path: Path, what: str) -> None:
-    """Refuse ``path`` when its mode lets group or others at it.
+    """Refuse ``path`` when its mode lets group or others at it (group read allowed when root owns it).
 
     Raises:
         ConfigError: naming the file and the fix (``chmod 600``).
     """
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError:
         return  # reading it reports the problem, with the path
-    if mode & 0o077:
+    mode = info.st_mode
+    # As PostgreSQL allows for its key file: a file owned by root may also be readable by
+    # its group (0640, 0440). That is how Kubernetes delivers secret volumes to a non-root
+    # container (root-owned, group set to the pod's fsGroup); nobody but root can widen it.
+    allowed = 0o037 if info.st_uid == 0 else 0o077
+    if mode & allowed:
         octal = f"{stat.S_IMODE(mode):04o}"
         raise ConfigError(f"the {what} {path} is accessible by group or others (mode {octal}): run `chmod 600 {path}`")
 
