@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -63,23 +64,33 @@ def test_serve_on_a_taken_port_is_one_line_naming_it_and_exit_1(tmp_path: Path) 
     assert result.stderr.splitlines()[-1].startswith(f"amora-authz: the HTTP server did not start on 127.0.0.1:{port}")
 
 
-def test_serve_listens_where_host_and_port_say(tmp_path: Path) -> None:
+def test_serve_listens_where_host_and_port_say_and_logs_each_request(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(  # noqa: S603 - our own console script
         [SCRIPT, "--config", str(_config(tmp_path)), "serve", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
         answered = None
         while answered is None and time.monotonic() < deadline and process.poll() is None:
             with contextlib.suppress(httpx.HTTPError):
-                answered = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                answered = httpx.get(f"http://127.0.0.1:{port}/healthz?secret=query-secret", timeout=2).json()
             time.sleep(0.05)  # bounded poll of a process we started
         assert answered == {"status": "ok"}
+        token = httpx.post(f"http://127.0.0.1:{port}/dev-issuer/token", json={"username": "alice"}, timeout=5)
+        assert token.status_code == 200
     finally:
         process.terminate()
-        process.wait(timeout=15)
+        _, stderr = process.communicate(timeout=15)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "http.request"]
+    assert {"method": "GET", "path": "/healthz", "status": 200, "client": "127.0.0.1"}.items() <= access[-2].items()
+    assert {"method": "POST", "path": "/dev-issuer/token", "status": 200}.items() <= access[-1].items()
+    assert isinstance(access[-1]["duration_ms"], float)
+    assert "query-secret" not in stderr  # never the query string
+    assert token.json()["access_token"] not in stderr  # nor bodies

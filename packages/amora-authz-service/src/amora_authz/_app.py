@@ -26,6 +26,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from amora_authz._access import AccessLog
 from amora_authz._admin_devices import admin_device_handlers
 from amora_authz._bodies import (  # Litestar reads the body types at runtime
     DeviceRegisteredResponse,
@@ -530,6 +531,7 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
         lifespan=[_lifespan(settings, runtime)],
         before_request=_refuse_deep_bodies,
         exception_handlers=_EXCEPTION_HANDLERS,
+        middleware=[AccessLog] if settings.access_log else [],
         # Requests are small JSON documents (the largest is a CSR).
         request_max_body_size=64 * 1024,
         openapi_config=None if separate_ops else _openapi_config(),

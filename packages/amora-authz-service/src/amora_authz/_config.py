@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         expiry_check_interval_s: period of the session expiry sweep.
         log_level: ``debug``, ``info``, ``warning``, ``error``.
         log_json: JSON logs (off gives console logs for development).
+        access_log: one ``http.request`` line per request (method, path, status, time).
     """
 
     database_url: str = "sqlite://authz.db"
@@ -115,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     expiry_check_interval_s: float = 5.0
     log_level: str = "info"
     log_json: bool = True
+    access_log: bool = True
 
     @property
     def base_url(self) -> str:
