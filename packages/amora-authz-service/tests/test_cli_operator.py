@@ -9,14 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 
 from amora_authz._cli import EXIT_CONFIG, EXIT_FAILURE, main
-
-if TYPE_CHECKING:
-    import pytest
 
 SCRIPT = str(Path(sys.executable).with_name("amora-authz"))
 
@@ -94,3 +91,10 @@ def test_serve_listens_where_host_and_port_say_and_logs_each_request(tmp_path: P
     assert isinstance(access[-1]["duration_ms"], float)
     assert "query-secret" not in stderr  # never the query string
     assert token.json()["access_token"] not in stderr  # nor bodies
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("amora-authz 0.")

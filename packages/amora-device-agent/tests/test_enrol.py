@@ -74,3 +74,10 @@ def test_keygen_refuses_a_file_that_is_not_a_key(tmp_path: Path, capsys: pytest.
     (keys / "device-signing.pem").write_text("not a key")
     assert main(["keygen", "--config", str(path)]) == 2
     assert "not a usable key" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("amora-agent 0.")

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ EXIT_CONFIG = 2  # will not heal by restarting (systemd's RestartPreventExitStat
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amora-authz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('amora-authz-service')}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API and the broker reconciler")

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +113,7 @@ def _read_claim(path: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="amora-agent", description="Amora player agent.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('amora-device-agent')}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the agent until SIGTERM")
     run.add_argument(
