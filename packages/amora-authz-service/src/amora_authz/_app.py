@@ -328,6 +328,8 @@ async def readyz_serving(request: Request[Any, Any, Any]) -> Response[dict[str, 
     the standby is down, although logins need only the primary.
     """
     runtime = _runtime(request)
+    if not runtime.settings.brokers:
+        return _no_brokers()
     try:
         await runtime.store.schema_version()
         runtime.service.fleet.raise_if_primary_unreachable()
@@ -336,10 +338,18 @@ async def readyz_serving(request: Request[Any, Any, Any]) -> Response[dict[str, 
     return Response({"status": "ready"})
 
 
+def _no_brokers() -> Response[Any]:
+    """Not ready without brokers: sessions would reach nothing (a configuration mistake)."""
+    message = "no [[brokers]] configured: sessions would reach nothing; add the brokers this service manages"
+    return Response({"status": "unavailable", "code": "no_brokers", "message": message}, status_code=503)
+
+
 @get("/readyz", tags=["operations"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """Readiness: the database answers and every broker holds every change (none behind)."""
     runtime = _runtime(request)
+    if not runtime.settings.brokers:
+        return _no_brokers()
     brokers = {s.name: msgspec.to_builtins(s) for s in runtime.service.fleet.status.values()}
     try:
         await runtime.store.schema_version()
