@@ -5,8 +5,11 @@ import json
 import os
 import pty
 import select
+import subprocess
 import sys
 import time
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +60,35 @@ def test_table_rows_interpolate_the_position():
     lines = render_table([row, state_row("player-2", None, None, at_ms=0)], width=200)
     assert lines[0].startswith("DEVICE")
     assert len(lines) == 3
+
+
+def test_a_narrow_terminal_shrinks_the_song_never_the_version():
+    state = DeviceState(
+        device_id="player-1",
+        version=1234567,
+        status=PlaybackStatus.PLAY,
+        sampled_at_ms=0,
+        song=Song(file="x.flac", title="A very long title " * 4, artist="Someone"),
+    )
+    row = state_row("player-1", state, None, at_ms=0)
+    lines = render_table([row], width=70)
+    assert all(len(line) <= 70 for line in lines)
+    assert lines[0].endswith("VERSION")
+    assert lines[1].endswith("1234567")
+    assert "…" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("script", "dist"),
+    [("amora", "amora-sync-sdk"), ("amora-agent", "amora-device-agent"), ("amora-authz", "amora-authz-service")],
+)
+def test_every_cli_prints_its_version(script, dist):
+    # The installed console scripts, as a user runs them.
+    done = subprocess.run(  # noqa: S603 - our own console scripts
+        [Path(sys.executable).parent / script, "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(metadata.version(dist))
 
 
 async def amora(stack, *argv: str) -> tuple[int, str, str]:

@@ -26,6 +26,7 @@ import sys
 import time
 import tomllib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -260,11 +261,28 @@ def state_row(device_id: str, state: DeviceState | None, status: ConnectionStatu
 HEADERS = ["DEVICE", "CONNECTION", "STATUS", "SONG", "POSITION", "VOL", "VERSION"]
 
 
+_SONG = HEADERS.index("SONG")
+_GAP = 2
+
+
+def _fit(cell: str, width: int) -> str:
+    if len(cell) <= width:
+        return cell.ljust(width)
+    return cell[: max(width - 1, 0)] + "…" if width > 0 else ""
+
+
 def render_table(rows: list[list[str]], *, width: int) -> list[str]:
-    """Align rows under the headers, each line cut to `width`."""
+    """Align rows under the headers within `width` columns.
+
+    Only the SONG column shrinks to fit (ending in an ellipsis): the columns after it, VERSION
+    above all, are what scripts and people compare, so they are never cut.
+    """
     table = [HEADERS, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))[:width] for row in table]
+    overflow = sum(widths) + _GAP * (len(widths) - 1) - width
+    if overflow > 0:
+        widths[_SONG] = max(len(HEADERS[_SONG]), widths[_SONG] - overflow)
+    return [(" " * _GAP).join(_fit(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
 
 
 def _out(text: str = "") -> None:
@@ -445,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Credentials: flags, --stack/--user, AMORA_AUTHZ_URL/AMORA_TOKEN/AMORA_CA_FILE, "
         "or ~/.config/amora/config.toml (authz_url, token, ca_file).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('amora-sync-sdk')}")
     parser.add_argument("--authz-url", help="authz service URL")
     parser.add_argument("--token", help="the user's JWT")
     parser.add_argument("--ca-file", help="CA bundle for the broker and the authz service")
