@@ -72,6 +72,18 @@ class _QuietRefusedReconnect(logging.Filter):
         return not str(record.msg).startswith("[Client] max number of failed connection attempts")
 
 
+def quiet_by_default(logger: logging.Logger) -> None:
+    """Give `logger` the level WARNING unless the application has set one.
+
+    gmqtt logs every connection, SUBSCRIBE and SUBACK at INFO and every packet at DEBUG: noise
+    for an application logging at INFO. A library must not configure logging (no handlers, no
+    ``basicConfig``); it only picks a default level for loggers nobody configured, so an
+    application that sets one (``logging.getLogger("gmqtt").setLevel(logging.DEBUG)``) wins.
+    """
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
 def gmqtt_version() -> tuple[int, ...]:
     """Return the installed gmqtt's version as numbers (``(0, 8, 0)``)."""
     return tuple(int(part) for part in str(gmqtt.__version__).split(".")[:3] if part.isdigit())
@@ -133,6 +145,9 @@ class MqttLink:
         self._logger = logger
         self._on_message_cb = on_message
         self._gmqtt_logger = logger.getChild("gmqtt")
+        # gmqtt's client logs to the logger it is given, its protocol modules to "gmqtt.*".
+        quiet_by_default(self._gmqtt_logger)
+        quiet_by_default(logging.getLogger("gmqtt"))
         if not any(isinstance(f, _QuietRefusedReconnect) for f in self._gmqtt_logger.filters):
             self._gmqtt_logger.addFilter(_QuietRefusedReconnect())
         self._inflight, self._client = self._new_client()
