@@ -170,12 +170,13 @@ class AmoraClient:
             AuthenticationError: The token was refused.
             RateLimitedError: The authz service's rate limit lasted longer than `rate_limit_wait`.
             SessionError: The authz service failed.
-            ConnectError: No endpoint accepted a connection within `connect_timeout`.
+            ConnectError: No endpoint accepted a connection within `connect_timeout`, or
+                `ca_file` cannot be loaded (the message names the path).
         """
         if self._http is None:
             verify: ssl.SSLContext | bool = True
             if self._ca_file is not None:
-                verify = ssl.create_default_context(cafile=self._ca_file)
+                verify = self._tls()
             self._http = httpx.AsyncClient(timeout=10.0, verify=verify)
         self._keeper.bind(
             SessionApi(
@@ -440,7 +441,17 @@ class AmoraClient:
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            ctx = ssl.create_default_context(cafile=self._ca_file)
+            try:
+                ctx = ssl.create_default_context(cafile=self._ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                # Raised before anything is sent: a missing or unreadable bundle is a setup
+                # mistake, not a network failure, so it is never retried.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                message = (
+                    f"cannot load the CA file {self._ca_file}: {reason}; pass ca_file= the PEM bundle of the "
+                    "CA that signed the broker's and the authz service's certificates"
+                )
+                raise ConnectError(message, attempts=0, last_error=reason) from exc
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             self._ssl_context = ctx
         return self._ssl_context

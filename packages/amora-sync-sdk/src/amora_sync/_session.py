@@ -170,6 +170,12 @@ def _decode_session(body: bytes) -> Session:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """The exception's message, or its type when it has none (some httpx errors are empty)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def current_token(provider: TokenProvider) -> str:
     """Call the token provider (sync or async) and return the token.
 
@@ -179,8 +185,12 @@ async def current_token(provider: TokenProvider) -> str:
     try:
         result = provider()
         token = await result if inspect.isawaitable(result) else result
+    except (httpx.TransportError, OSError, TimeoutError) as exc:
+        # The provider could not reach its identity provider: the token was not refused, so
+        # this is worth retrying, not a reason to ask the user to log in again.
+        raise AuthzUnavailableError(f"the token provider could not reach its server: {_reason(exc)}") from exc
     except Exception as exc:
-        raise AuthenticationError(f"the token provider failed: {exc}") from exc
+        raise AuthenticationError(f"the token provider failed: {_reason(exc)}") from exc
     if not isinstance(token, str) or not token:
         raise AuthenticationError("the token provider returned no token")
     return token
@@ -280,7 +290,11 @@ class SessionApi:
                 content=None if body is None else msgspec.json.encode(body),
             )
         except httpx.HTTPError as exc:
-            raise AuthzUnavailableError(f"authz service unreachable: {exc}") from exc
+            hint = ""
+            if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+                hint = " (does this URL point at the authz service's HTTP port?)"
+            message = f"authz service {self._base} unreachable: {_reason(exc)}{hint}"
+            raise AuthzUnavailableError(message) from exc
         offset = _clock_offset_ms(response, received_ms=now_ms())
         if offset is not None:
             self.clock_offset_ms = offset
@@ -291,7 +305,7 @@ class SessionApi:
             return response.content
         code, message = _error_of(response)
         status = response.status_code
-        text = f"authz service answered {status} on {path}: {message}"
+        text = f"authz service {self._base} answered {status} on {path}: {message}"
         if status in {401, 403}:
             raise AuthenticationError(text, status_code=status, code=code)
         if status >= 500:
