@@ -47,6 +47,7 @@ import httpx
 from cryptography import x509
 
 from amora_devtools._errors import DevtoolsError
+from amora_devtools._files import private_dir, write_private
 from amora_devtools._proc import free_port, tail, wait_until
 from amora_devtools.images import build_images, buildah, ensure_base, image_config
 from amora_devtools.pki import DevPKI, device_key_and_csr
@@ -272,7 +273,7 @@ class SmokeRun:
             "bridge-password": bridge_password.encode(),
         }
         for name, data in files.items():
-            (directory / name).write_bytes(data)
+            write_private(directory / name, data)
             _owned(directory / name, mode=0o400)
         return _owned(directory, mode=0o500)
 
@@ -319,10 +320,10 @@ class SmokeRun:
     def register(self, url: str, device_id: str) -> _Device:
         """Register a device through the admin API: keys and a CSR answered with its certificate."""
         directory = self.workdir / "devices" / device_id
-        directory.mkdir(parents=True)
+        private_dir(directory)
         device = _Device(device_id, directory, SigningKey.generate(), EncryptionKey.generate())
         key_pem, csr_pem = device_key_and_csr(device_id)
-        (directory / "device.key").write_bytes(key_pem)
+        write_private(directory / "device.key", key_pem)
         answer = self.admin(url, "POST", "/v1/admin/devices", {
             "device_id": device_id,
             "signing_key": _b64(device.signing.public_key.raw),
@@ -333,8 +334,8 @@ class SmokeRun:
         device.serial = int(
             answer.get("serial") or x509.load_pem_x509_certificate(answer["certificate"].encode()).serial_number
         )
-        (directory / "signing.pem").write_bytes(device.signing.to_pem())
-        (directory / "encryption.pem").write_bytes(device.encryption.to_pem())
+        write_private(directory / "signing.pem", device.signing.to_pem())
+        write_private(directory / "encryption.pem", device.encryption.to_pem())
         return device
 
 
@@ -498,7 +499,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
         config_dir = run.workdir / "authz-config"
         config_dir.mkdir()
         brokers_cfg = [(name, app, ws) for name, (_dev, app, ws) in ports.items()]
-        (config_dir / "authz.toml").write_text(_authz_config(authz_port, brokers_cfg, admin_password))
+        write_private(config_dir / "authz.toml", _authz_config(authz_port, brokers_cfg, admin_password))
         _owned(config_dir / "authz.toml", mode=0o400)
         _owned(config_dir, mode=0o500)
         authz = run.container("authz", images["amora-authz"])
