@@ -6,7 +6,7 @@ import pytest
 
 from amora_devtools import MqttClient, client_ssl_context
 from amora_devtools.broker import dynsec
-from amora_protocol import Codec, Sender, SigningKey, state_topic
+from amora_protocol import Codec, Sender, SigningKey, now_ms, state_topic
 from amora_sync import (
     AuthenticationError,
     ChangeVolume,
@@ -187,7 +187,7 @@ async def test_command_while_broker_down_is_delivered_when_it_returns(stack):
 async def test_command_past_its_deadline_while_offline_expires_and_never_fires(stack):
     device = stack.devices["player-1"]
     await device.connect(stack.broker)
-    async with stack.client() as client:
+    async with stack.client() as client, client.watch("player-1") as events:
         await device.disconnect()
         stack.broker.stop()
         await wait_for_state(client, state=ConnectionState.RECONNECTING)
@@ -195,8 +195,15 @@ async def test_command_past_its_deadline_while_offline_expires_and_never_fires(s
             await client.command("player-1", Pause(), timeout=0.5)
         expired_id = caught.value.command_id
         await asyncio.to_thread(stack.broker.restart)
+        reconnected_ms = now_ms()
         await device.connect(stack.broker)
         await client.wait_connected(timeout=WAIT)
+        # Wait until the client has seen the device online: a command sent before that is
+        # resent when the online status arrives (the sender rule), which would count twice.
+        async with asyncio.timeout(WAIT):
+            async for event in events:
+                if isinstance(event, ConnectionStatus) and event.online and event.at_ms >= reconnected_ms:
+                    break
         # Anything the outbox had sent on reconnect would arrive before this ping.
         await client.command("player-1", Ping())
         assert [c.action for c in device.commands] == [Ping()]
