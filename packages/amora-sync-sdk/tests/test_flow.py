@@ -1,8 +1,10 @@
 import asyncio
+import inspect
 
 import pytest
 
-from amora_sync import ReconnectPolicy
+from amora_sync import DEFAULT_CONNECT_TIMEOUT, AmoraClient, ReconnectPolicy
+from amora_sync._cli import build_parser
 from amora_sync._flow import LatestPerKeyQueue, QueueClosedError
 
 
@@ -67,3 +69,9 @@ async def test_queue_get_waits_for_put_and_ends_after_close():
     assert await queue.get() == 1
     with pytest.raises(QueueClosedError):
         await queue.get()
+
+
+def test_one_default_connect_timeout_for_the_client_the_policy_and_the_cli():
+    client_default = inspect.signature(AmoraClient).parameters["connect_timeout"].default
+    cli_default = build_parser().parse_args(["devices"]).connect_timeout
+    assert client_default == ReconnectPolicy().connect_timeout == cli_default == DEFAULT_CONNECT_TIMEOUT

@@ -5,6 +5,7 @@ import socket
 import httpx
 import pytest
 
+from amora_devtools.pki import DevPKI
 from amora_sync import AmoraClient, AuthenticationError, AuthzUnavailableError, ConnectError
 
 pytestmark = pytest.mark.services
@@ -59,3 +60,13 @@ async def test_an_authz_url_on_a_non_http_port_gives_a_reason(stack):
     reason = message.split("unreachable:", 1)[1].strip()
     assert reason
     assert "HTTP port" in message
+
+
+async def test_a_broker_certificate_from_another_ca_fails_at_once_not_after_the_timeout(stack, tmp_path):
+    other = DevPKI.create(tmp_path / "other-pki")
+    # A generous timeout: only the verification path, not the timeout, gives this message.
+    with pytest.raises(ConnectError, match="could be trusted") as caught:
+        async with stack.client(ca_file=other.ca_file, connect_timeout=120):
+            pass
+    assert "failed verification" in str(caught.value)
+    assert "ca_file" in str(caught.value)

@@ -56,7 +56,7 @@ from amora_sync._errors import (
     SessionError,
     UnknownDeviceError,
 )
-from amora_sync._flow import ReconnectPolicy
+from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._session import BrokerCredentials, DeviceInfo, Endpoint, Session, TokenProvider
 from amora_sync._stats import ClientStats
 
@@ -66,6 +66,7 @@ except PackageNotFoundError:  # pragma: no cover - source tree without metadata
     __version__ = "0+unknown"
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "Action",
     "AmoraClient",
     "AmoraSyncError",

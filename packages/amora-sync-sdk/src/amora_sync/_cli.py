@@ -61,6 +61,7 @@ from amora_sync._errors import (
     SessionError,
     UnknownDeviceError,
 )
+from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT
 from amora_sync._outbox import validate_command
 
 if TYPE_CHECKING:
@@ -470,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--stack", type=Path, help="the local stack's stack.json")
     parser.add_argument("--user", help="development user name (with --stack)")
-    parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds (default 15)")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help=f"seconds (default {DEFAULT_CONNECT_TIMEOUT:g}, the SDK's)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     devices = sub.add_parser("devices", help="list your devices and their state")

@@ -26,7 +26,7 @@ from amora_protocol import Codec, InvalidDeviceId, now_ms, validate_device_id
 from amora_sync._cache import DeviceCache, Watch
 from amora_sync._connection import ConnectionInfo, ConnectionLoop, ConnectionState
 from amora_sync._errors import ClientClosedError, ConnectError, InvalidDeviceIdError, SessionError, UnknownDeviceError
-from amora_sync._flow import ReconnectPolicy
+from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._inbound import InboundVerifier
 from amora_sync._outbox import Outbox
 from amora_sync._session import SessionApi
@@ -64,7 +64,7 @@ class AmoraClient:
         ssl_context: ssl.SSLContext | None = None,
         client_name: str | None = None,
         reconnect: ReconnectPolicy | None = None,
-        connect_timeout: float | None = 30.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         session_expiry: int = 3600,
         keepalive: int = 30,
         refresh_margin: float = 0.2,
@@ -85,8 +85,9 @@ class AmoraClient:
             ssl_context: A ready TLS context for the broker (overrides `ca_file`).
             client_name: A name shown in the service's session list.
             reconnect: Backoff and attempt bounds.
-            connect_timeout: How long entering waits for the first connection
-                (None: do not wait; the client connects in the background).
+            connect_timeout: How long entering waits for the first connection, in seconds
+                (default `DEFAULT_CONNECT_TIMEOUT`, 15; None: do not wait, the client connects
+                in the background).
             session_expiry: Broker session expiry interval in seconds (persistent session).
             keepalive: MQTT keepalive in seconds.
             refresh_margin: Refresh the session when this fraction of its life is left.
@@ -202,7 +203,7 @@ class AmoraClient:
         if self._connect_timeout is not None:
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    await self._conn.connected.wait()
+                    await self._first_connection()
             except TimeoutError:
                 attempts, last = self._conn.attempts, self._conn.last_error
                 await self.aclose()
@@ -211,7 +212,21 @@ class AmoraClient:
                     attempts=attempts,
                     last_error=last,
                 ) from None
+            if not self._conn.connected.is_set():
+                # A certificate that fails verification will fail the same way on every
+                # retry: say so now instead of after the whole connect timeout.
+                attempts, last = self._conn.attempts, self._conn.last_error
+                await self.aclose()
+                raise ConnectError(f"no broker endpoint could be trusted: {last}", attempts=attempts, last_error=last)
         return self
+
+    async def _first_connection(self) -> None:
+        """Wait until connected, or until every endpoint failed certificate verification."""
+        async with asyncio.TaskGroup() as tg:
+            waits = [tg.create_task(self._conn.connected.wait()), tg.create_task(self._conn.untrusted.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
 
     async def __aexit__(
         self,

@@ -108,6 +108,9 @@ class ConnectionLoop:
         self.info = ConnectionInfo(state=ConnectionState.CLOSED)
         self.attempts = 0
         self.last_error: str | None = None
+        self._untrusted_in_pass = 0
+        self.untrusted = asyncio.Event()
+        """Set when every endpoint of a pass failed certificate verification: waiting cannot help."""
         self._new_credentials = asyncio.Event()
         self._rng = random.Random()  # noqa: S311 - jitter, not security
         self._closing = False
@@ -162,6 +165,7 @@ class ConnectionLoop:
                 self.link = self._new_link(session)
             link = self.link
             endpoints = session.broker.endpoints
+            self._untrusted_in_pass = 0
             for offset in range(len(endpoints)):
                 index = (start + offset) % len(endpoints)
                 endpoint = endpoints[index]
@@ -174,6 +178,8 @@ class ConnectionLoop:
                     break
                 if self._new_credentials.is_set():
                     break
+            if self._untrusted_in_pass == len(endpoints):
+                self.untrusted.set()
             delay = backoff.next_delay()
             self._log.debug("amora-sync: next connection attempt in %.3f s", delay)
             # Strategy: a jittered pause (not a wait for an event) is the point of
@@ -214,6 +220,8 @@ class ConnectionLoop:
                 await link.close()
             if exc.credential_refused:
                 await self.credential_refused()
+            if exc.untrusted:
+                self._untrusted_in_pass += 1
             return False
         except OSError as exc:  # TLS context problems surface here
             self.last_error = repr(exc)

@@ -9,6 +9,10 @@ from typing import Generic, TypeVar
 
 from amora_protocol import Backoff
 
+DEFAULT_CONNECT_TIMEOUT = 15.0
+"""Seconds, the one default for connecting: each attempt (`ReconnectPolicy.connect_timeout`),
+entering `AmoraClient` (its ``connect_timeout``) and the ``amora`` CLI (``--connect-timeout``)."""
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -39,7 +43,7 @@ class ReconnectPolicy:
     initial_delay: float = 0.1
     max_delay: float = 30.0
     multiplier: float = 2.0
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     liveness_interval: float = 1.5
     liveness_timeout: float = 2.0
     failback_interval: float = 30.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,6 @@ import gmqtt
 from gmqtt.storage import PersistentStorage
 
 if TYPE_CHECKING:
-    import ssl
-
     from amora_sync._session import Endpoint
 
 __all__ = [
@@ -96,10 +95,11 @@ class LinkError(Exception):
         reason_code: The CONNACK/SUBACK reason code, when the broker sent one.
     """
 
-    def __init__(self, message: str, *, reason_code: int | None = None) -> None:
-        """Build the error."""
+    def __init__(self, message: str, *, reason_code: int | None = None, untrusted: bool = False) -> None:
+        """Build the error (`untrusted`: the broker's certificate failed verification)."""
         super().__init__(message)
         self.reason_code = reason_code
+        self.untrusted = untrusted
 
     @property
     def credential_refused(self) -> bool:
@@ -263,6 +263,13 @@ class MqttLink:
             self.abort()
             code = _refusal_code(exc)
             raise LinkError(f"broker {endpoint} refused the connection: {exc}", reason_code=code) from exc
+        except ssl.SSLCertVerificationError as exc:
+            self.abort()
+            message = (
+                f"the certificate of broker {endpoint} failed verification ({exc.verify_message}); "
+                "check that ca_file is the CA that signed the broker's certificate"
+            )
+            raise LinkError(message, untrusted=True) from exc
         except (OSError, TimeoutError) as exc:
             self.abort()
             raise LinkError(f"cannot connect to {endpoint}: {exc!r}") from exc
