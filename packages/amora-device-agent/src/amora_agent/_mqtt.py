@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
@@ -41,7 +42,6 @@ import structlog
 from amora_protocol import Backoff
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import Callable, Sequence
 
     from amora_agent._config import BrokerEndpoint
@@ -149,6 +149,38 @@ class _Inflight:
         self._waiters.clear()
 
 
+class BrokerClosedError(ConnectionError):
+    """The broker closed the connection before CONNACK (during or right after the TLS handshake)."""
+
+
+def disconnect_reason(_packet: object, exc: object) -> str | None:
+    """Why gmqtt saw the connection end: the socket's error, if any."""
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def failure_reason(exc: BaseException, *, timeout_s: float) -> str:  # noqa: PLR0911 - one answer per failure kind
+    """A one-line, operator-facing reason why a connection attempt failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS verification failure: the broker's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError) and "REVOKED" in str(exc).upper():
+        return "certificate revoked: the broker's CRL lists this device's certificate"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failure: {exc.reason or exc}"
+    if isinstance(exc, gmqtt.MQTTConnectError):
+        code = exc.args[0] if exc.args else None
+        return f"refused by the broker: CONNACK reason {code} ({exc})"
+    if isinstance(exc, BrokerClosedError):
+        return (
+            f"the broker closed the connection before CONNACK ({exc}): the device certificate is "
+            "probably revoked (in the broker's CRL) or not signed by a CA the broker trusts"
+        )
+    if isinstance(exc, TimeoutError):
+        return f"no CONNACK within {timeout_s:g} s"
+    return repr(exc)
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class _Connection:
     """One gmqtt client and what the link tracks about it."""
@@ -161,6 +193,8 @@ class _Connection:
     granted: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     session_present: bool = False
     receive_maximum: int = 65535
+    lost_reason: str | None = None
+    """Why the broker ended the connection, when it said (DISCONNECT reason) or the socket did."""
 
 
 class MqttLink:
@@ -346,7 +380,8 @@ class MqttLink:
             if isinstance(maximum, int) and maximum > 0:
                 connection.receive_maximum = maximum
 
-        def on_disconnect(_c: object, _packet: object, _exc: object = None) -> None:
+        def on_disconnect(_c: object, packet: object, exc: object = None) -> None:
+            connection.lost_reason = disconnect_reason(packet, exc)
             connection.lost.set()
 
         def on_subscribe(_c: object, mid: int, qos: tuple[int, ...], _props: object) -> None:
@@ -376,7 +411,7 @@ class MqttLink:
         client.on_message = on_message
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                await client.connect(endpoint.host, endpoint.port, ssl=self._ssl or False, keepalive=self._keepalive_s)
+                await self._connect_or_lost(client, connection)
                 if not connection.session_present or endpoint not in self._subscribed:
                     # The broker kept no session, or this process has not seen its subscriptions
                     # confirmed there (a session can survive a crash between CONNACK and SUBACK).
@@ -389,13 +424,37 @@ class MqttLink:
             await self._close(client)
             raise
         except Exception as exc:  # noqa: BLE001 - gmqtt/ssl/socket errors of every kind
-            self.last_error = f"{endpoint}: {exc!r}"
-            self._log.warning("mqtt connect failed", broker=str(endpoint), error=repr(exc))
+            reason = failure_reason(exc, timeout_s=self._connect_timeout_s)
+            self.last_error = f"{endpoint}: {reason}"
+            self._log.warning("mqtt connect failed", broker=str(endpoint), reason=reason, error=repr(exc))
             await self._close(client)
             return None
         self._hung.discard(endpoint)
         self._log.info("mqtt connected", broker=str(endpoint), session_present=connection.session_present)
         return connection
+
+    async def _connect_or_lost(self, client: gmqtt.Client, connection: _Connection) -> None:
+        """Connect; fail at once when the broker closes the socket before CONNACK.
+
+        gmqtt keeps waiting for a CONNACK after the socket closed (its reconnect is off), so a
+        broker rejecting the certificate would otherwise show up only as a timeout.
+        """
+        endpoint = connection.endpoint
+        connecting = asyncio.ensure_future(
+            client.connect(endpoint.host, endpoint.port, ssl=self._ssl or False, keepalive=self._keepalive_s)
+        )
+        lost = asyncio.ensure_future(connection.lost.wait())
+        try:
+            await asyncio.wait((connecting, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+        if connecting.cancelled() or not connecting.done():
+            raise BrokerClosedError(connection.lost_reason or "connection closed")
+        connecting.result()
 
     async def _subscribe(self, connection: _Connection) -> None:
         subscriptions = [gmqtt.Subscription(topic, qos=qos) for topic, qos in self._subscriptions]
@@ -441,7 +500,11 @@ class MqttLink:
             self._current = None
             self._on_disconnected(endpoint)
             if connection.lost.is_set():
-                self._log.warning("mqtt connection lost", broker=str(endpoint))
+                self._log.warning(
+                    "mqtt connection lost",
+                    broker=str(endpoint),
+                    reason=connection.lost_reason or "the broker closed the connection",
+                )
             else:
                 if hung:
                     self._hung.add(endpoint)
