@@ -240,6 +240,11 @@ def _retained_command(stack: Stack) -> bytes | None:
 
 def test_a_retained_command_never_reaches_the_agent_and_is_cleared_at_logout(stack: Stack) -> None:
     writer, watch = _session(stack, "alice"), _session(stack, "alice")
+    # Each publish of the device's session list clears its retained command: wait for the
+    # list naming both sessions, or its late publish would clear the command set below.
+    with stack.brokers[0].admin_client() as watcher:
+        assert watcher.subscribe(sessions_topic(DEVICE)) < 0x80
+        _wait_list(stack, watcher, lambda s: s.allows(writer.session_id) and s.allows(watch.session_id))
     with _connect(stack, writer) as conn:
         retained, payload = writer.command(DEVICE)
         conn.publish(commands_topic(DEVICE), payload, qos=1, retain=True)

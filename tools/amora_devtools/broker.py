@@ -78,6 +78,7 @@ _BROKER_USER: Final = "mosquitto"
 _START_TIMEOUT: Final = 15.0
 _START_ATTEMPTS: Final = 3
 _PROBE_ROLE: Final = "amora-harness-write-probe"
+_SAVE_TIMEOUT: Final = 5.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -219,15 +220,22 @@ class BrokerProcess:
         """Prove the broker's user can save the dynsec file (dynsec says OK regardless)."""
         # check=False: after a crash the probe role may still exist; the file decides.
         dynsec(self, [{"command": "createRole", "rolename": _PROBE_ROLE}], check=False)
-        try:
-            saved = json.loads(self.dynsec_file.read_text())
-            names = {role.get("rolename") for role in saved.get("roles", [])}
-        except (OSError, ValueError) as exc:
-            names = set()
-            reason = repr(exc)
-        else:
+        # mosquitto rewrites the file in place (truncate, then write) on every change, and a
+        # client (the authz service) may be changing it right now: a read can catch it empty
+        # or half written, so read until it parses and names the probe, within a bound.
+        reason = "the change did not reach the file"
+
+        def saved() -> bool | None:
+            nonlocal reason
+            try:
+                state = json.loads(self.dynsec_file.read_text())
+            except (OSError, ValueError) as exc:
+                reason = repr(exc)
+                return None
             reason = "the change did not reach the file"
-        if _PROBE_ROLE not in names:
+            return True if _PROBE_ROLE in {role.get("rolename") for role in state.get("roles", [])} else None
+
+        if wait_until(saved, timeout=_SAVE_TIMEOUT, interval=0.02) is None:
             log = tail(self.log_file)
             self.stop()
             raise ServiceStartError(
