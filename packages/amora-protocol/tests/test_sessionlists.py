@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 
 import amora_protocol as ap
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 NOW = 1_800_000_000_000
 
@@ -64,15 +66,6 @@ VECTORS_DIR = Path(__file__).resolve().parent.parent / "vectors"
 VECTORS: list[dict[str, Any]] = json.loads((VECTORS_DIR / "session_lists.json").read_text())
 
 
-def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location("amora_vectors_generate", VECTORS_DIR / "generate.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_session_list_vector_verifies_as_expected(vector: dict[str, Any]):
     authz = ap.VerifyKey.from_raw(bytes.fromhex(vector["authz_public_key_hex"]))
@@ -90,6 +83,6 @@ def test_session_list_vector_verifies_as_expected(vector: dict[str, Any]):
         assert type(info.value).__name__ == vector["expect"]
 
 
-def test_session_list_vectors_are_reproduced_byte_for_byte():
-    assert _generator().build_session_lists() == VECTORS
+def test_session_list_vectors_are_reproduced_byte_for_byte(vector_generator: ModuleType):
+    assert vector_generator.build_session_lists() == VECTORS
     assert {v["name"] for v in VECTORS} >= {"session-list", "session-list-empty", "session-list-grant-domain"}

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 
 import amora_protocol as ap
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "vectors"
 VECTORS: list[dict[str, Any]] = json.loads((VECTORS_DIR / "envelopes.json").read_text())
-
-
-def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location("amora_vectors_generate", VECTORS_DIR / "generate.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _verify(vector: dict[str, Any]) -> ap.Message:
@@ -102,8 +95,8 @@ def test_sealed_vector_opens_to_its_plaintext():
     assert key.kid == env.header.sealed_to
 
 
-def test_package_reproduces_every_unsealed_vector():
-    rebuilt = {v["name"]: v for v in _generator().build()}
+def test_package_reproduces_every_unsealed_vector(vector_generator: ModuleType):
+    rebuilt = {v["name"]: v for v in vector_generator.build()}
     assert rebuilt.keys() == {v["name"] for v in VECTORS}
     for vector in VECTORS:
         again = rebuilt[vector["name"]]

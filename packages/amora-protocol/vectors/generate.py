@@ -12,23 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from _vectors_common import (
+    AUTHZ_KEY,
+    DEVICE,
+    DEVICE_ENC,
+    DEVICE_KEY,
+    NOW,
+    OTHER_KEY,
+    SESSION,
+    SESSION_KEY,
+    flip,
+    make_command,
+    make_envelope,
+    make_grant,
+    make_vector,
+)
+from _vectors_compat import compatibility_vectors
+from _vectors_spec import spec_vectors
 
 import amora_protocol as ap
-
-NOW = 1_790_000_000_000  # 2026-09-21T...Z, the verification time of every vector
-DEVICE = "player-0001"
-SESSION = "sess-0123456789abcdef"
-
-
-def _key(seed: int) -> ap.SigningKey:
-    return ap.SigningKey.from_raw(bytes([seed]) * 32)
-
-
-DEVICE_KEY = _key(1)
-SESSION_KEY = _key(2)
-AUTHZ_KEY = _key(3)
-OTHER_KEY = _key(4)
-DEVICE_ENC = ap.EncryptionKey.from_raw(bytes([5]) * 32)
 
 
 def _state() -> ap.DeviceState:
@@ -54,90 +56,6 @@ def _state() -> ap.DeviceState:
     )
 
 
-def _grant(key: ap.SigningKey = AUTHZ_KEY, **changes: object) -> bytes:
-    """The session's grant, or (``changes``) one broken in a single way."""
-    grant = ap.Grant(
-        grant_id="grant-1",
-        subject="user-alice",
-        session_id=SESSION,
-        signing_key=SESSION_KEY.public_key.raw,
-        devices=(DEVICE,),
-        rights=(ap.Right.WATCH, ap.Right.CONTROL),
-        issued_at_ms=NOW - 60_000,
-        expires_at_ms=NOW + 3_600_000,
-    )
-    return ap.issue_grant(msgspec.structs.replace(grant, **changes), key)
-
-
-def _command(action: ap.Action, n: int) -> ap.Command:
-    return ap.Command(
-        id=f"0190a000-0000-7000-8000-{n:012d}",
-        issued_at_ms=NOW - 100,
-        expires_at_ms=NOW + 30_000,
-        action=action,
-    )
-
-
-def _envelope(  # noqa: PLR0913
-    topic: str,
-    message: ap.Message,
-    key: ap.SigningKey,
-    sender: str,
-    *,
-    seq: int,
-    codec: ap.Codec = ap.Codec.MSGPACK,
-    grant: bytes | None = None,
-    seal_to: ap.EncryptionPublicKey | None = None,
-    expires_at_ms: int | None = None,
-) -> bytes:
-    if expires_at_ms is None and isinstance(message, ap.Command):
-        expires_at_ms = message.expires_at_ms
-    return ap.encode_envelope(
-        topic,
-        message,
-        signing_key=key,
-        sender=sender,
-        epoch=0x1234_5678_9ABC,
-        seq=seq,
-        now_ms=NOW - 100,
-        expires_at_ms=expires_at_ms,
-        grant=grant,
-        codec=codec,
-        seal_to=seal_to,
-    )
-
-
-def _vector(  # noqa: PLR0913
-    name: str,
-    topic: str,
-    payload: bytes,
-    signer: ap.SigningKey,
-    expect: str,
-    *,
-    codec: ap.Codec = ap.Codec.MSGPACK,
-    message: ap.Message | None = None,
-    **extra: str | int | bool,
-) -> dict[str, Any]:
-    vector: dict[str, Any] = {
-        "name": name,
-        "topic": topic,
-        "content_type": codec.value,
-        "envelope_hex": payload.hex(),
-        "signer_public_key_hex": signer.public_key.raw.hex(),
-        "signer_private_key_hex": signer.to_raw().hex(),
-        "expect": expect,
-        "now": NOW,
-    }
-    if message is not None:
-        vector["message"] = json.loads(msgspec.json.encode(message))
-    vector.update(extra)
-    return vector
-
-
-def _flip(payload: bytes, index: int) -> bytes:
-    return payload[:index] + bytes([payload[index] ^ 0x01]) + payload[index + 1 :]
-
-
 def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     """Return every vector."""
     out: list[dict[str, Any]] = []
@@ -146,11 +64,11 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     resp_t, conn_t = ap.responses_topic(DEVICE), ap.connection_topic(DEVICE)
 
     state = _state()
-    state_env = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=1)
-    out.append(_vector("state", state_t, state_env, DEVICE_KEY, "valid", message=state))
-    state_json = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=2, codec=ap.Codec.JSON)
+    state_env = make_envelope(state_t, state, DEVICE_KEY, DEVICE, seq=1)
+    out.append(make_vector("state", state_t, state_env, DEVICE_KEY, "valid", message=state))
+    state_json = make_envelope(state_t, state, DEVICE_KEY, DEVICE, seq=2, codec=ap.Codec.JSON)
     out.append(
-        _vector(
+        make_vector(
             "state-json",
             state_t,
             state_json,
@@ -162,17 +80,17 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     )
     conn = ap.ConnectionStatus(device_id=DEVICE, online=False, at_ms=NOW - 100, reason="will")
     out.append(
-        _vector(
+        make_vector(
             "connection-offline",
             conn_t,
-            _envelope(conn_t, conn, DEVICE_KEY, DEVICE, seq=3),
+            make_envelope(conn_t, conn, DEVICE_KEY, DEVICE, seq=3),
             DEVICE_KEY,
             "valid",
             message=conn,
         )
     )
     resp = ap.CommandResponse(
-        command_id=_command(ap.Pause(), 1).id,
+        command_id=make_command(ap.Pause(), 1).id,
         device_id=DEVICE,
         status=ap.CommandStatus.REJECTED,
         at_ms=NOW - 100,
@@ -180,17 +98,17 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
         state_version=42,
     )
     out.append(
-        _vector(
+        make_vector(
             "response",
             resp_t,
-            _envelope(resp_t, resp, DEVICE_KEY, DEVICE, seq=4),
+            make_envelope(resp_t, resp, DEVICE_KEY, DEVICE, seq=4),
             DEVICE_KEY,
             "valid",
             message=resp,
         )
     )
 
-    grant = _grant()
+    grant = make_grant()
     actions: list[ap.Action] = [
         ap.Play(),
         ap.Pause(),
@@ -205,10 +123,10 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
         ap.Ping(),
     ]
     for n, action in enumerate(actions, start=1):
-        cmd = _command(action, n)
-        env = _envelope(cmd_t, cmd, SESSION_KEY, SESSION, seq=n, grant=grant)
+        cmd = make_command(action, n)
+        env = make_envelope(cmd_t, cmd, SESSION_KEY, SESSION, seq=n, grant=grant)
         out.append(
-            _vector(
+            make_vector(
                 f"command-{action.__struct_config__.tag}",
                 cmd_t,
                 env,
@@ -219,10 +137,12 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
             )
         )
 
-    sealed_cmd = _command(ap.SetVolume(volume=20), 100)
-    sealed_env = _envelope(cmd_t, sealed_cmd, SESSION_KEY, SESSION, seq=100, grant=grant, seal_to=DEVICE_ENC.public_key)
+    sealed_cmd = make_command(ap.SetVolume(volume=20), 100)
+    sealed_env = make_envelope(
+        cmd_t, sealed_cmd, SESSION_KEY, SESSION, seq=100, grant=grant, seal_to=DEVICE_ENC.public_key
+    )
     out.append(
-        _vector(
+        make_vector(
             "command-sealed",
             cmd_t,
             sealed_env,
@@ -238,25 +158,25 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
     # Negative vectors.
     header_len_offset = 2  # msgpack: fixarray(3), then bin8 marker + length byte, then header
     out.append(
-        _vector(
+        make_vector(
             "tampered-body",
             state_t,
-            _flip(state_env, len(state_env) - 70),
+            flip(state_env, len(state_env) - 70),
             DEVICE_KEY,
             "BadSignature",
         )
     )
     out.append(
-        _vector(
+        make_vector(
             "tampered-header",
             state_t,
-            _flip(state_env, header_len_offset + 1 + 30),
+            flip(state_env, header_len_offset + 1 + 30),
             DEVICE_KEY,
             "BadSignature",
         )
     )
-    out.append(_vector("wrong-topic", ap.state_topic("player-0002"), state_env, DEVICE_KEY, "BadSignature"))
-    out.append(_vector("type-not-for-topic", conn_t, state_env, DEVICE_KEY, "TopicMismatch"))
+    out.append(make_vector("wrong-topic", ap.state_topic("player-0002"), state_env, DEVICE_KEY, "BadSignature"))
+    out.append(make_vector("type-not-for-topic", conn_t, state_env, DEVICE_KEY, "TopicMismatch"))
     # Signed by another key that claims the device's key id: the signature cannot verify.
     forged = ap.encode_envelope(state_t, state, signing_key=OTHER_KEY, sender=DEVICE, epoch=1, seq=1, now_ms=NOW - 100)
     parsed = ap.parse_envelope(forged)
@@ -268,35 +188,35 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
             OTHER_KEY.sign(ap.signed_bytes(state_t, forged_header, parsed.body)),
         )
     )
-    out.append(_vector("wrong-key", state_t, forged, DEVICE_KEY, "BadSignature"))
+    out.append(make_vector("wrong-key", state_t, forged, DEVICE_KEY, "BadSignature"))
     out.append(
-        _vector(
+        make_vector(
             "unknown-key",
             state_t,
-            _envelope(state_t, state, OTHER_KEY, DEVICE, seq=5),
+            make_envelope(state_t, state, OTHER_KEY, DEVICE, seq=5),
             DEVICE_KEY,
             "UnknownKey",
         )
     )
-    expired = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=6, expires_at_ms=NOW - 1)
-    out.append(_vector("expired-state", state_t, expired, DEVICE_KEY, "Expired"))
+    expired = make_envelope(state_t, state, DEVICE_KEY, DEVICE, seq=6, expires_at_ms=NOW - 1)
+    out.append(make_vector("expired-state", state_t, expired, DEVICE_KEY, "Expired"))
     old_cmd = ap.Command(id="old-1", issued_at_ms=NOW - 60_000, expires_at_ms=NOW - 30_000, action=ap.Pause())
     out.append(
-        _vector(
+        make_vector(
             "expired-command",
             cmd_t,
-            _envelope(cmd_t, old_cmd, SESSION_KEY, SESSION, seq=200, grant=grant),
+            make_envelope(cmd_t, old_cmd, SESSION_KEY, SESSION, seq=200, grant=grant),
             SESSION_KEY,
             "Expired",
             **authz,
         )
     )
-    no_grant = _envelope(cmd_t, _command(ap.Pause(), 300), SESSION_KEY, SESSION, seq=300)
-    out.append(_vector("command-without-grant", cmd_t, no_grant, SESSION_KEY, "Unauthorized", **authz))
+    no_grant = make_envelope(cmd_t, make_command(ap.Pause(), 300), SESSION_KEY, SESSION, seq=300)
+    out.append(make_vector("command-without-grant", cmd_t, no_grant, SESSION_KEY, "Unauthorized", **authz))
     other_dev_t = ap.commands_topic("player-0002")
-    other_dev = _envelope(other_dev_t, _command(ap.Pause(), 301), SESSION_KEY, SESSION, seq=301, grant=grant)
+    other_dev = make_envelope(other_dev_t, make_command(ap.Pause(), 301), SESSION_KEY, SESSION, seq=301, grant=grant)
     out.append(
-        _vector(
+        make_vector(
             "command-device-not-in-grant",
             other_dev_t,
             other_dev,
@@ -312,10 +232,10 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
         sampled_at_ms=NOW,
         error="x" * 1000,
     )
-    big = _envelope(state_t, oversize, DEVICE_KEY, DEVICE, seq=7)
+    big = make_envelope(state_t, oversize, DEVICE_KEY, DEVICE, seq=7)
     big = big + b"\x00" * (ap.DEFAULT_MAX_SIZE + 1 - len(big))
-    out.append(_vector("oversize", state_t, big, DEVICE_KEY, "TooLarge"))
-    out.append(_vector("truncated", state_t, state_env[: len(state_env) // 2], DEVICE_KEY, "SchemaError"))
+    out.append(make_vector("oversize", state_t, big, DEVICE_KEY, "TooLarge"))
+    out.append(make_vector("truncated", state_t, state_env[: len(state_env) // 2], DEVICE_KEY, "SchemaError"))
     wrong_type = msgspec.msgpack.encode({**msgspec.to_builtins(state), "version": "forty-two"})
     parsed = ap.parse_envelope(state_env)
     wt = msgspec.msgpack.encode(
@@ -325,264 +245,10 @@ def build() -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list reads best
             DEVICE_KEY.sign(ap.signed_bytes(state_t, parsed.header_bytes, wrong_type)),
         )
     )
-    out.append(_vector("wrong-type", state_t, wt, DEVICE_KEY, "SchemaError"))
-    out.extend(_spec_vectors(state, grant))
-    out.extend(_compatibility_vectors(grant))
+    out.append(make_vector("wrong-type", state_t, wt, DEVICE_KEY, "SchemaError"))
+    out.extend(spec_vectors(state, grant))
+    out.extend(compatibility_vectors(grant))
     return out
-
-
-OTHER_ENC = ap.EncryptionKey.from_raw(bytes([6]) * 32)
-
-
-def _resign(topic: str, header: bytes, body: bytes, key: ap.SigningKey) -> bytes:
-    """A msgpack envelope of hand-made header/body bytes, validly signed."""
-    return msgspec.msgpack.encode((header, body, key.sign(ap.signed_bytes(topic, header, body))))
-
-
-def _spec_vectors(state: ap.DeviceState, grant: bytes) -> list[dict[str, Any]]:  # noqa: PLR0915 - one flat list
-    """Vectors for rules the README states explicitly (content types, base64, limits, grants)."""
-    out: list[dict[str, Any]] = []
-    authz = {"authz_public_key_hex": AUTHZ_KEY.public_key.raw.hex()}
-    state_t, cmd_t = ap.state_topic(DEVICE), ap.commands_topic(DEVICE)
-    env = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=400)
-    parsed = ap.parse_envelope(env)
-
-    # Content types: absent means msgpack; anything else is refused.
-    absent = _vector("content-type-absent", state_t, env, DEVICE_KEY, "valid", message=state)
-    absent["content_type"] = None
-    out.append(absent)
-    unknown = _vector("content-type-unknown", state_t, env, DEVICE_KEY, "SchemaError")
-    unknown["content_type"] = "application/json"
-    out.append(unknown)
-
-    # The size limit is inclusive: a payload of exactly max_size bytes is accepted.
-    out.append(_vector("size-limit-exact", state_t, env, DEVICE_KEY, "valid", message=state, max_size=len(env)))  # type: ignore[arg-type]
-    out.append(_vector("size-limit-one-over", state_t, env, DEVICE_KEY, "TooLarge", max_size=len(env) - 1))  # type: ignore[arg-type]
-
-    # Outer layer and header.
-    out.append(
-        _vector(
-            "signature-63-bytes",
-            state_t,
-            msgspec.msgpack.encode((parsed.header_bytes, parsed.body, parsed.signature[:63])),
-            DEVICE_KEY,
-            "SchemaError",
-        )
-    )
-    out.append(
-        _vector(
-            "outer-four-elements",
-            state_t,
-            msgspec.msgpack.encode((parsed.header_bytes, parsed.body, parsed.signature, b"")),
-            DEVICE_KEY,
-            "SchemaError",
-        )
-    )
-    header_map = msgspec.msgpack.decode(parsed.header_bytes)
-    v2 = msgspec.msgpack.encode({**header_map, "v": 2})
-    out.append(_vector("version-2", state_t, _resign(state_t, v2, parsed.body, DEVICE_KEY), DEVICE_KEY, "SchemaError"))
-    extra = msgspec.msgpack.encode({**header_map, "x-future": "ignored"})
-    out.append(
-        _vector(
-            "header-unknown-key",
-            state_t,
-            _resign(state_t, extra, parsed.body, DEVICE_KEY),
-            DEVICE_KEY,
-            "valid",
-            message=state,
-            canonical=False,  # type: ignore[arg-type]
-        )
-    )
-    body_extra = msgspec.msgpack.encode({**msgspec.to_builtins(state), "x-future": [1, 2]})
-    out.append(
-        _vector(
-            "body-unknown-key",
-            state_t,
-            _resign(state_t, parsed.header_bytes, body_extra, DEVICE_KEY),
-            DEVICE_KEY,
-            "valid",
-            message=state,
-            canonical=False,  # type: ignore[arg-type]
-        )
-    )
-    no_version = msgspec.to_builtins(state)
-    del no_version["version"]
-    missing = msgspec.msgpack.encode(no_version)
-    out.append(
-        _vector(
-            "body-missing-key",
-            state_t,
-            _resign(state_t, parsed.header_bytes, missing, DEVICE_KEY),
-            DEVICE_KEY,
-            "SchemaError",
-        )
-    )
-
-    # JSON: standard base64 with padding; unknown outer keys are ignored.
-    json_env = _envelope(state_t, state, DEVICE_KEY, DEVICE, seq=401, codec=ap.Codec.JSON)
-    outer = msgspec.json.decode(json_env)
-    out.append(
-        _vector(
-            "json-outer-unknown-key",
-            state_t,
-            msgspec.json.encode({**outer, "x-future": 1}),
-            DEVICE_KEY,
-            "valid",
-            codec=ap.Codec.JSON,
-            message=state,
-            canonical=False,  # type: ignore[arg-type]
-        )
-    )
-    out.append(
-        _vector(
-            "json-base64-unpadded",
-            state_t,
-            msgspec.json.encode({**outer, "sig": outer["sig"].rstrip("=")}),
-            DEVICE_KEY,
-            "SchemaError",
-            codec=ap.Codec.JSON,
-        )
-    )
-    urlsafe = {k: v.replace("+", "-").replace("/", "_") for k, v in outer.items()}
-    if urlsafe != outer:  # only a difference is a test
-        out.append(
-            _vector(
-                "json-base64-urlsafe",
-                state_t,
-                msgspec.json.encode(urlsafe),
-                DEVICE_KEY,
-                "SchemaError",
-                codec=ap.Codec.JSON,
-            )
-        )
-
-    # Commands in JSON, sealed or not.
-    cmd = _command(ap.SetVolume(volume=30), 500)
-    out.append(
-        _vector(
-            "command-json",
-            cmd_t,
-            _envelope(cmd_t, cmd, SESSION_KEY, SESSION, seq=500, grant=grant, codec=ap.Codec.JSON),
-            SESSION_KEY,
-            "valid",
-            codec=ap.Codec.JSON,
-            message=cmd,
-            **authz,
-        )
-    )
-    sealed_cmd = _command(ap.Seek(position_ms=1_000), 501)
-    out.append(
-        _vector(
-            "command-sealed-json",
-            cmd_t,
-            _envelope(
-                cmd_t,
-                sealed_cmd,
-                SESSION_KEY,
-                SESSION,
-                seq=501,
-                grant=grant,
-                codec=ap.Codec.JSON,
-                seal_to=DEVICE_ENC.public_key,
-            ),
-            SESSION_KEY,
-            "valid",
-            codec=ap.Codec.JSON,
-            message=sealed_cmd,
-            recipient_private_key_hex=DEVICE_ENC.to_raw().hex(),
-            plaintext_hex=msgspec.json.encode(sealed_cmd).hex(),
-            **authz,
-        )
-    )
-
-    # Seals: to another key (UnknownKey), and a ciphertext that does not open (DecryptionError).
-    sealed = _envelope(
-        cmd_t, _command(ap.Pause(), 502), SESSION_KEY, SESSION, seq=502, grant=grant, seal_to=DEVICE_ENC.public_key
-    )
-    out.append(
-        _vector(
-            "sealed-to-another-key",
-            cmd_t,
-            sealed,
-            SESSION_KEY,
-            "UnknownKey",
-            recipient_private_key_hex=OTHER_ENC.to_raw().hex(),
-            **authz,
-        )
-    )
-    sp = ap.parse_envelope(sealed)
-    broken = sp.body[:-1] + bytes([sp.body[-1] ^ 0x01])  # the AEAD tag no longer matches
-    out.append(
-        _vector(
-            "sealed-body-does-not-open",
-            cmd_t,
-            _resign(cmd_t, sp.header_bytes, broken, SESSION_KEY),
-            SESSION_KEY,
-            "DecryptionError",
-            recipient_private_key_hex=DEVICE_ENC.to_raw().hex(),
-            **authz,
-        )
-    )
-
-    # Each way a grant can fail, and the class it fails with.
-    def cmd_with(
-        name: str, token: bytes, expect: str, *, key: ap.SigningKey = SESSION_KEY, sender: str = SESSION
-    ) -> None:
-        n = 600 + len(out)
-        payload = _envelope(cmd_t, _command(ap.Pause(), n), key, sender, seq=n, grant=token)
-        out.append(_vector(name, cmd_t, payload, key, expect, **authz))
-
-    cmd_with("grant-expired", _grant(expires_at_ms=NOW - 1), "Expired")
-    cmd_with("grant-unknown-issuer", _grant(OTHER_KEY), "UnknownKey")
-    body, kid, sig = msgspec.msgpack.decode(grant, type=tuple[bytes, str, bytes])
-    cmd_with("grant-bad-signature", msgspec.msgpack.encode((body, kid, bytes([sig[0] ^ 1]) + sig[1:])), "BadSignature")
-    cmd_with("grant-malformed", b"\x93\xc4\x01", "SchemaError")
-    cmd_with("grant-watch-only", _grant(rights=(ap.Right.WATCH,)), "Unauthorized")
-    cmd_with("grant-for-another-session", _grant(session_id="sess-other"), "Unauthorized")
-    cmd_with("command-not-signed-by-grant-key", grant, "UnknownKey", key=OTHER_KEY)
-    return out
-
-
-def _compatibility_vectors(grant: bytes) -> list[dict[str, Any]]:
-    """Newer senders' messages: keys this version does not know, which receivers must ignore.
-
-    A command from a newer app (unknown keys in the header, the command and its action) and a
-    response from a newer device (an unknown key in the body), each validly signed.
-    """
-    authz = {"authz_public_key_hex": AUTHZ_KEY.public_key.raw.hex()}
-    cmd_t, resp_t = ap.commands_topic(DEVICE), ap.responses_topic(DEVICE)
-    command = _command(ap.SetVolume(volume=30), 900)
-    parsed = ap.parse_envelope(_envelope(cmd_t, command, SESSION_KEY, SESSION, seq=900, grant=grant))
-    header = msgspec.msgpack.encode({**msgspec.msgpack.decode(parsed.header_bytes), "x-future": "ignored"})
-    body_map = msgspec.to_builtins(command)
-    body_map["action"] = {**body_map["action"], "x-future": True}
-    body = msgspec.msgpack.encode({**body_map, "x-future": {"nested": [1, 2]}})
-    response = ap.CommandResponse(
-        command_id=command.id, device_id=DEVICE, status=ap.CommandStatus.SUCCEEDED, at_ms=NOW - 50, state_version=43
-    )
-    resp = ap.parse_envelope(_envelope(resp_t, response, DEVICE_KEY, DEVICE, seq=901))
-    resp_body = msgspec.msgpack.encode({**msgspec.to_builtins(response), "x-future": "ignored"})
-    return [
-        _vector(
-            "command-unknown-keys",
-            cmd_t,
-            _resign(cmd_t, header, body, SESSION_KEY),
-            SESSION_KEY,
-            "valid",
-            message=command,
-            canonical=False,  # type: ignore[arg-type]
-            **authz,
-        ),
-        _vector(
-            "response-unknown-key",
-            resp_t,
-            _resign(resp_t, resp.header_bytes, resp_body, DEVICE_KEY),
-            DEVICE_KEY,
-            "valid",
-            message=response,
-            canonical=False,  # type: ignore[arg-type]
-        ),
-    ]
 
 
 def build_session_lists() -> list[dict[str, Any]]:
@@ -599,8 +265,8 @@ def build_session_lists() -> list[dict[str, Any]]:
     body = msgspec.msgpack.encode(listed)
     cross = msgspec.msgpack.encode((body, AUTHZ_KEY.kid, AUTHZ_KEY.sign(ap.GRANT_DOMAIN + body)))
     return [
-        _vector("session-list", topic, token, AUTHZ_KEY, "valid", message=listed, **authz),
-        _vector(
+        make_vector("session-list", topic, token, AUTHZ_KEY, "valid", message=listed, **authz),
+        make_vector(
             "session-list-empty",
             topic,
             ap.issue_session_list(revoked, AUTHZ_KEY),
@@ -609,10 +275,10 @@ def build_session_lists() -> list[dict[str, Any]]:
             message=revoked,
             **authz,
         ),
-        _vector(
+        make_vector(
             "session-list-other-device", ap.sessions_topic("player-0002"), token, AUTHZ_KEY, "TopicMismatch", **authz
         ),
-        _vector(
+        make_vector(
             "session-list-unknown-key",
             topic,
             ap.issue_session_list(listed, OTHER_KEY),
@@ -620,9 +286,9 @@ def build_session_lists() -> list[dict[str, Any]]:
             "UnknownKey",
             **authz,
         ),
-        _vector("session-list-tampered", topic, _flip(token, 10), AUTHZ_KEY, "BadSignature", **authz),
+        make_vector("session-list-tampered", topic, flip(token, 10), AUTHZ_KEY, "BadSignature", **authz),
         # A grant signature over the same bytes: the domain separation makes it useless here.
-        _vector("session-list-grant-domain", topic, cross, AUTHZ_KEY, "BadSignature", **authz),
+        make_vector("session-list-grant-domain", topic, cross, AUTHZ_KEY, "BadSignature", **authz),
     ]
 
 
