@@ -27,18 +27,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -46,10 +43,12 @@ from typing import TYPE_CHECKING, Any, Self
 import httpx
 from cryptography import x509
 
+from amora_devtools._container import READY_S, UID, Container
 from amora_devtools._errors import DevtoolsError
 from amora_devtools._files import private_dir, write_private
 from amora_devtools._proc import free_port, tail, wait_until
-from amora_devtools.images import build_images, buildah, ensure_base, image_config
+from amora_devtools._smoke_configs import ADMIN, USER, agent_config, authz_config
+from amora_devtools.images import build_images, ensure_base
 from amora_devtools.pki import DevPKI, device_key_and_csr
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -58,146 +57,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = ["Container", "SmokeRun", "device_connack", "run_smoke"]
-
-UID = 10001  # every image runs as this uid (see infra/images)
-_READY_S = 120.0
-_ADMIN = "admin"
-_USER = "alice"
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from /proc), deepest last."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(0), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-@dataclass
-class Container:
-    """A working container of an image, its command run by ``buildah run`` (host network)."""
-
-    name: str
-    image: str
-    log_file: Path
-    container_id: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def create(self) -> None:
-        """``buildah from`` the image (a copy of its tree: seconds with vfs)."""
-        self.config = image_config(self.image)
-        self.container_id = buildah("from", "--pull-never", "--name", f"amora-smoke-{self.name}-{uuid.uuid4().hex[:8]}",
-                                    self.image).strip()  # fmt: skip
-
-    def _run_argv(self, command: Sequence[str], *, env: Mapping[str, str], volumes: Sequence[str]) -> list[str]:
-        exe = shutil.which("buildah") or "buildah"
-        argv = [exe, "--storage-driver", "vfs", "run", "--isolation", "chroot", "--network", "host"]
-        argv += ["--user", str(self.config.get("User") or "0")]
-        for key, value in env.items():
-            argv += ["--env", f"{key}={value}"]
-        for volume in volumes:
-            argv += ["--volume", volume]
-        return [*argv, self.container_id, "--", *command]
-
-    def start(self, *, env: Mapping[str, str], volumes: Sequence[str]) -> None:
-        """Run the image's ENTRYPOINT + CMD, as the image's USER, output to ``log_file``."""
-        command = [*(self.config.get("Entrypoint") or []), *(self.config.get("Cmd") or [])]
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - argv built here from the image's config
-                self._run_argv(command, env=env, volumes=volumes),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._env, self._volumes = dict(env), list(volumes)
-
-    def alive(self) -> bool:
-        """Whether its command still runs."""
-        return self.process is not None and self.process.poll() is None
-
-    def healthy(self) -> bool:
-        """Run the image's HEALTHCHECK command in the container once; True on exit 0."""
-        test = (self.config.get("Healthcheck") or {}).get("Test") or []
-        if not test or test[0] != "CMD":
-            raise DevtoolsError(f"{self.image} has no exec-form HEALTHCHECK")
-        result = subprocess.run(  # noqa: S603 - argv built here from the image's config
-            self._run_argv(test[1:], env=self._env, volumes=self._volumes),
-            check=False,
-            capture_output=True,
-            timeout=60,
-        )
-        return result.returncode == 0
-
-    def wait_healthy(self, *, timeout: float = _READY_S) -> None:
-        """Poll the HEALTHCHECK until it passes (bounded; fails early if the command died).
-
-        Raises:
-            DevtoolsError: It exited or stayed unhealthy (with its log).
-        """
-        if (
-            wait_until(lambda: True if self.healthy() else None, timeout=timeout, interval=0.5, alive=self.alive)
-            is None
-        ):
-            raise DevtoolsError(f"{self.name} not healthy (alive: {self.alive()}):\n{tail(self.log_file)}")
-
-    def signal(self, signum: signal.Signals) -> None:
-        """Send ``signum`` to the container's entrypoint (what ``docker kill -s`` would do).
-
-        Raises:
-            DevtoolsError: Nothing runs in it.
-        """
-        payload = self._payload()
-        if not payload:
-            raise DevtoolsError(f"nothing runs in {self.name}")
-        os.kill(payload[0], signum)
-
-    def _payload(self) -> list[int]:
-        """The processes buildah run started in the container (not buildah's own helpers)."""
-        if self.process is None:
-            return []
-        found = []
-        for pid in _descendants(self.process.pid):
-            with contextlib.suppress(OSError):
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                if not comm.startswith(("buildah", "memfd:buildah")):
-                    found.append(pid)
-        return found
-
-    def stop(self, *, timeout: float = 15.0) -> None:
-        """SIGTERM to what runs inside, SIGKILL after ``timeout``; remove the container.
-
-        ``buildah run`` does not forward SIGTERM (it kills its child), so the payload gets the
-        signal directly, as a container runtime would deliver it, and buildah exits after it.
-        """
-        try:
-            if self.process is not None and self.alive():
-                for pid in self._payload()[:1]:  # the entrypoint; it stops its own children
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    for pid in [self.process.pid, *_descendants(self.process.pid)]:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    self.process.wait(timeout=timeout)
-        finally:
-            if self.container_id:
-                with contextlib.suppress(DevtoolsError):
-                    buildah("rm", self.container_id)
-                self.container_id = ""
 
 
 def _b64(raw: bytes) -> str:
@@ -311,7 +170,7 @@ class SmokeRun:
         Raises:
             DevtoolsError: Not 2xx.
         """
-        headers = {"Authorization": f"Bearer {self.token(url, _ADMIN)}"}
+        headers = {"Authorization": f"Bearer {self.token(url, ADMIN)}"}
         response = self.http(url).request(method, path, json=body, headers=headers)
         if response.status_code >= 400:
             raise DevtoolsError(f"authz {method} {path} -> {response.status_code}: {response.text}")
@@ -337,74 +196,6 @@ class SmokeRun:
         write_private(directory / "signing.pem", device.signing.to_pem())
         write_private(directory / "encryption.pem", device.encryption.to_pem())
         return device
-
-
-def _toml(value: object) -> str:
-    return json.dumps(value)  # JSON strings, numbers and lists of them are valid TOML
-
-
-def _authz_config(port: int, brokers: Sequence[tuple[str, int, int]], admin_password: str) -> str:
-    lines = [
-        'database_url = "sqlite:///var/lib/amora-authz/authz.db"',
-        'listen_host = "127.0.0.1"',
-        f"listen_port = {port}",
-        f"public_url = {_toml(f'http://127.0.0.1:{port}')}",
-        'state_dir = "/var/lib/amora-authz/state"',
-        'device_ca_cert = "/run/secrets/amora/device-ca.pem"',
-        'device_ca_key = "/run/secrets/amora/device-ca.key"',
-        'crl_file = "/run/amora/crl/devices.crl.pem"',
-        # The brokers run in other containers: the smoke test sends them SIGHUP itself.
-        "crl_reload_command = []",
-        'log_level = "info"',
-        "",
-        "[dev_issuer]",
-        "enabled = true",
-        f"users = {_toml([_USER, _ADMIN])}",
-        f"admins = {_toml([_ADMIN])}",
-    ]
-    for name, app_port, ws_port in brokers:
-        lines += [
-            "",
-            "[[brokers]]",
-            f"name = {_toml(name)}",
-            'host = "127.0.0.1"',
-            f"port = {app_port}",
-            'username = "svc.amora-authz"',
-            f"password = {_toml(admin_password)}",
-            'ca_file = "/run/secrets/amora/device-ca.pem"',
-            f"client_endpoints = {_toml([f'mqtts://localhost:{app_port}', f'wss://localhost:{ws_port}/mqtt'])}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _agent_config(device: _Device, device_port: int, authz_keys: Sequence[str]) -> str:
-    inside = f"/etc/amora-sim/{device.device_id}"
-    return "\n".join([
-        f"device_id = {_toml(device.device_id)}",
-        f"state_dir = {_toml('/var/lib/amora-sim/' + device.device_id)}",
-        "state_fsync = false",
-        "",
-        "[keys]",
-        f"signing_key_file = {_toml(inside + '/signing.pem')}",
-        f"encryption_key_file = {_toml(inside + '/encryption.pem')}",
-        f"trusted_authz_keys = {_toml(list(authz_keys))}",
-        "",
-        "[tls]",
-        'ca_file = "/run/secrets/amora/device-ca.pem"',
-        f"cert_file = {_toml(inside + '/device.pem')}",
-        f"key_file = {_toml(inside + '/device.key')}",
-        "",
-        "[mqtt]",
-        "backoff_initial_s = 0.2",
-        "backoff_max_s = 5.0",
-        "",
-        "[[brokers]]",
-        'host = "127.0.0.1"',
-        f"port = {device_port}",
-        "",
-        "[player]",
-        'kind = "simulated"',
-    ]) + "\n"  # fmt: skip
 
 
 def device_connack(host: str, port: int, ca_file: Path, cert: Path, key: Path) -> int | str:
@@ -454,7 +245,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
     broker_env = {
         "AMORA_BROKER_BIND_ADDRESS": "127.0.0.1",
         "AMORA_BROKER_WS_BIND": "lo",  # an interface name: libwebsockets binds all for 127.0.0.1
-        "AMORA_BROKER_BRIDGE_USERNAME": "svc.bridge-standby",
+        "AMORA_BROKER_BRIDGEUSERNAME": "svc.bridge-standby",
         "AMORA_BROKER_BRIDGE_PASSWORD_FILE": "/run/secrets/amora/bridge-password",
     }
     mounts = [f"{secrets_dir}:/run/secrets/amora:ro"]
@@ -499,7 +290,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
         config_dir = run.workdir / "authz-config"
         config_dir.mkdir()
         brokers_cfg = [(name, app, ws) for name, (_dev, app, ws) in ports.items()]
-        write_private(config_dir / "authz.toml", _authz_config(authz_port, brokers_cfg, admin_password))
+        write_private(config_dir / "authz.toml", authz_config(authz_port, brokers_cfg, admin_password))
         _owned(config_dir / "authz.toml", mode=0o400)
         _owned(config_dir, mode=0o500)
         authz = run.container("authz", images["amora-authz"])
@@ -525,18 +316,18 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
                     return True
             return None
 
-        if wait_until(ready, timeout=_READY_S, interval=0.2, alive=authz.alive) is None:
+        if wait_until(ready, timeout=READY_S, interval=0.2, alive=authz.alive) is None:
             raise DevtoolsError("authz not ready:\n" + tail(authz.log_file))
         authz.wait_healthy()
 
     with run.step("player-sim: device registered (CSR), linked, container up and healthy"):
         device = run.register(url, "sim-1")
-        run.admin(url, "PUT", f"/v1/admin/users/{_USER}/devices/{device.device_id}")
+        run.admin(url, "PUT", f"/v1/admin/users/{USER}/devices/{device.device_id}")
         keys = [str(k["public_key"]) for k in run.http(url).get("/.well-known/amora-keys").json()["keys"]]
         fleet = run.workdir / "fleet"
         fleet.mkdir()
         shutil.copytree(device.directory, fleet / device.device_id)
-        (fleet / f"{device.device_id}.toml").write_text(_agent_config(device, ports["primary"][0], keys))
+        (fleet / f"{device.device_id}.toml").write_text(agent_config(device.device_id, ports["primary"][0], keys))
         for path in [fleet, *fleet.rglob("*")]:
             _owned(path, mode=0o500 if path.is_dir() else 0o400)
         sim = run.container("player-sim", images["amora-player-sim"])
@@ -547,7 +338,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
         sim.wait_healthy()
 
     with run.step("session through authz, TLS to the broker, signed state received"):
-        version, seconds = asyncio.run(_receive_state(url, run.token(url, _USER), pki.ca_file, device.device_id, 60))
+        version, seconds = asyncio.run(_receive_state(url, run.token(url, USER), pki.ca_file, device.device_id, 60))
         sys.stdout.write(f"smoke: {device.device_id} state v{version} verified, {seconds * 1000:.0f} ms after login\n")
 
     with run.step("revocation: CRL from authz, SIGHUP, certificate refused"):
