@@ -36,153 +36,44 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
+from amora_devtools._authz_process import ADMIN_USER, READY_TIMEOUT, console_script, start_authz
 from amora_devtools._errors import DevtoolsError, ServiceStartError
 from amora_devtools._files import private_dir, write_private
-from amora_devtools._proc import ManagedProcess, free_port, tail, wait_until
+from amora_devtools._players import Player, agent_alive, agent_config, agent_config_error, says_online
+from amora_devtools._proc import ManagedProcess, tail
 from amora_devtools.broker import BrokerProcess, start_broker
 from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import DEFAULT_TRACKS, Track
 from amora_devtools.pki import DevPKI, device_key_and_csr
 from amora_devtools.supervise import Supervisor
 from amora_devtools.webpage import WEB_DIR, WebPage, start_webpage
-from amora_protocol import EncryptionKey, SigningKey
+from amora_protocol import EncryptionKey, SigningKey, connection_topic
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
-__all__ = ["DEFAULT_AUTHZ_PORT", "DEFAULT_BROKER_PORT", "DEFAULT_USERS", "Player", "Stack", "main", "start_authz"]
+__all__ = [
+    "ADMIN_USER",
+    "DEFAULT_AUTHZ_PORT",
+    "DEFAULT_BROKER_PORT",
+    "DEFAULT_USERS",
+    "Player",
+    "Stack",
+    "main",
+    "start_authz",
+]
 
-ADMIN_USER = "admin"
 # Who owns which player, by player index (0 is the real-MPD player when there is one).
 DEFAULT_USERS: dict[str, tuple[int, ...]] = {"alice": (0, 1), "bob": (2, 3), "carol": ()}
-_READY_TIMEOUT = 30.0
-_CONFIG_ERROR_STATUS = 2
 # `stack:up`'s fixed ports, which the READMEs use (the SDK quickstart's authz URL); the
 # standby takes the three after the primary's. `Stack` itself (tests) picks free ports.
 DEFAULT_AUTHZ_PORT = 8080
 DEFAULT_BROKER_PORT = 8883  # primary: apps (TLS + password); +1 devices (mTLS); +2 wss
 
 
-@dataclass
-class Player:
-    """One player of the stack and its agent process."""
-
-    device_id: str
-    kind: str  # "mpd" or "simulated"
-    directory: Path
-    config_file: Path
-    signing_key: SigningKey
-    encryption_key: EncryptionKey
-    process: ManagedProcess | None = None
-    # Extra environment for the agent process (e.g. libfaketime to shift its clock).
-    env: dict[str, str] | None = None
-
-    @property
-    def log_file(self) -> Path:
-        """The agent's log."""
-        return self.directory / "agent.log"
-
-
-def _script(name: str) -> str:
-    """A console script of this environment (installed next to the running interpreter)."""
-    return str(Path(sys.executable).with_name(name))
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def start_authz(  # noqa: PLR0913 - each is a deployment choice
-    directory: Path,
-    pki: DevPKI,
-    brokers: Sequence[BrokerProcess],
-    *,
-    users: Sequence[str],
-    admins: Sequence[str] = (ADMIN_USER,),
-    crl_reload_command: Sequence[str] = (),
-    session_ttl_s: int = 3600,
-    rate_limits: bool = True,
-    port: int | None = None,
-) -> tuple[ManagedProcess, str]:
-    """Start the authz service (SQLite, development issuer on) for ``brokers``; wait until ready.
-
-    ``rate_limits=False`` turns the service's per-user and global rate limits off (for
-    benchmarks that create thousands of sessions); the stack keeps the defaults. ``port``
-    fixes the HTTP port (default: a free one).
-
-    Returns:
-        The process and the service's base URL.
-
-    Raises:
-        ServiceStartError: It exited or did not answer ``/readyz`` in time.
-    """
-    private_dir(directory)  # the database, the signing key, the session secret
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    lines = [
-        f"database_url = {_toml_str('sqlite://' + str(directory / 'authz.db'))}",
-        'listen_host = "127.0.0.1"',
-        f"listen_port = {port}",
-        f"state_dir = {_toml_str(str(directory))}",
-        f"device_ca_cert = {_toml_str(str(pki.ca_file))}",
-        f"device_ca_key = {_toml_str(str(pki.ca_key_file))}",
-        f"crl_file = {_toml_str(str(pki.crl_file))}",
-        f"crl_reload_command = {json.dumps(list(crl_reload_command))}",
-        f"session_ttl_s = {session_ttl_s}",
-        "reconcile_interval_s = 30.0",
-        "log_json = true",
-        'log_level = "warning"',
-        "",
-        "[dev_issuer]",
-        "enabled = true",
-        f"users = {json.dumps(list(users))}",
-        f"admins = {json.dumps(list(admins))}",
-        "",
-        "[rate_limits]",
-        # Benchmarks that measure throughput turn the service's limits off.
-        f"enabled = {'true' if rate_limits else 'false'}",
-    ]
-    for broker in brokers:
-        endpoints = [f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]
-        lines += [
-            "",
-            "[[brokers]]",
-            f"name = {_toml_str(broker.name)}",
-            f"host = {_toml_str(broker.host)}",
-            f"port = {broker.app_port}",
-            f"username = {_toml_str(broker.admin_username)}",
-            f"password = {_toml_str(broker.admin_password)}",
-            f"ca_file = {_toml_str(str(broker.ca_file))}",
-            f"dynsec_file = {_toml_str(str(broker.dynsec_file))}",
-            f"client_endpoints = {json.dumps(endpoints)}",
-        ]
-    config = directory / "authz.toml"
-    write_private(config, "\n".join(lines) + "\n")  # holds the brokers' admin passwords
-    log = directory / "authz.log"
-    process = ManagedProcess("amora-authz", [_script("amora-authz"), "--config", str(config), "serve"], log_file=log)
-
-    def ready() -> bool | None:
-        if not process.alive():
-            raise ServiceStartError("amora-authz", tail(log))
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return True
-        return None
-
-    try:
-        answered = wait_until(ready, timeout=_READY_TIMEOUT, interval=0.05)
-    except BaseException:
-        process.stop()
-        raise
-    if answered is None:
-        process.stop()
-        raise ServiceStartError("amora-authz", "not ready in time\n" + tail(log))
-    return process, url
 
 
 @dataclass
@@ -425,35 +316,11 @@ class Stack:
 
     def _write_agent_config(self, player: Player) -> None:
         assert self.pki is not None  # noqa: S101 - set by start()
-        lines = [
-            f"device_id = {_toml_str(player.device_id)}",
-            f"state_dir = {_toml_str(str(player.directory / 'state'))}",
-            f"display_name = {_toml_str(player.device_id.replace('-', ' ').title())}",
-            "state_fsync = false",
-            "",
-            "[keys]",
-            f"signing_key_file = {_toml_str(str(player.directory / 'signing.pem'))}",
-            f"encryption_key_file = {_toml_str(str(player.directory / 'encryption.pem'))}",
-            f"trusted_authz_keys = {json.dumps(self.authz_keys())}",
-            "",
-            "[tls]",
-            f"ca_file = {_toml_str(str(self.pki.ca_file))}",
-            f"cert_file = {_toml_str(str(player.directory / 'device.pem'))}",
-            f"key_file = {_toml_str(str(player.directory / 'device.key'))}",
-            "",
-            "[mqtt]",
-            "keepalive_s = 10",
-            "backoff_initial_s = 0.2",
-            "backoff_max_s = 5.0",
-            "failback_interval_s = 5.0",
-        ]
-        for broker in self.brokers:
-            lines += ["", "[[brokers]]", f"host = {_toml_str(broker.host)}", f"port = {broker.device_port}"]
-        lines += ["", "[player]", f'kind = "{player.kind}"']
-        if player.kind == "mpd":
-            assert self.mpd is not None  # noqa: S101 - started first
-            lines += [f"host = {_toml_str(self.mpd.host)}", f"port = {self.mpd.port}"]
-        player.config_file.write_text("\n".join(lines) + "\n")
+        player.config_file.write_text(
+            agent_config(
+                player, ca_file=self.pki.ca_file, brokers=self.brokers, mpd=self.mpd, authz_keys=self.authz_keys()
+            )
+        )
 
     def _start_agents(self) -> None:
         for player in self.player_list:
@@ -467,7 +334,7 @@ class Stack:
             player.process = ManagedProcess(
                 f"amora-agent[{player.device_id}]",
                 [
-                    str(self.agent_programs.get(player.device_id) or _script("amora-agent")),
+                    str(self.agent_programs.get(player.device_id) or console_script("amora-agent")),
                     "run",
                     "--config",
                     str(player.config_file),
@@ -483,9 +350,9 @@ class Stack:
         for player in self.player_list:
             supervisor.watch(
                 f"agent[{player.device_id}]",
-                alive=_agent_alive(player),
+                alive=agent_alive(player),
                 restart=functools.partial(self.start_agent, player),
-                final=_agent_config_error(player),
+                final=agent_config_error(player),
             )
         supervisor.start()
 
@@ -500,14 +367,12 @@ class Stack:
                 return player
         raise DevtoolsError(f"no player {device_id!r} in this stack")
 
-    def wait_online(self, device_ids: Sequence[str], *, timeout: float = _READY_TIMEOUT) -> None:
+    def wait_online(self, device_ids: Sequence[str], *, timeout: float = READY_TIMEOUT) -> None:
         """Wait until each device's retained connection status says online (read as the admin).
 
         Raises:
             ServiceStartError: Some device did not come online in time.
         """
-        from amora_protocol import connection_topic  # noqa: PLC0415
-
         pending = set(device_ids)
         primary = self.brokers[0]
         deadline = time.monotonic() + timeout
@@ -520,7 +385,7 @@ class Stack:
                     continue
                 # The payload is a signed envelope; the agents' own tests verify it. Here only
                 # liveness matters, and an offline Last Will must not count: decode the body.
-                if _says_online(message.payload, message.content_type):
+                if says_online(message.payload, message.content_type):
                     pending.discard(message.topic.split("/")[2])
                 for player in self.player_list:
                     if player.device_id in pending and player.process is not None and not player.process.alive():
@@ -576,34 +441,6 @@ class Stack:
 
 def _broker_alive(broker: BrokerProcess) -> Callable[[], bool]:
     return lambda: broker.running
-
-
-def _agent_alive(player: Player) -> Callable[[], bool]:
-    return lambda: player.process is not None and player.process.alive()
-
-
-def _agent_config_error(player: Player) -> Callable[[], bool]:
-    # amora-agent exits with status 2 on a configuration error; its systemd unit does not
-    # restart it then (RestartPreventExitStatus=2), nor does the stack.
-    return lambda: player.process is not None and player.process.returncode == _CONFIG_ERROR_STATUS
-
-
-def _says_online(payload: bytes, content_type: str | None) -> bool:
-    from amora_protocol import ConnectionStatus, ProtocolError, parse_envelope  # noqa: PLC0415
-
-    try:
-        env = parse_envelope(payload, content_type=content_type)
-    except ProtocolError:
-        return False
-    import msgspec  # noqa: PLC0415
-
-    try:
-        if env.header.sealed_to is not None:
-            return False
-        decoder = msgspec.json if content_type and content_type.endswith("+json") else msgspec.msgpack
-        return bool(decoder.decode(env.body, type=ConnectionStatus).online)
-    except msgspec.DecodeError:
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
