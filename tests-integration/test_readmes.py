@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from amora_devtools.stack import DEFAULT_AUTHZ_PORT, DEFAULT_BROKER_PORT, Stack
+from amora_devtools.stack import DEFAULT_AUTHZ_PORT, DEFAULT_BROKER_PORT, Stack, fixed_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path("/tmp/amora-stack")  # noqa: S108 - the path the READMEs document
@@ -202,7 +202,7 @@ def readme_stack() -> Iterator[Stack]:
     """The stack exactly as ``hatch run stack:up --state-dir /tmp/amora-stack`` starts it."""
     with (STATE_DIR.parent / "amora-stack.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two doc-test runs on one machine take turns
-        ports = [DEFAULT_AUTHZ_PORT, *range(DEFAULT_BROKER_PORT, DEFAULT_BROKER_PORT + 6)]
+        ports = [DEFAULT_AUTHZ_PORT, *(port for broker in fixed_ports() for port in broker)]
         busy = [port for port in ports if not _port_free(port)]
         if busy:
             pytest.fail(

@@ -58,18 +58,26 @@ __all__ = [
     "DEFAULT_AUTHZ_PORT",
     "DEFAULT_BROKER_PORT",
     "DEFAULT_USERS",
+    "DEFAULT_WSS_PORT",
+    "STANDBY_PORT_OFFSET",
     "Player",
     "Stack",
+    "fixed_ports",
     "main",
     "start_authz",
 ]
 
 # Who owns which player, by player index (0 is the real-MPD player when there is one).
 DEFAULT_USERS: dict[str, tuple[int, ...]] = {"alice": (0, 1), "bob": (2, 3), "carol": ()}
-# `stack:up`'s fixed ports, which the READMEs use (the SDK quickstart's authz URL); the
-# standby takes the three after the primary's. `Stack` itself (tests) picks free ports.
+# `stack:up`'s fixed ports, which the READMEs use (the SDK quickstart's authz URL). The
+# layout is the deployments' (infra/images, infra/k8s, infra/azure), so what works against
+# the stack works against a real broker: devices 8883 (mTLS), apps 8884 (TLS + password),
+# wss 8443; the standby, on the same host here, 1000 higher (9883, 9884, 9443, as in
+# infra/azure). `Stack` itself (tests) picks free ports.
 DEFAULT_AUTHZ_PORT = 8080
-DEFAULT_BROKER_PORT = 8883  # primary: apps (TLS + password); +1 devices (mTLS); +2 wss
+DEFAULT_BROKER_PORT = 8883  # the primary's device listener; its app listener is the next port
+DEFAULT_WSS_PORT = 8443  # the primary's wss listener (behind 443 in the deployments)
+STANDBY_PORT_OFFSET = 1000
 
 
 def _b64(raw: bytes) -> str:
@@ -90,8 +98,9 @@ class Stack:
             this environment's); the compatibility suite runs a previous release this way.
         supervise: Restart brokers and agents that die, with backoff.
         authz_port: Fixed port for the authz service (default: a free one).
-        broker_port: Fixed first port of the primary broker's three (apps, devices, wss);
-            the standby takes the next three (default: free ones).
+        broker_port: Fixed device port of the primary broker; its app port is the next one
+            (default: free ones). The standby's are `STANDBY_PORT_OFFSET` higher.
+        wss_port: The primary's wss port when `broker_port` is fixed.
     """
 
     state_dir: Path
@@ -104,6 +113,7 @@ class Stack:
     supervise: bool = True
     authz_port: int | None = None
     broker_port: int | None = None
+    wss_port: int = DEFAULT_WSS_PORT
     supervisor: Supervisor | None = field(default=None, init=False)
     pki: DevPKI | None = field(default=None, init=False)
     brokers: list[BrokerProcess] = field(default_factory=list, init=False)
@@ -186,8 +196,7 @@ class Stack:
         """The (device, app, wss) ports of broker ``index`` when fixed, else None."""
         if self.broker_port is None:
             return None
-        app = self.broker_port + 3 * index
-        return app + 1, app, app + 2
+        return fixed_ports(self.broker_port, self.wss_port)[index]
 
     def _listen_for_crl_reloads(self) -> None:
         """Install the CRL on every broker whenever the authz service asks.
@@ -443,6 +452,14 @@ def _broker_alive(broker: BrokerProcess) -> Callable[[], bool]:
     return lambda: broker.running
 
 
+def fixed_ports(
+    broker_port: int = DEFAULT_BROKER_PORT, wss_port: int = DEFAULT_WSS_PORT
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The (device, app, wss) ports of the primary and the standby for fixed ports."""
+    primary = (broker_port, broker_port + 1, wss_port)
+    return primary, (primary[0] + STANDBY_PORT_OFFSET, primary[1] + STANDBY_PORT_OFFSET, wss_port + STANDBY_PORT_OFFSET)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m amora_devtools.stack up --state-dir DIR [--players N] [--no-mpd] [--no-standby]``."""
     parser = argparse.ArgumentParser(prog="amora-stack", description=__doc__.split("\n\n")[0])
@@ -460,7 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--broker-port",
         type=int,
         default=DEFAULT_BROKER_PORT,
-        help=f"primary broker's app port; +1 devices, +2 wss, standby the next three (default {DEFAULT_BROKER_PORT})",
+        help=(
+            f"primary broker's device (mTLS) port; apps on the next (default {DEFAULT_BROKER_PORT}, "
+            f"{DEFAULT_BROKER_PORT + 1}); the standby's ports are {STANDBY_PORT_OFFSET} higher"
+        ),
+    )
+    up.add_argument(
+        "--wss-port", type=int, default=DEFAULT_WSS_PORT, help=f"primary broker's wss port (default {DEFAULT_WSS_PORT})"
     )
     up.add_argument("--random-ports", action="store_true", help="free ports instead (several stacks side by side)")
     args = parser.parse_args(argv)
@@ -475,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         supervise=not args.no_restart,
         authz_port=None if args.random_ports else args.authz_port,
         broker_port=None if args.random_ports else args.broker_port,
+        wss_port=args.wss_port,
     )
     try:
         info = stack.start()
@@ -484,7 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     out.write(f"Amora stack up; {args.state_dir / 'stack.json'} written.\n")
     broker = info["broker"]
-    out.write(f"  broker  mqtts://127.0.0.1:{broker['app_port']} (apps), device mTLS :{broker['device_port']}\n")
+    out.write(
+        f"  broker  mqtts://127.0.0.1:{broker['app_port']} (apps), wss://localhost:{broker['ws_port']}/mqtt"
+        f" (apps), device mTLS :{broker['device_port']}\n"
+    )
     out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema)\n")
     for user, entry in info["users"].items():
         out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
