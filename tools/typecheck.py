@@ -24,7 +24,9 @@ def members() -> list[tuple[Path, list[str], str]]:
     for pkg in sorted((ROOT / "packages").iterdir()):
         if (pkg / "src").is_dir() and (pkg / "pyproject.toml").is_file():  # not the npm package
             targets = [t for t in ("src", "tests") if (pkg / t).is_dir()]
-            found.append((pkg, targets, "src"))
+            # Test helper modules (on pytest's pythonpath too, see pyproject.toml).
+            support = ":tests/support" if (pkg / "tests" / "support").is_dir() else ""
+            found.append((pkg, targets, "src" + support))
     tools = ROOT / "tools"
     targets = [
         t for t in ("amora_devtools", "bench", "tests", "typecheck.py", "deploy_check.py") if (tools / t).exists()
