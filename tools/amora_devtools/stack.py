@@ -59,9 +59,11 @@ __all__ = [
     "DEFAULT_BROKER_PORT",
     "DEFAULT_USERS",
     "DEFAULT_WSS_PORT",
+    "STACK_FORMAT",
     "STANDBY_PORT_OFFSET",
     "Player",
     "Stack",
+    "dev_mode_fields",
     "fixed_ports",
     "main",
     "start_authz",
@@ -78,10 +80,28 @@ DEFAULT_AUTHZ_PORT = 8080
 DEFAULT_BROKER_PORT = 8883  # the primary's device listener; its app listener is the next port
 DEFAULT_WSS_PORT = 8443  # the primary's wss listener (behind 443 in the deployments)
 STANDBY_PORT_OFFSET = 1000
+# The version of stack.json's layout. Bump it when a field `dev_mode_fields` writes moves or
+# changes meaning, and teach amora_sync._devstack the new format in the same commit: the
+# published CLI reads only the formats it lists. Adding other fields needs no bump.
+STACK_FORMAT = 1
 
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def dev_mode_fields(*, authz_url: str, ca_file: Path) -> dict[str, Any]:
+    """The fields of ``stack.json`` that the ``amora`` CLI's development mode reads (`STACK_FORMAT`).
+
+    ``amora --dev DIR/stack.json --user NAME`` (amora_sync._devstack) reads exactly these, in
+    the formats it lists, and refuses others with an error naming the version it found.
+    """
+    return {
+        "format": STACK_FORMAT,
+        "authz_url": authz_url,
+        "broker": {"ca_file": str(ca_file)},
+        "dev_issuer": {"token_url": f"{authz_url}/dev-issuer/token"},
+    }
 
 
 @dataclass
@@ -413,6 +433,7 @@ class Stack:
         """What `stack.json` says: how to reach the brokers and authz, users and their devices."""
         primary = self.brokers[0]
         return {
+            **dev_mode_fields(authz_url=self.authz_url, ca_file=primary.ca_file),
             "broker": {
                 "host": primary.host,
                 "device_port": primary.device_port,
@@ -424,7 +445,6 @@ class Stack:
                 {"host": b.host, "device_port": b.device_port, "app_port": b.app_port, "ws_port": b.ws_port}
                 for b in self.brokers[1:]
             ],
-            "authz_url": self.authz_url,
             "web_url": None if self.webpage is None else self.webpage.url,
             "users": {
                 user: {
@@ -517,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
     web = info["web_url"] or f"not built (cd {WEB_DIR.parent} && npm ci && npm run build)"
     out.write(f"  web     {web}  (live player page; development issuer login)\n")
-    out.write(f"  try:    hatch run amora --stack {args.state_dir / 'stack.json'} --user alice watch\n")
+    out.write(f"  try:    hatch run amora --dev {args.state_dir / 'stack.json'} --user alice watch\n")
     out.write("Ctrl-C stops everything.\n")
     out.flush()
     try:

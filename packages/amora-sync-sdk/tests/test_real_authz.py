@@ -8,6 +8,7 @@ import sys
 import httpx
 import pytest
 
+from amora_devtools.stack import dev_mode_fields
 from amora_sync import CommandStatus, ConnectionState, DeviceState, Pause, RateLimitedError, UnknownDeviceError
 
 pytestmark = pytest.mark.services
@@ -99,18 +100,17 @@ async def test_a_device_linked_mid_session_joins_the_watch(real_stack):
         assert (await client.command("player-2", Pause())).status is CommandStatus.SUCCEEDED
 
 
-async def test_cli_with_the_stack_file_and_a_development_user(real_stack, tmp_path):
+async def test_cli_in_development_mode_with_the_harness_stack_file(real_stack, tmp_path):
     device = real_stack.devices["player-1"]
     await device.connect(real_stack.broker)
     state = device.publish_state()
     stack_file = tmp_path / "stack.json"
-    stack_file.write_text(
-        json.dumps({"authz": {"url": real_stack.url}, "primary": {"ca_file": str(real_stack.pki.ca_file)}})
-    )
+    # The fields stack:up writes for development mode, by the harness's own function.
+    stack_file.write_text(json.dumps(dev_mode_fields(authz_url=real_stack.url, ca_file=real_stack.pki.ca_file)))
     env = {**os.environ, "AMORA_CONFIG": "/nonexistent"}
-    for var in ("AMORA_AUTHZ_URL", "AMORA_TOKEN", "AMORA_CA_FILE"):
+    for var in ("AMORA_AUTHZ_URL", "AMORA_TOKEN", "AMORA_CA_FILE", "AMORA_DEV_STACK", "AMORA_DEV_USER"):
         env.pop(var, None)
-    base = [sys.executable, "-m", "amora_sync._cli", "--stack", str(stack_file), "--user", "alice"]
+    base = [sys.executable, "-m", "amora_sync._cli", "--dev", str(stack_file), "--user", "alice"]
 
     async def amora(*argv: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
@@ -130,6 +130,16 @@ async def test_cli_with_the_stack_file_and_a_development_user(real_stack, tmp_pa
     assert code == 0, err
     assert json.loads(out)["status"] == "succeeded"
     assert device.commands[-1].action.position_ms == 42_000
+    # The deprecated name still works, and says so.
+    base[3] = "--stack"
+    code, out, err = await amora("devices", "--json")
+    assert code == 0, err
+    assert "--stack is deprecated: use --dev" in err
+    # A user the development issuer does not know: no session (exit 3), the reason named.
+    base[3:7] = ["--dev", str(stack_file), "--user", "mallory"]
+    code, _, err = await amora("devices")
+    assert code == 3
+    assert "development issuer refused user 'mallory'" in err
 
 
 # One session per user every 2 s, one at once: the second login of a user gets 429 + Retry-After.

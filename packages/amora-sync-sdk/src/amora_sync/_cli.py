@@ -2,10 +2,12 @@
 
 Credentials, first found wins:
 
-1. ``--authz-url`` / ``--token`` / ``--ca-file``;
-2. ``--stack DIR/stack.json --user NAME`` (the local stack: a development token for NAME
-   from the stack's authz service, which must run with its development issuer);
-3. the environment: ``AMORA_AUTHZ_URL``, ``AMORA_TOKEN``, ``AMORA_CA_FILE``;
+1. ``--dev DIR/stack.json --user NAME``: development mode, against the repository's local
+   stack (`amora_sync._devstack`: a development token for NAME from the stack's
+   development issuer); ``--stack`` is its deprecated name;
+2. ``--authz-url`` / ``--token`` / ``--ca-file``;
+3. the environment: ``AMORA_DEV_STACK`` (with ``--user`` or ``AMORA_DEV_USER``) for
+   development mode, else ``AMORA_AUTHZ_URL``, ``AMORA_TOKEN``, ``AMORA_CA_FILE``;
 4. a TOML config file (``--config``, ``$AMORA_CONFIG`` or ``~/.config/amora/config.toml``)
    with ``authz_url``, ``token`` and ``ca_file``.
 
@@ -21,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import ssl
 import sys
 import time
 import tomllib
@@ -30,7 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
 import msgspec
 
 from amora_protocol import (
@@ -52,6 +52,7 @@ from amora_protocol import (
 )
 from amora_sync._client import AmoraClient
 from amora_sync._connection import ConnectionState
+from amora_sync._devstack import DevStackError, dev_token, read_dev_stack
 from amora_sync._errors import (
     AmoraSyncError,
     CommandError,
@@ -100,62 +101,50 @@ def _config_file(explicit: Path | None) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: {exc}") from exc
 
 
-def _stack_credentials(stack_file: Path, user: str) -> Credentials:
+def _dev_credentials(stack_file: Path, user: str | None, *, ca_file: str | None) -> Credentials:
+    if not user:
+        raise UsageError("development mode needs a user: --user NAME or AMORA_DEV_USER (one of stack.json's users)")
     try:
-        stack = json.loads(stack_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {stack_file}: {exc}") from exc
-    authz = stack.get("authz") or {}
-    url = (authz.get("url") if isinstance(authz, dict) else authz) or stack.get("authz_url")
-    if not url:
-        raise UsageError(f"{stack_file} names no authz service (start the stack with it)")
-    ca_file = (
-        (authz.get("ca_file") if isinstance(authz, dict) else None)
-        or stack.get("ca_file")
-        or (stack.get("broker") or {}).get("ca_file")
-        or (stack.get("primary") or {}).get("ca_file")
-    )
-    token_url = (authz.get("dev_token_url") if isinstance(authz, dict) else None) or (
-        f"{str(url).rstrip('/')}/dev-issuer/token"
-    )
-    verify: ssl.SSLContext | bool = True
-    if ca_file:
-        verify = ssl.create_default_context(cafile=ca_file)
+        stack = read_dev_stack(stack_file)
+    except DevStackError as exc:
+        raise UsageError(str(exc)) from exc
 
     async def token() -> str:
-        async with httpx.AsyncClient(timeout=10, verify=verify) as http:
-            response = await http.post(token_url, json={"username": user})
-        if response.status_code != 200:
-            raise SessionError(
-                f"the stack's development issuer refused user {user!r}: {response.status_code}",
-                status_code=response.status_code,
-            )
-        return str(response.json()["access_token"])
+        return await dev_token(stack, user)
 
-    return Credentials(authz_url=str(url), token=token, ca_file=ca_file)
+    return Credentials(authz_url=stack.authz_url, token=token, ca_file=ca_file or stack.ca_file)
 
 
 def resolve_credentials(args: argparse.Namespace) -> Credentials:
     """Find the credentials (see the module docstring for the order).
 
     Raises:
-        UsageError: Nothing usable was found.
+        UsageError: Nothing usable was found, or development mode was mixed with another source.
     """
+    user = args.user or os.environ.get("AMORA_DEV_USER")
     if args.stack is not None:
-        if not args.user:
-            raise UsageError("--stack needs --user NAME")
-        creds = _stack_credentials(args.stack, args.user)
-        if args.ca_file:
-            creds = Credentials(authz_url=creds.authz_url, token=creds.token, ca_file=args.ca_file)
-        return creds
+        _err("--stack is deprecated: use --dev DIR/stack.json (the same, named for what it is)")
+    dev_flag = args.dev or args.stack
+    if dev_flag is not None:
+        if args.authz_url or args.token:
+            raise UsageError("--dev (development mode) cannot be combined with --authz-url or --token")
+        return _dev_credentials(dev_flag, user, ca_file=args.ca_file)
+    if args.authz_url is None and args.token is None and os.environ.get("AMORA_DEV_STACK"):
+        if os.environ.get("AMORA_AUTHZ_URL") or os.environ.get("AMORA_TOKEN"):
+            raise UsageError(
+                "AMORA_DEV_STACK (development mode) and AMORA_AUTHZ_URL/AMORA_TOKEN are both set: unset one"
+            )
+        return _dev_credentials(Path(os.environ["AMORA_DEV_STACK"]), user, ca_file=args.ca_file)
+    if args.user:
+        raise UsageError("--user names a development user: use it with --dev DIR/stack.json")
     config = _config_file(args.config)
     url = args.authz_url or os.environ.get("AMORA_AUTHZ_URL") or config.get("authz_url")
     token = args.token or os.environ.get("AMORA_TOKEN") or config.get("token")
     ca_file = args.ca_file or os.environ.get("AMORA_CA_FILE") or config.get("ca_file")
     if not url or not token:
         raise UsageError(
-            "no credentials: set AMORA_AUTHZ_URL and AMORA_TOKEN (and AMORA_CA_FILE), "
-            "use --stack DIR/stack.json --user NAME, or a config file"
+            "no credentials: set AMORA_AUTHZ_URL and AMORA_TOKEN (and AMORA_CA_FILE), use a config file, "
+            "or, against the repository's local stack, --dev DIR/stack.json --user NAME"
         )
     fixed = str(token)
     return Credentials(authz_url=str(url), token=lambda: fixed, ca_file=ca_file)
@@ -461,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amora",
         description="Watch and control Amora players.",
-        epilog="Credentials: flags, --stack/--user, AMORA_AUTHZ_URL/AMORA_TOKEN/AMORA_CA_FILE, "
+        epilog="Credentials: --dev STACK_JSON --user NAME (development only), --authz-url/--token/--ca-file, "
+        "AMORA_DEV_STACK/AMORA_DEV_USER, AMORA_AUTHZ_URL/AMORA_TOKEN/AMORA_CA_FILE, "
         "or ~/.config/amora/config.toml (authz_url, token, ca_file).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('amora-sync-sdk')}")
@@ -469,8 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", help="the user's JWT")
     parser.add_argument("--ca-file", help="CA bundle for the broker and the authz service")
     parser.add_argument("--config", type=Path, help="TOML config file")
-    parser.add_argument("--stack", type=Path, help="the local stack's stack.json")
-    parser.add_argument("--user", help="development user name (with --stack)")
+    parser.add_argument(
+        "--dev",
+        type=Path,
+        metavar="STACK_JSON",
+        help="development mode: the repository's local stack (hatch run stack:up writes DIR/stack.json); "
+        "also AMORA_DEV_STACK",
+    )
+    parser.add_argument("--user", help="development user (with --dev; also AMORA_DEV_USER)")
+    parser.add_argument("--stack", type=Path, help=argparse.SUPPRESS)  # deprecated name of --dev (0.1.0)
     parser.add_argument(
         "--connect-timeout",
         type=float,

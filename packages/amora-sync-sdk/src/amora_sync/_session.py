@@ -181,10 +181,14 @@ async def current_token(provider: TokenProvider) -> str:
 
     Raises:
         AuthenticationError: The provider failed or returned nothing.
+        AuthzUnavailableError: The provider could not reach its server.
+        SessionError: Raised by the provider itself: passed on as it is.
     """
     try:
         result = provider()
         token = await result if inspect.isawaitable(result) else result
+    except SessionError:
+        raise  # the provider said itself what failed (the CLI's development mode does)
     except (httpx.TransportError, OSError, TimeoutError) as exc:
         # The provider could not reach its identity provider: the token was not refused, so
         # this is worth retrying, not a reason to ask the user to log in again.
