@@ -1,6 +1,6 @@
 """The HTTP API over real HTTP (uvicorn on loopback), tokens from the dev issuer.
 
-No broker here (brokers = ()): what the broker enforces is in test_broker.py.
+No broker here (brokers = ()): what the broker enforces is in test_broker_access.py.
 """
 
 from __future__ import annotations

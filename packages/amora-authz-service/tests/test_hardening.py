@@ -1,7 +1,7 @@
 """Issue #11 hardening over real HTTP: input edges, rate limits, the operations listener.
 
 No broker here (brokers = ()); the fail-closed and reserved-name behaviour on real
-brokers is in test_broker.py and in tests-integration/test_security_*.py.
+brokers is in test_broker_access.py and in tests-integration/test_security_*.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ kept apart so the agent module holds the lifecycle and the state side.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import asyncio
     from collections import Counter
     from collections.abc import Callable, Mapping
+
+    import structlog
 
     from amora_agent._admission import RefusalBudget, SessionGate
     from amora_agent._agent import AgentOptions
@@ -76,7 +78,7 @@ class CommandHandling:
     _encryption_key: EncryptionKey | None
     _options: AgentOptions
     _usage: Counter[str]
-    _log: Any
+    _log: structlog.typing.FilteringBoundLogger
     _state: DeviceState | None
     _player: Player
     _link: MqttLink

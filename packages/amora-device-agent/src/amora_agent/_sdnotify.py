@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    import structlog
 
 __all__ = ["SystemdNotifier"]
 
@@ -30,7 +32,9 @@ class SystemdNotifier:
         logger: Told (as a warning) when a notification cannot be sent.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None, *, logger: Any = None) -> None:  # noqa: ANN401 - any structlog logger
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, *, logger: structlog.typing.FilteringBoundLogger | None = None
+    ) -> None:
         """Read systemd's variables."""
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
