@@ -67,7 +67,8 @@ def apply(actual: DynsecState, commands: list[dict[str, object]]) -> DynsecState
         elif kind == "deleteRole":
             del roles[str(c["rolename"])]
         elif kind == "createGroup":
-            groups[str(c["groupname"])] = GroupSpec(name=str(c["groupname"]), roles=frozenset())
+            inline = frozenset(str(r["rolename"]) for r in c.get("roles", ()))  # type: ignore[attr-defined]
+            groups[str(c["groupname"])] = GroupSpec(name=str(c["groupname"]), roles=inline)
         elif kind in ("addGroupRole", "removeGroupRole"):
             g = groups[str(c["groupname"])]
             change = {str(c["rolename"])}
@@ -136,6 +137,10 @@ def test_full_plan_converges_and_is_then_empty() -> None:
     kinds = [c["command"] for c in commands]
     # Roles before the groups and clients that use them.
     assert kinds.index("createRole") < kinds.index("createGroup") < kinds.index("createClient")
+    # A new group carries its roles and a new client its groups: one command (one rewrite
+    # of mosquitto's file) each, whatever the number of devices.
+    assert "addGroupRole" not in kinds
+    assert "addGroupClient" not in kinds
     after = apply(DynsecState(), commands)
     assert plan(want, after) == []
 

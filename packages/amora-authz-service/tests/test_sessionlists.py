@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import gmqtt
@@ -16,13 +17,14 @@ if TYPE_CHECKING:
 
 
 class _NoDevices:
-    """Just enough of a store: every device is unknown (so its list is empty)."""
+    """Just enough of a store: alice's one device has no live session (so its list is empty)."""
 
-    async def get_device(self, _device_id: str) -> None:
-        return None
+    async def active_devices_of_users(self, users: list[str]) -> dict[str, list[Any]]:
+        return {u: [SimpleNamespace(device_id="p1")] for u in users}
 
-    async def devices_of_user(self, _user: str) -> list[str]:
-        return ["p1"]
+    async def sessions_of_devices(self, device_ids: set[str], *, now_ms: int) -> dict[str, tuple[str, ...]]:
+        assert now_ms > 0
+        return dict.fromkeys(device_ids, ())
 
 
 async def test_an_unreachable_broker_is_not_retried_by_every_api_call(monkeypatch: pytest.MonkeyPatch) -> None:

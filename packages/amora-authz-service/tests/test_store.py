@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import msgspec
 import psycopg
 import pytest
 
@@ -108,19 +109,48 @@ async def test_sessions_expire(store: Store) -> None:
     got = await store.get_session("sess.a")
     assert got == session("sess.a", "alice", expires=5_000)
     assert [s.session_id for s in await store.active_sessions(now_ms=6_000)] == ["sess.b", "sess.c"]
-    assert [s.session_id for s in await store.active_sessions_of_user("alice", now_ms=6_000)] == ["sess.b"]
-    assert await store.active_sessions_of_user("dave", now_ms=0) == []
-    assert await store.count_active_sessions_of_user("alice", now_ms=6_000) == 1
-    assert await store.count_active_sessions_of_user("alice", now_ms=0) == 2
-    assert await store.count_active_sessions_of_user("dave", now_ms=0) == 0
+    assert set(await store.live_sessions(["sess.a", "sess.b", "sess.zzz"], now_ms=6_000)) == {"sess.b"}
+    assert await store.users_with_sessions(["alice", "bob", "dave"], now_ms=6_000) == {"alice", "bob"}
+    assert await store.users_with_sessions(["alice"], now_ms=10_000) == set()
     await store.extend_session("sess.b", expires_at_ms=30_000)
     with pytest.raises(NotFoundError):
         await store.extend_session("sess.zzz", expires_at_ms=1)
-    assert await store.delete_expired_sessions(now_ms=25_000) == ["sess.a", "sess.c"]
+    assert await store.delete_expired_sessions(now_ms=25_000) == {"sess.a": "alice", "sess.c": "bob"}
     assert [s.session_id for s in await store.active_sessions(now_ms=0)] == ["sess.b"]
     assert await store.delete_session("sess.b") is True
     assert await store.delete_session("sess.b") is False
     assert await store.get_session("sess.b") is None
+
+
+async def test_opening_a_session_ends_the_oldest_beyond_the_cap_in_one_go(store: Store) -> None:
+    await store.add_device(device("p1"))
+    await store.add_device(device("p2"))
+    await store.link("alice", "p1", at_ms=1)
+    await store.link("alice", "p2", at_ms=1)
+    await store.revoke_device("p2", at_ms=2)
+    for i, created in enumerate((100, 300, 200)):
+        older = msgspec.structs.replace(session(f"sess.{i}", "alice", expires=9_000), created_at_ms=created)
+        await store.add_session(older)
+    await store.add_session(session("sess.bob", "bob", expires=9_000))
+    new = msgspec.structs.replace(session("sess.new", "alice", expires=9_000), created_at_ms=400)
+    ended, found = await store.open_session(new, max_per_user=2)
+    # The new one and the newest other stay; the two oldest of alice's end, bob's is untouched.
+    assert ended == ["sess.0", "sess.2"]
+    assert [d.device_id for d in found] == ["p1"]  # the revoked device is left out
+    assert set(await store.live_sessions(["sess.0", "sess.1", "sess.2", "sess.new", "sess.bob"], now_ms=0)) == {
+        "sess.1",
+        "sess.new",
+        "sess.bob",
+    }
+    assert await store.sessions_of_devices(["p1", "p2", "p9"], now_ms=0) == {
+        "p1": ("sess.1", "sess.new"),
+        "p2": (),
+        "p9": (),
+    }
+    assert await store.sessions_of_devices(None, now_ms=0) == {"p1": ("sess.1", "sess.new")}
+    with pytest.raises(ConflictError):
+        await store.open_session(new, max_per_user=2)
+    assert set(await store.live_sessions(["sess.1", "sess.new"], now_ms=0)) == {"sess.1", "sess.new"}
 
 
 async def test_unknown_url_is_a_store_error() -> None:

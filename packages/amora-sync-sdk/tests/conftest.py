@@ -105,5 +105,8 @@ async def pair_stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[Stack]:
 @pytest.fixture
 async def real_stack(request: pytest.FixtureRequest, tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[RealStack]:
     """The real service; ``indirect`` parametrisation passes extra configuration (a dict)."""
-    async with run_real_authz(tmp_path, sdk_pki, getattr(request, "param", None) or {}) as real:
+    overrides = dict(getattr(request, "param", None) or {})
+    if overrides.get("database_url") == "postgresql":  # the harness's PostgreSQL, from the module's `postgres_url`
+        overrides["database_url"] = request.getfixturevalue("postgres_url")
+    async with run_real_authz(tmp_path, sdk_pki, overrides) as real:
         yield real

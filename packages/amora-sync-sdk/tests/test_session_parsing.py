@@ -5,7 +5,7 @@ import pytest
 
 from amora_protocol import EncryptionKey, SigningKey
 from amora_sync import Endpoint, SessionError
-from amora_sync._session import _decode_session, parse_endpoint, refresh_delay
+from amora_sync._session import decode_session, parse_endpoint, refresh_delay
 
 
 @pytest.mark.parametrize(
@@ -52,9 +52,9 @@ def _answer(**overrides: object) -> tuple[dict[str, object], SigningKey]:
     return body, device_key
 
 
-def test_decode_session_reads_the_contract():
+def testdecode_session_reads_the_contract():
     body, device_key = _answer()
-    session = _decode_session(msgspec.json.encode(body))
+    session = decode_session(msgspec.json.encode(body))
     assert session.session_id == "sess-1"
     assert session.broker.endpoints == (
         Endpoint(host="127.0.0.1", port=1),
@@ -79,12 +79,12 @@ def test_decode_session_reads_the_contract():
 def test_bad_session_answers_are_session_errors(overrides):
     body, _ = _answer(**overrides)
     with pytest.raises(SessionError):
-        _decode_session(msgspec.json.encode(body))
+        decode_session(msgspec.json.encode(body))
 
 
 def test_refresh_happens_before_expiry():
     body, _ = _answer(expires_at=1_800_000_060_000)
-    session = _decode_session(msgspec.json.encode(body))
+    session = decode_session(msgspec.json.encode(body))
     delay = refresh_delay(session, now_ms=1_800_000_000_000, margin=0.2)
     assert 40 <= delay <= 50
     assert refresh_delay(session, now_ms=1_800_000_100_000, margin=0.2) == 0.5

@@ -255,10 +255,15 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
     for name in _names(desired.groups, actual.groups, None if scope is None else scope.groups):
         want_g, have_g = desired.groups.get(name), actual.groups.get(name)
         if want_g is not None and have_g is None:
-            create.append({"command": "createGroup", "groupname": name, "textname": MANAGED})
-            create.extend(
-                {"command": "addGroupRole", "groupname": name, "rolename": r}
-                for r in sorted(want_g.roles - foreign.roles)
+            # Roles inline: mosquitto 2.0 rewrites its whole file per command, so a new
+            # user's group costs one rewrite, not one plus one per linked device.
+            create.append(
+                {
+                    "command": "createGroup",
+                    "groupname": name,
+                    "textname": MANAGED,
+                    "roles": [{"rolename": r} for r in sorted(want_g.roles - foreign.roles)],
+                }
             )
         elif want_g is not None and have_g is not None:
             if name in foreign.groups:

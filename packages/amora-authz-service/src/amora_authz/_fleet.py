@@ -36,8 +36,8 @@ from amora_authz._dynsec import (
     plan,
 )
 from amora_authz._errors import AuthzError, BrokerError
-from amora_authz._store import Device, Link, Session
-from amora_protocol import now_ms
+from amora_authz._store import Link
+from amora_protocol import now_ms, user_group
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -179,48 +179,29 @@ class BrokerFleet:
         return await self._desired_scoped(scope, now)
 
     async def _desired_scoped(self, scope: Scope, now: int) -> DynsecState:
-        devices: dict[str, Device] = {}
+        """The desired state of the names in ``scope``, in four statements whatever its size."""
+        users = {group.removeprefix("user:") for group in scope.groups}
+        sessions = await self._store.live_sessions(scope.clients, now_ms=now)
+        linked = await self._store.active_devices_of_users(users)
+        wanted = {role.partition(":")[2] for role in scope.roles}
+        wanted.update(name for name in scope.clients if name not in sessions)
+        devices = await self._store.active_devices(wanted)
         links: list[Link] = []
-        sessions: dict[str, Session] = {}
-
-        async def add_device(device_id: str) -> None:
-            if device_id not in devices:
-                device = await self._store.get_device(device_id)
-                if device is not None and not device.revoked:
-                    devices[device_id] = device
-
-        for role in scope.roles:
-            _, _, device_id = role.partition(":")
-            await add_device(device_id)
-        for name in scope.clients:
-            session = await self._store.get_session(name)
-            if session is not None and session.expires_at_ms > now:
-                sessions[name] = session
-            else:
-                await add_device(name)
-        for group in scope.groups:
-            user = group.removeprefix("user:")
-            for device_id in await self._store.devices_of_user(user):
-                await add_device(device_id)
-                links.append(Link(user_sub=user, device_id=device_id, created_at_ms=0))
+        for user, found in linked.items():
+            for device in found:
+                devices.setdefault(device.device_id, device)
+                links.append(Link(user_sub=user, device_id=device.device_id, created_at_ms=0))
         state = desired_state(
             list(devices.values()),
             links,
             list(sessions.values()),
             password_for=self._password_for,
         )
-        await self._add_session_groups(state, scope, now)
+        # A group with no devices still exists while its user has a session.
+        for user in await self._store.users_with_sessions(users - linked.keys(), now_ms=now):
+            group = user_group(user)
+            state.groups.setdefault(group, GroupSpec(name=group, roles=frozenset()))
         return state
-
-    async def _add_session_groups(self, state: DynsecState, scope: Scope, now: int) -> None:
-        """A group with no devices still exists while its user has a session.
-
-        Only a count is read: one user may hold many sessions.
-        """
-        for group in scope.groups:
-            user = group.removeprefix("user:")
-            if group not in state.groups and await self._store.count_active_sessions_of_user(user, now_ms=now):
-                state.groups[group] = GroupSpec(name=group, roles=frozenset())
 
     async def apply(self, scope: Scope) -> ApplyOutcome:
         """Reconcile only the names in ``scope`` on every broker (concurrently).

@@ -181,40 +181,32 @@ class SessionListPublisher:
         self._last_issued = max(self._clock_ms(), self._last_issued + 1)
         return self._last_issued
 
-    async def _sessions_of(self, device_id: str, now_ms: int) -> tuple[str, ...]:
-        device = await self._store.get_device(device_id)
-        if device is None or device.revoked:
-            return ()
-        sessions: set[str] = set()
-        for user in await self._store.users_of_device(device_id):
-            sessions.update(s.session_id for s in await self._store.active_sessions_of_user(user, now_ms=now_ms))
-        return tuple(sorted(sessions))
-
     async def publish(self, *, users: Iterable[str] = (), devices: Iterable[str] = ()) -> None:
         """Publish the lists of ``devices`` and of every device linked to one of ``users``.
 
         Called after each API change, before its answer: the device has the new list about
         as soon as the caller has the answer. Unreachable brokers are logged and left to the
-        next periodic pass (`publish_all`), which republishes everything after a reconnect.
+        next full pass (`publish_all`), which republishes everything after a reconnect.
         """
         wanted = set(devices)
-        for user in users:
-            wanted.update(await self._store.devices_of_user(user))
+        users = sorted(set(users))
+        if users:
+            for found in (await self._store.active_devices_of_users(users)).values():
+                wanted.update(d.device_id for d in found)
         if not wanted:
             return
         issued = self._issued_at()  # read before the database: a later list saw later rows
-        lists = {d: await self._sessions_of(d, issued) for d in sorted(wanted)}
+        lists = await self._store.sessions_of_devices(wanted, now_ms=issued)
         await self._send(lists, issued, only_changed=False)
 
     async def publish_all(self) -> None:
-        """Periodic pass: publish every device's list that changed (expiries included).
+        """Full pass: publish every device's list that changed (one database read in all).
 
         After a (re)connection to a broker, every list is published to it again: the broker
         may have restarted without its retained messages.
         """
         issued = self._issued_at()
-        device_ids = {d.device_id for d in await self._store.list_devices()}
-        lists = {d: await self._sessions_of(d, issued) for d in sorted(device_ids)}
+        lists = await self._store.sessions_of_devices(None, now_ms=issued)
         await self._send(lists, issued, only_changed=True)
 
     async def _send(self, lists: dict[str, tuple[str, ...]], issued: int, *, only_changed: bool) -> None:

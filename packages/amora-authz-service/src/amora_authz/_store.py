@@ -12,13 +12,11 @@ present" uses ``ON CONFLICT DO NOTHING``, so both databases report a conflict th
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import hashlib
 from typing import TYPE_CHECKING, Any, Self
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,10 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from amora_authz._database import configure_sqlite, current_revision, engine_url, upgrade
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
+from amora_authz._records import Certificate, Device, Link, Session, b64_text, device_of_row, session_of_row
 from amora_authz._schema import certificates, devices, links, sessions
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Collection
     from types import TracebackType
 
 __all__ = [
@@ -46,89 +45,6 @@ __all__ = [
 _PG_POOL_SIZE = 10
 _PG_MAX_OVERFLOW = 10
 _POOL_TIMEOUT_S = 10.0
-
-
-class Device(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered player.
-
-    Attributes:
-        device_id: the device id (also its certificate CN and broker client id).
-        signing_key: raw Ed25519 public key (32 bytes).
-        encryption_key: raw X25519 public key (32 bytes).
-        created_at_ms: registration time.
-        revoked_at_ms: revocation time, ``None`` while active.
-    """
-
-    device_id: str
-    signing_key: bytes
-    encryption_key: bytes
-    created_at_ms: int
-    revoked_at_ms: int | None = None
-
-    @property
-    def revoked(self) -> bool:
-        """Whether the device has been revoked."""
-        return self.revoked_at_ms is not None
-
-
-class Certificate(msgspec.Struct, frozen=True, kw_only=True):
-    """A client certificate issued to a device (serial as decimal text)."""
-
-    serial: int
-    device_id: str
-    issued_at_ms: int
-    not_after_ms: int
-    revoked_at_ms: int | None = None
-
-
-class Link(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's right to use a device."""
-
-    user_sub: str
-    device_id: str
-    created_at_ms: int
-
-
-class Session(msgspec.Struct, frozen=True, kw_only=True):
-    """An app session: one broker client (username = client id = session id)."""
-
-    session_id: str
-    user_sub: str
-    client_name: str | None
-    signing_key: bytes
-    encryption_key: bytes
-    created_at_ms: int
-    expires_at_ms: int
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
-def _device(row: sa.Row[Any]) -> Device:
-    return Device(
-        device_id=row.device_id,
-        signing_key=_unb64(row.signing_key),
-        encryption_key=_unb64(row.encryption_key),
-        created_at_ms=int(row.created_at_ms),
-        revoked_at_ms=None if row.revoked_at_ms is None else int(row.revoked_at_ms),
-    )
-
-
-def _session(row: sa.Row[Any]) -> Session:
-    return Session(
-        session_id=row.session_id,
-        user_sub=row.user_sub,
-        client_name=row.client_name,
-        signing_key=_unb64(row.signing_key),
-        encryption_key=_unb64(row.encryption_key),
-        created_at_ms=int(row.created_at_ms),
-        expires_at_ms=int(row.expires_at_ms),
-    )
 
 
 _current: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar("amora_authz_store_tx", default=None)
@@ -350,8 +266,8 @@ class Store:
             self._insert(devices)
             .values(
                 device_id=device.device_id,
-                signing_key=_b64(device.signing_key),
-                encryption_key=_b64(device.encryption_key),
+                signing_key=b64_text(device.signing_key),
+                encryption_key=b64_text(device.encryption_key),
                 created_at_ms=device.created_at_ms,
                 revoked_at_ms=device.revoked_at_ms,
             )
@@ -364,7 +280,7 @@ class Store:
     async def get_device(self, device_id: str) -> Device | None:
         """Return the device, or ``None`` when it was never registered."""
         rows = await self._rows(sa.select(devices).where(devices.c.device_id == device_id))
-        return _device(rows[0]) if rows else None
+        return device_of_row(rows[0]) if rows else None
 
     async def require_device(self, device_id: str) -> Device:
         """Return the device.
@@ -382,7 +298,7 @@ class Store:
         statement = sa.select(devices).order_by(devices.c.device_id)
         if not include_revoked:
             statement = statement.where(devices.c.revoked_at_ms.is_(None))
-        return [_device(r) for r in await self._rows(statement)]
+        return [device_of_row(r) for r in await self._rows(statement)]
 
     async def revoke_device(self, device_id: str, *, at_ms: int) -> list[int]:
         """Mark the device and all its certificates revoked; drop its links.
@@ -400,7 +316,7 @@ class Store:
             rows = await self._rows(sa.select(devices).where(devices.c.device_id == device_id).with_for_update())
             if not rows:
                 raise NotFoundError(f"device {device_id!r} is not registered", kind="device", key=device_id)
-            if _device(rows[0]).revoked:
+            if device_of_row(rows[0]).revoked:
                 raise ConflictError(f"device {device_id!r} is already revoked", code="device_revoked")
             live = sa.and_(certificates.c.device_id == device_id, certificates.c.revoked_at_ms.is_(None))
             serials = [int(r.serial) for r in await self._rows(sa.select(certificates.c.serial).where(live))]
@@ -506,8 +422,8 @@ class Store:
                 session_id=session.session_id,
                 user_sub=session.user_sub,
                 client_name=session.client_name,
-                signing_key=_b64(session.signing_key),
-                encryption_key=_b64(session.encryption_key),
+                signing_key=b64_text(session.signing_key),
+                encryption_key=b64_text(session.encryption_key),
                 created_at_ms=session.created_at_ms,
                 expires_at_ms=session.expires_at_ms,
             )
@@ -520,7 +436,7 @@ class Store:
     async def get_session(self, session_id: str) -> Session | None:
         """Return the session, or ``None``."""
         rows = await self._rows(sa.select(sessions).where(sessions.c.session_id == session_id))
-        return _session(rows[0]) if rows else None
+        return session_of_row(rows[0]) if rows else None
 
     async def extend_session(self, session_id: str, *, expires_at_ms: int) -> None:
         """Set a session's expiry.
@@ -545,35 +461,118 @@ class Store:
     async def active_sessions(self, *, now_ms: int) -> list[Session]:
         """Return the sessions that have not expired at ``now_ms``."""
         statement = sa.select(sessions).where(sessions.c.expires_at_ms > now_ms).order_by(sessions.c.session_id)
-        return [_session(r) for r in await self._rows(statement)]
+        return [session_of_row(r) for r in await self._rows(statement)]
 
-    async def active_sessions_of_user(self, user_sub: str, *, now_ms: int) -> list[Session]:
-        """Return a user's sessions that have not expired at ``now_ms``."""
-        statement = (
-            sa.select(sessions)
-            .where(sessions.c.user_sub == user_sub, sessions.c.expires_at_ms > now_ms)
-            .order_by(sessions.c.session_id)
-        )
-        return [_session(r) for r in await self._rows(statement)]
-
-    async def count_active_sessions_of_user(self, user_sub: str, *, now_ms: int) -> int:
-        """Return how many of a user's sessions have not expired at ``now_ms``."""
-        statement = (
-            sa.select(sa.func.count())
-            .select_from(sessions)
-            .where(sessions.c.user_sub == user_sub, sessions.c.expires_at_ms > now_ms)
-        )
-        return int(await self._scalar(statement) or 0)
-
-    async def delete_expired_sessions(self, *, now_ms: int) -> list[str]:
-        """Delete the sessions expired at ``now_ms``; return their ids."""
+    async def delete_expired_sessions(self, *, now_ms: int) -> dict[str, str]:
+        """Delete the sessions expired at ``now_ms``; return their ids and users (id -> user)."""
         expired = sessions.c.expires_at_ms <= now_ms
-        async with self._connection() as conn:
-            try:
-                result = await conn.execute(sa.delete(sessions).where(expired).returning(sessions.c.session_id))
-                return [r.session_id for r in result.all()]
-            except SQLAlchemyError as exc:
-                raise StoreError(f"database error: {exc}") from exc
+        statement = sa.delete(sessions).where(expired).returning(sessions.c.session_id, sessions.c.user_sub)
+        return {r.session_id: r.user_sub for r in await self._rows(statement)}
+
+    # -- several rows per statement (the login path and reconciliation) ------------------
+
+    async def open_session(self, session: Session, *, max_per_user: int) -> tuple[list[str], list[Device]]:
+        """Record a new session, end the user's oldest beyond ``max_per_user``, read the user's devices.
+
+        One transaction on one connection, three statements: what a login needs from the
+        database in as few round trips as it can (``docs/decisions/0012``).
+
+        Returns:
+            The ids of the sessions ended to make room, and the user's active devices.
+
+        Raises:
+            ConflictError: the session id is taken (never in practice: ids are random).
+        """
+        now = session.created_at_ms
+        others = (
+            sa.select(sessions.c.session_id)
+            .where(
+                sessions.c.user_sub == session.user_sub,
+                sessions.c.expires_at_ms > now,
+                sessions.c.session_id != session.session_id,
+            )
+            .order_by(sessions.c.created_at_ms.desc(), sessions.c.session_id.desc())
+            .offset(max(0, max_per_user - 1))  # the newest others stay, besides the new one
+        )
+        evict = sa.delete(sessions).where(sessions.c.session_id.in_(others)).returning(sessions.c.session_id)
+        async with self.transaction():
+            await self.add_session(session)
+            ended = sorted(r.session_id for r in await self._rows(evict))
+            found = await self.active_devices_of_users([session.user_sub])
+        return ended, found.get(session.user_sub, [])
+
+    async def active_devices_of_users(self, user_subs: Collection[str]) -> dict[str, list[Device]]:
+        """The active devices linked to each of ``user_subs`` (one statement; users without any are absent)."""
+        if not user_subs:
+            return {}
+        statement = (
+            sa.select(links.c.user_sub, devices)
+            .join(devices, devices.c.device_id == links.c.device_id)
+            .where(links.c.user_sub.in_(sorted(user_subs)), devices.c.revoked_at_ms.is_(None))
+            .order_by(links.c.user_sub, devices.c.device_id)
+        )
+        found: dict[str, list[Device]] = {}
+        for row in await self._rows(statement):
+            found.setdefault(row.user_sub, []).append(device_of_row(row))
+        return found
+
+    async def active_devices(self, device_ids: Collection[str]) -> dict[str, Device]:
+        """The active (registered, not revoked) devices among ``device_ids``, by id."""
+        if not device_ids:
+            return {}
+        statement = sa.select(devices).where(
+            devices.c.device_id.in_(sorted(device_ids)), devices.c.revoked_at_ms.is_(None)
+        )
+        return {d.device_id: d for d in map(device_of_row, await self._rows(statement))}
+
+    async def live_sessions(self, session_ids: Collection[str], *, now_ms: int) -> dict[str, Session]:
+        """The sessions among ``session_ids`` that have not expired at ``now_ms``, by id."""
+        if not session_ids:
+            return {}
+        statement = sa.select(sessions).where(
+            sessions.c.session_id.in_(sorted(session_ids)), sessions.c.expires_at_ms > now_ms
+        )
+        return {s.session_id: s for s in map(session_of_row, await self._rows(statement))}
+
+    async def users_with_sessions(self, user_subs: Collection[str], *, now_ms: int) -> set[str]:
+        """Which of ``user_subs`` hold at least one session live at ``now_ms``."""
+        if not user_subs:
+            return set()
+        statement = (
+            sa.select(sessions.c.user_sub)
+            .where(sessions.c.user_sub.in_(sorted(user_subs)), sessions.c.expires_at_ms > now_ms)
+            .distinct()
+        )
+        return {r.user_sub for r in await self._rows(statement)}
+
+    async def sessions_of_devices(
+        self, device_ids: Collection[str] | None, *, now_ms: int
+    ) -> dict[str, tuple[str, ...]]:
+        """The live sessions whose users are linked to each device (its session list), sorted.
+
+        Args:
+            device_ids: the devices (None: every active device).
+            now_ms: sessions expired at this time are left out.
+
+        Returns:
+            One entry per asked device (per active device when None); a revoked or unknown
+            device, or one without a live session, maps to ``()``.
+        """
+        statement = (
+            sa.select(links.c.device_id, sessions.c.session_id)
+            .join(devices, devices.c.device_id == links.c.device_id)
+            .join(sessions, sessions.c.user_sub == links.c.user_sub)
+            .where(devices.c.revoked_at_ms.is_(None), sessions.c.expires_at_ms > now_ms)
+        )
+        if device_ids is not None:
+            statement = statement.where(links.c.device_id.in_(sorted(device_ids)))
+            wanted = set(device_ids)
+        else:
+            wanted = {d.device_id for d in await self.list_devices()}
+        found: dict[str, set[str]] = {d: set() for d in wanted}
+        for row in await self._rows(statement):
+            found.setdefault(row.device_id, set()).add(row.session_id)
+        return {d: tuple(sorted(ids)) for d, ids in sorted(found.items())}
 
 
 async def open_store(url: str) -> Store:

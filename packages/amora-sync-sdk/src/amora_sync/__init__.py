@@ -58,6 +58,7 @@ from amora_sync._errors import (
 )
 from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._session import BrokerCredentials, DeviceInfo, Endpoint, Session, TokenProvider
+from amora_sync._session_store import FileSessionStore, SessionStore
 from amora_sync._stats import ClientStats
 
 try:
@@ -91,6 +92,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceState",
     "Endpoint",
+    "FileSessionStore",
     "InvalidCommandError",
     "InvalidDeviceIdError",
     "Next",
@@ -107,6 +109,7 @@ __all__ = [
     "Seek",
     "Session",
     "SessionError",
+    "SessionStore",
     "SetVolume",
     "Stop",
     "Toggle",

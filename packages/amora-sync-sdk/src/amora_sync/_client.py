@@ -31,6 +31,7 @@ from amora_sync._inbound import InboundVerifier
 from amora_sync._outbox import Outbox
 from amora_sync._session import SessionApi
 from amora_sync._session_keeper import SessionKeeper
+from amora_sync._session_store import FileSessionStore, SessionStore
 from amora_sync._stats import ClientStats
 from amora_sync._subscriptions import Subscriber
 
@@ -75,6 +76,7 @@ class AmoraClient:
         codec: Codec = Codec.MSGPACK,
         http_client: httpx.AsyncClient | None = None,
         logger: logging.Logger | None = None,
+        session_store: SessionStore | str | os.PathLike[str] | None = None,
     ) -> None:
         """Configure the client; nothing happens until ``async with``.
 
@@ -102,6 +104,10 @@ class AmoraClient:
             codec: Encoding of outgoing commands.
             http_client: An httpx client to use for the authz service (not closed by us).
             logger: Where to log (default ``logging.getLogger("amora_sync")``).
+            session_store: Keep the session between runs, in this file (created with mode
+                0600) or `SessionStore`: the next start resumes it without logging in, and
+                closing keeps it (``aclose(logout=True)`` ends it). None: every start logs
+                in afresh and closing logs out.
         """
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be a positive number of seconds, not {resend_interval!r}")
@@ -118,8 +124,18 @@ class AmoraClient:
         policy = reconnect or ReconnectPolicy()
 
         self.stats = ClientStats()
+        store: SessionStore | None
+        if session_store is None or isinstance(session_store, SessionStore):
+            store = session_store
+        else:
+            store = FileSessionStore(session_store)
         self._keeper = SessionKeeper(
-            client_name=client_name, refresh_margin=refresh_margin, stats=self.stats, logger=self._log
+            client_name=client_name,
+            refresh_margin=refresh_margin,
+            stats=self.stats,
+            logger=self._log,
+            store=store,
+            authz_url=authz_url,
         )
         self._keeper.on_change = self._session_changed
         self._cache = DeviceCache(stats=self.stats)
@@ -154,7 +170,7 @@ class AmoraClient:
             logger=self._log,
         )
         self._conn.prepare = self._prepare_link
-        self._conn.ready = lambda link, _present: self._outbox.attach(link)
+        self._conn.ready = self._link_ready
         self._conn.lost = self._outbox.detach
         self._conn.credential_refused = self._reexchange
         self._tasks: asyncio.TaskGroup | None = None
@@ -165,7 +181,7 @@ class AmoraClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        """Exchange the token, connect, subscribe.
+        """Resume the stored session or exchange the token, connect, subscribe.
 
         Raises:
             AuthenticationError: The token was refused.
@@ -189,7 +205,8 @@ class AmoraClient:
             )
         )
         try:
-            await self._keeper.exchange()
+            if not await self._keeper.resume():
+                await self._keeper.exchange()
         except BaseException:
             await self._close_http()
             raise
@@ -237,12 +254,16 @@ class AmoraClient:
         """Close: see `aclose`."""
         await self.aclose()
 
-    async def aclose(self, *, logout: bool = True) -> None:
+    async def aclose(self, *, logout: bool | None = None) -> None:
         """Stop the background tasks, disconnect, end watches and pending commands.
 
         Args:
-            logout: Also end the session at the authz service (best effort).
+            logout: Also end the session at the authz service (best effort) and forget
+                the stored one. None: log out unless a ``session_store`` keeps the session
+                for the next start.
         """
+        if logout is None:
+            logout = not self._keeper.has_store
         if self._closing:
             return
         self._closing = True
@@ -255,6 +276,8 @@ class AmoraClient:
         await self._conn.close(end_session=True)
         self._fail_all(None)
         api, session = self._keeper.api, self._keeper.session
+        if logout:
+            self._keeper.forget()
         if logout and api is not None and session is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
@@ -299,6 +322,16 @@ class AmoraClient:
             ClientClosedError: No session yet.
         """
         return self._keeper.require().session_id
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the current session was resumed from the ``session_store`` (not exchanged)."""
+        return self._keeper.resumed
+
+    @property
+    def resume_error(self) -> str | None:
+        """Why the stored session could not be resumed (then a new one was exchanged), if so."""
+        return self._keeper.resume_error
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -488,7 +521,13 @@ class AmoraClient:
         self.stats.rate_limit_waits += 1
         self._log.info("amora-sync: the authz service is rate limiting sessions; trying again in %.1f s", wait)
 
+    def _link_ready(self, link: MqttLink, _session_present: bool) -> None:  # noqa: FBT001
+        self._keeper.resume_confirmed()
+        self._outbox.attach(link)
+
     async def _reexchange(self) -> None:
+        if self._keeper.resume_unconfirmed:
+            self._keeper.resume_refused()
         try:
             await self._keeper.exchange()
         except SessionError as exc:

@@ -19,6 +19,7 @@ import msgspec
 
 from amora_protocol import EncryptionPublicKey, ProtocolError, SchemaError, VerifyKey, decode_session_response, now_ms
 from amora_sync._errors import AuthenticationError, AuthzUnavailableError, RateLimitedError, SessionError
+from amora_sync._session_store import token_subject
 
 if TYPE_CHECKING:
     from amora_protocol import EncryptionKey, SigningKey
@@ -130,7 +131,7 @@ def parse_endpoint(raw: str) -> Endpoint | None:
     return Endpoint(host=parts.hostname, port=parts.port or _DEFAULT_MQTTS_PORT)
 
 
-def _decode_session(body: bytes) -> Session:
+def decode_session(body: bytes) -> Session:
     """Decode a session answer with the published schema (`amora_protocol.SessionResponse`).
 
     Raises:
@@ -330,13 +331,30 @@ class SessionApi:
             AuthzUnavailableError: The service could not be reached.
             SessionError: Any other refusal or an unexpected answer.
         """
+        return (await self.create_with_body(signing_key, encryption_key, client_name=client_name))[0]
+
+    async def create_with_body(
+        self,
+        signing_key: SigningKey,
+        encryption_key: EncryptionKey,
+        *,
+        client_name: str | None = None,
+    ) -> tuple[Session, bytes]:
+        """Like `create`, also returning the service's answer as sent (to store it).
+
+        Raises:
+            AuthenticationError: The token was refused.
+            AuthzUnavailableError: The service could not be reached.
+            SessionError: Any other refusal or an unexpected answer.
+        """
         body = {
             "signing_key": base64.b64encode(signing_key.public_key.raw).decode(),
             "encryption_key": base64.b64encode(encryption_key.public_key.raw).decode(),
         }
         if client_name:
             body["client_name"] = client_name
-        return _decode_session(await self._post("/v1/sessions", body))
+        raw = await self._post("/v1/sessions", body)
+        return decode_session(raw), raw
 
     async def refresh(self, session: Session) -> Session:
         """Extend `session` with a fresh token (``POST /v1/sessions/{id}/refresh``).
@@ -348,8 +366,27 @@ class SessionApi:
             AuthzUnavailableError: The service could not be reached.
             SessionError: Any other refusal (404: the session is gone).
         """
+        return (await self.refresh_with_body(session))[0]
+
+    async def refresh_with_body(self, session: Session) -> tuple[Session, bytes]:
+        """Like `refresh`, also returning the service's answer as sent (to store it).
+
+        Raises:
+            AuthenticationError: The token was refused.
+            AuthzUnavailableError: The service could not be reached.
+            SessionError: Any other refusal (404: the session is gone).
+        """
         body = await self._post(f"/v1/sessions/{session.session_id}/refresh", {})
-        return _decode_session(body)
+        return decode_session(body), body
+
+    async def token_subject(self) -> str | None:
+        """The ``sub`` of the current token, unverified (None when it is not a readable JWT).
+
+        Raises:
+            AuthenticationError: The token provider failed.
+            AuthzUnavailableError: The token provider could not reach its server.
+        """
+        return token_subject(await current_token(self._token_provider))
 
     async def delete(self, session: Session) -> None:
         """End `session` (``DELETE /v1/sessions/{id}``); errors are ignored (best effort)."""

@@ -20,6 +20,10 @@ class ClientStats:
         connects: Successful connections (the first one included).
         session_exchanges: Token exchanges (``POST /v1/sessions``).
         session_refreshes: Successful session refreshes.
+        session_resumes: Stored sessions adopted at start (`AmoraClient` ``session_store``).
+        session_resume_failures: Stored sessions that could not be used (unreadable,
+            changed, expired, another user's, or refused by the broker); each was
+            followed by a token exchange.
         commands_sent: Command publishes (re-sends after a link change included).
         rate_limit_waits: Session requests the authz service answered 429 and the client
             waited out (``Retry-After``) before asking again.
@@ -32,5 +36,7 @@ class ClientStats:
     connects: int = 0
     session_exchanges: int = 0
     session_refreshes: int = 0
+    session_resumes: int = 0
+    session_resume_failures: int = 0
     commands_sent: int = 0
     rate_limit_waits: int = 0
