@@ -39,7 +39,7 @@ async def start_and_keep(real_stack, store: Path) -> str:
     """Open a client with a session store, close it without logging out; return its session id."""
     async with real_stack.client("alice", session_store=store) as client:
         assert not client.resumed
-        return client.session_id
+        return str(client.session_id)
 
 
 @pytest.mark.parametrize("real_stack", [{}, {"database_url": "postgresql"}], ids=["sqlite", "postgres"], indirect=True)
