@@ -19,15 +19,18 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, Self, TypeVar
 
 from amora_devtools._errors import ServiceStartError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from types import TracebackType
 
 __all__ = [
+    "ClosedOnExit",
     "ManagedProcess",
+    "ServiceHandle",
     "chown_tree",
     "free_port",
     "is_root",
@@ -266,3 +269,56 @@ class ManagedProcess:
             subprocess.TimeoutExpired: Still running after ``timeout`` seconds.
         """
         return self._popen.wait(timeout=timeout)
+
+
+START_TIMEOUT = 15.0  # seconds for a harness service to answer after it was started
+
+
+class ClosedOnExit:
+    """``with`` support for the harness's handles: the block's end calls `close`."""
+
+    def close(self) -> None:
+        """Stop what the handle runs and remove what it made (each handle says what)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Return the handle."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """`close` the handle."""
+        self.close()
+
+
+class ServiceHandle(ClosedOnExit):
+    """A service the harness runs as one `ManagedProcess` (``_proc``) that it can stop, kill and restart."""
+
+    _proc: ManagedProcess | None
+
+    def _start(self, *, timeout: float) -> None:
+        """Start the process on the handle's ports and state; wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM: the service saves what it keeps). Idempotent."""
+        if self._proc is not None:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        """Kill abruptly (SIGKILL: as a crash; nothing is saved). Idempotent."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    def restart(self, *, timeout: float = START_TIMEOUT) -> None:
+        """Stop (if running) and start again on the same ports with the same state.
+
+        Raises:
+            ServiceStartError: It did not come back (e.g. a port was taken meanwhile).
+        """
+        self.stop()
+        self._start(timeout=timeout)

@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 from amora_devtools._broker_config import dynsec_plugin, render_template, template_dir
 from amora_devtools._errors import DevtoolsError, MqttError, ServiceStartError
@@ -33,6 +33,7 @@ from amora_devtools._files import private_dir, write_private
 from amora_devtools._mqtt import MqttClient, client_ssl_context
 from amora_devtools._proc import (
     ManagedProcess,
+    ServiceHandle,
     chown_tree,
     free_port,
     is_root,
@@ -56,7 +57,6 @@ from amora_protocol import service_account_name
 
 if TYPE_CHECKING:
     import ssl
-    from types import TracebackType
 
     from amora_devtools.pki import DevPKI
 
@@ -104,7 +104,7 @@ class _Bridge:
 
 
 @dataclass(eq=False)
-class BrokerProcess:
+class BrokerProcess(ServiceHandle):
     """A running mosquitto started by `start_broker`.
 
     Attributes:
@@ -348,44 +348,12 @@ class BrokerProcess:
         if self._proc is not None:
             self._proc.signal(signum)
 
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM: persistence is saved). Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        """Kill abruptly (SIGKILL: as a crash; nothing is saved). Idempotent."""
-        if self._proc is not None:
-            self._proc.kill()
-
-    def restart(self, *, timeout: float = _START_TIMEOUT) -> None:
-        """Stop (if running) and start again on the same ports with the same state.
-
-        Raises:
-            ServiceStartError: It did not come back (e.g. a port was taken meanwhile).
-        """
-        self.stop()
-        self._start(timeout=timeout)
-
     def close(self) -> None:
         """Stop and delete the broker's state directory. Idempotent."""
         self.stop()
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             remove_at_exit(self.state_dir, keep=True)
-
-    def __enter__(self) -> Self:
-        """Return self."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """`close` the broker."""
-        self.close()
 
 
 def _prepare_state_dir(workdir: Path, name: str, pki: DevPKI) -> tuple[Path, bool]:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 import mpd
 
 from amora_devtools._errors import DevtoolsError, ServiceStartError
-from amora_devtools._proc import ManagedProcess, free_port, tail, wait_until
+from amora_devtools._proc import ManagedProcess, ServiceHandle, free_port, tail, wait_until
 from amora_devtools.music import DEFAULT_TRACKS, Track, write_library
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import TracebackType
 
 __all__ = ["MpdProcess", "start_mpd"]
 
@@ -50,7 +49,7 @@ audio_output {{
 
 
 @dataclass(eq=False)
-class MpdProcess:
+class MpdProcess(ServiceHandle):
     """A running MPD started by `start_mpd`.
 
     Attributes:
@@ -145,25 +144,6 @@ class MpdProcess:
         proc.stop()
         raise ServiceStartError("mpd", why, log_tail=log)
 
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM: MPD saves its state file). Idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        """Kill abruptly (SIGKILL). Idempotent."""
-        if self._proc is not None:
-            self._proc.kill()
-
-    def restart(self, *, timeout: float = _START_TIMEOUT) -> None:
-        """Stop (if running) and start again on the same port with the same state.
-
-        Raises:
-            ServiceStartError: It did not come back.
-        """
-        self.stop()
-        self._start(timeout=timeout)
-
     def close(self) -> None:
         """Stop playback, then the process. Idempotent (files stay in ``workdir``).
 
@@ -174,19 +154,6 @@ class MpdProcess:
             with contextlib.suppress(mpd.MPDError, OSError), self.client(timeout=1.0) as client:
                 client.stop()
         self.stop()
-
-    def __enter__(self) -> Self:
-        """Return self."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """`close` it."""
-        self.close()
 
 
 def start_mpd(

@@ -14,10 +14,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Self
+from typing import Final
 
 from amora_devtools._errors import DevtoolsError, ServiceStartError
 from amora_devtools._proc import (
+    ClosedOnExit,
     chown_tree,
     free_port,
     is_root,
@@ -25,9 +26,6 @@ from amora_devtools._proc import (
     stop_at_exit,
     tail,
 )
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["PostgresProcess", "start_postgres"]
 
@@ -56,7 +54,7 @@ def _as_owner(argv: list[str]) -> list[str]:
 
 
 @dataclass(eq=False)
-class PostgresProcess:
+class PostgresProcess(ClosedOnExit):
     """A running PostgreSQL started by `start_postgres`.
 
     Attributes:
@@ -155,19 +153,6 @@ class PostgresProcess:
                 shutil.rmtree(self._owns_root, ignore_errors=True)
                 remove_at_exit(self._owns_root, keep=True)
                 self._owns_root = None
-
-    def __enter__(self) -> Self:
-        """Return self."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """`close` it."""
-        self.close()
 
 
 def start_postgres(workdir: Path | str, *, host: str = "127.0.0.1") -> PostgresProcess:

@@ -17,6 +17,7 @@ from amora_protocol import (
     Action,
     Codec,
     Command,
+    CommandResponse,
     EncryptionPublicKey,
     Grant,
     Right,
@@ -26,6 +27,7 @@ from amora_protocol import (
     commands_topic,
     issue_grant,
     now_ms,
+    responses_topic,
     verify_envelope,
 )
 
@@ -219,6 +221,22 @@ class AppClient:
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, **props) -> None:
         self._client.publish(topic, payload, qos=qos, **props)
+
+    async def send(self, app: App, device_id: str, action: Action, *, key: VerifyKey) -> CommandResponse:
+        """Publish ``app``'s signed command for ``action``; return the device's answer to it (verified)."""
+        command, payload = app.command(device_id, action)
+        self.publish(
+            commands_topic(device_id),
+            payload,
+            content_type=Codec.MSGPACK.value,
+            correlation_data=command.id.encode(),
+        )
+        answer = await self.wait_for(
+            lambda r: r.topic == responses_topic(device_id) and r.message(key).command_id == command.id
+        )
+        response = answer.message(key)
+        assert isinstance(response, CommandResponse)
+        return response
 
     async def wait_for(self, predicate: Any, *, within: float = 15.0, start: int = 0) -> Received:
         """The first message from index ``start`` on that satisfies ``predicate``."""

@@ -6,11 +6,9 @@ import pytest
 
 from amora_agent import BrokerEndpoint, DesiredSettings, SimulatedPlayer
 from amora_protocol import (
-    Codec,
     CommandStatus,
     DeviceState,
     SetVolume,
-    commands_topic,
     responses_topic,
     state_topic,
 )
@@ -49,17 +47,8 @@ async def test_primary_loss_moves_to_standby_and_back(broker_pair, live_device, 
         after = (await client.wait_for(newer, start=mark)).message(key)
         assert after.version > before.version
         # And commands reach it there.
-        command, payload = app.command(DEVICE, SetVolume(volume=33))
-        client.publish(
-            commands_topic(DEVICE),
-            payload,
-            content_type=Codec.MSGPACK.value,
-            correlation_data=command.id.encode(),
-        )
-        answer = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
-        )
-        assert answer.message(key).status is CommandStatus.SUCCEEDED
+        answer = await client.send(app, DEVICE, SetVolume(volume=33), key=key)
+        assert answer.status is CommandStatus.SUCCEEDED
 
         # The primary returns: the agent moves back to it.
         await asyncio.to_thread(primary.restart)
@@ -70,17 +59,8 @@ async def test_primary_loss_moves_to_standby_and_back(broker_pair, live_device, 
         app2, on_primary_client = live_app(primary, (DEVICE,))
         async with on_primary_client:
             await on_primary_client.subscribe(responses_topic(DEVICE))
-            command, payload = app2.command(DEVICE, SetVolume(volume=44))
-            on_primary_client.publish(
-                commands_topic(DEVICE),
-                payload,
-                content_type=Codec.MSGPACK.value,
-                correlation_data=command.id.encode(),
-            )
-            answer = await on_primary_client.wait_for(
-                lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
-            )
-            assert answer.message(key).status is CommandStatus.SUCCEEDED
+            answer = await on_primary_client.send(app2, DEVICE, SetVolume(volume=44), key=key)
+            assert answer.status is CommandStatus.SUCCEEDED
         assert player.snapshot_now().volume == 44
 
         # The device twin can move it: a broker list without the primary.

@@ -78,17 +78,8 @@ async def test_mpd_pause_and_command(broker, live_mpd, live_device, live_app) ->
             assert late_state.status is PlaybackStatus.PAUSE
 
         # A command from an authorised session changes MPD and succeeds.
-        command, payload = app.command(DEVICE, SetVolume(volume=30))
-        client.publish(
-            commands_topic(DEVICE),
-            payload,
-            content_type=Codec.MSGPACK.value,
-            correlation_data=command.id.encode(),
-        )
-        answer = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
-        )
-        assert answer.message(key).status is CommandStatus.SUCCEEDED
+        answer = await client.send(app, DEVICE, SetVolume(volume=30), key=key)
+        assert answer.status is CommandStatus.SUCCEEDED
         status = await asyncio.to_thread(mpd_do, live_mpd)
         assert status["volume"] == "30"
         await client.wait_for(state_where(key, lambda s: s.volume == 30))
@@ -111,17 +102,8 @@ async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) 
         await asyncio.to_thread(live_mpd.restart)
         await client.wait_for(state_where(key, lambda s: s.error is None), start=mark)
         # Commands work again on the new connection.
-        command, payload = app.command(DEVICE, SetVolume(volume=55))
-        client.publish(
-            commands_topic(DEVICE),
-            payload,
-            content_type=Codec.MSGPACK.value,
-            correlation_data=command.id.encode(),
-        )
-        answer = await client.wait_for(
-            lambda r: r.topic == responses_topic(DEVICE) and r.message(key).command_id == command.id
-        )
-        assert answer.message(key).status is CommandStatus.SUCCEEDED
+        answer = await client.send(app, DEVICE, SetVolume(volume=55), key=key)
+        assert answer.status is CommandStatus.SUCCEEDED
         assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"
 
 

@@ -9,6 +9,7 @@ not importable, and one job per module keeps each of them readable.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +72,23 @@ def sdk_pki(tmp_path: Path) -> DevPKI:
     return DevPKI.create(tmp_path / "pki")
 
 
+@contextlib.asynccontextmanager
+async def _devices_and_authz(pki: DevPKI, brokers: list[BrokerProcess], device_ids: list[str]) -> AsyncIterator[Stack]:
+    built = _build_stack(pki, brokers, device_ids)
+    try:
+        yield built
+    finally:
+        for device in built.devices.values():
+            await device.disconnect()
+        built.authz.stop()
+
+
 @pytest.fixture
 async def stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[Stack]:
     broker = start_broker(tmp_path / "broker", sdk_pki)
     try:
-        built = _build_stack(sdk_pki, [broker], ["player-1", "player-2"])
-        try:
+        async with _devices_and_authz(sdk_pki, [broker], ["player-1", "player-2"]) as built:
             yield built
-        finally:
-            for device in built.devices.values():
-                await device.disconnect()
-            built.authz.stop()
     finally:
         broker.close()
 
@@ -90,13 +97,8 @@ async def stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[Stack]:
 async def pair_stack(tmp_path: Path, sdk_pki: DevPKI) -> AsyncIterator[Stack]:
     primary, standby = start_broker_pair(tmp_path / "brokers", sdk_pki)
     try:
-        built = _build_stack(sdk_pki, [primary, standby], ["player-1"])
-        try:
+        async with _devices_and_authz(sdk_pki, [primary, standby], ["player-1"]) as built:
             yield built
-        finally:
-            for device in built.devices.values():
-                await device.disconnect()
-            built.authz.stop()
     finally:
         standby.close()
         primary.close()
