@@ -30,11 +30,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from amora_devtools._errors import MqttError, MqttRefused
+from amora_devtools._proc import ClosedOnExit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
-    from types import TracebackType
 
 __all__ = [
     "MAX_PENDING",
@@ -131,7 +131,7 @@ class _Events:
     messages: collections.deque[Message] = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING))
 
 
-class MqttClient:
+class MqttClient(ClosedOnExit):
     """A connected MQTT 5 session. Build it with `MqttClient.connect`.
 
     Use it as a context manager; leaving it sends DISCONNECT and closes the socket.
@@ -203,17 +203,8 @@ class MqttClient:
         self.session_present = session_present
         return self
 
-    def __enter__(self) -> Self:
-        """Return self."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Disconnect."""
+    def close(self) -> None:
+        """`disconnect` (what leaving a with-block does)."""
         self.disconnect()
 
     def _drive(self, done: Callable[[], bool], deadline: float, *, waiting_for: str) -> None:
