@@ -6,7 +6,7 @@ import base64
 import contextlib
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +124,15 @@ def _probe(
     password: str | None = None,
     client_id: str = "",
     websockets: bool = False,
+    session: Mapping[str, Any] | None = None,
 ) -> Iterator[Probe]:
-    """Connect a paho client; ``probe.connect_rc`` is the CONNACK reason (None: no CONNACK)."""
+    """Connect a paho client; ``probe.connect_rc`` is the CONNACK reason (None: no CONNACK).
+
+    ``session``: a session's ``broker`` object (``POST /v1/sessions``), whose ``username``,
+    ``password`` and ``client_id`` are then used.
+    """
+    if session is not None:
+        username, password, client_id = session["username"], session["password"], session["client_id"]
     client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5, transport="websockets" if websockets else "tcp")
     if websockets:
         client.ws_set_options(path="/mqtt")
@@ -180,7 +187,10 @@ def new_session() -> Any:
 
 @pytest.fixture
 def mqtt_probe() -> Any:
-    """``with mqtt_probe(port, ca_file, username=..., password=..., client_id=...) as p``: paho MQTT 5."""
+    """``with mqtt_probe(port, ca_file, username=..., password=..., client_id=...) as p``: paho MQTT 5.
+
+    ``session=`` a session's ``broker`` object instead of the three.
+    """
     return _probe
 
 

@@ -20,9 +20,7 @@ def test_user_reaches_exactly_their_devices(stack: Stack, new_session, mqtt_prob
     broker = stack.brokers[0]
     alice = new_session(stack, "alice")
     creds = alice["broker"]
-    with mqtt_probe(
-        broker.app_port, ca, username=creds["username"], password=creds["password"], client_id=creds["client_id"]
-    ) as p:
+    with mqtt_probe(broker.app_port, ca, session=creds) as p:
         assert p.connect_rc == 0
         # Own device: state readable (the retained state arrives).
         assert p.subscribe(state_topic("player-2"))[0] < REFUSED
@@ -42,13 +40,7 @@ def test_commands_to_other_users_devices_never_arrive(stack: Stack, new_session,
     creds = new_session(stack, "alice")["broker"]
     with (
         broker.admin_client() as admin,  # the admin account may read every topic
-        mqtt_probe(
-            broker.app_port,
-            stack.pki.ca_file,
-            username=creds["username"],
-            password=creds["password"],
-            client_id=creds["client_id"],
-        ) as p,
+        mqtt_probe(broker.app_port, stack.pki.ca_file, session=creds) as p,
     ):
         admin.subscribe("amora/devices/+/commands")
         assert p.connect_rc == 0
@@ -68,13 +60,7 @@ def test_user_without_devices_reaches_nothing(stack: Stack, new_session, mqtt_pr
     carol = new_session(stack, "carol")
     assert carol["devices"] == []
     creds = carol["broker"]
-    with mqtt_probe(
-        stack.brokers[0].app_port,
-        stack.pki.ca_file,
-        username=creds["username"],
-        password=creds["password"],
-        client_id=creds["client_id"],
-    ) as p:
+    with mqtt_probe(stack.brokers[0].app_port, stack.pki.ca_file, session=creds) as p:
         assert p.connect_rc == 0
         for device in ("player-1", "player-2", "player-3"):
             assert p.subscribe(state_topic(device))[0] >= REFUSED
@@ -157,13 +143,7 @@ def test_logged_out_credential_is_refused(stack: Stack, new_session, mqtt_probe)
         timeout=10,
     )
     assert response.status_code == 204
-    with mqtt_probe(
-        stack.brokers[0].app_port,
-        stack.pki.ca_file,
-        username=creds["username"],
-        password=creds["password"],
-        client_id=creds["client_id"],
-    ) as p:
+    with mqtt_probe(stack.brokers[0].app_port, stack.pki.ca_file, session=creds) as p:
         assert p.connect_rc is None or p.connect_rc >= REFUSED
 
 

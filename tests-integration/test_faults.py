@@ -252,13 +252,7 @@ async def test_a_slow_consumer_holds_nobody_back_and_ends_on_the_latest_state(
 ) -> None:
     assert stack.pki is not None
     session = new_session(stack, "alice")["broker"]
-    probe_ctx = mqtt_probe(
-        stack.brokers[0].app_port,
-        stack.pki.ca_file,
-        username=session["username"],
-        password=session["password"],
-        client_id=session["client_id"],
-    )
+    probe_ctx = mqtt_probe(stack.brokers[0].app_port, stack.pki.ca_file, session=session)
     async with ProtocolApp(stack, "alice", [SIM]) as app:
         await _healthy(stack, app)
         with probe_ctx as slow:

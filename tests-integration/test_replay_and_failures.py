@@ -42,13 +42,7 @@ async def test_captured_command_replayed_has_no_second_effect(stack: Stack, sdk_
     other = new_session(stack, "alice")["broker"]  # an attacker with alice's broker access
     with (
         broker.admin_client() as admin,
-        mqtt_probe(
-            broker.app_port,
-            stack.pki.ca_file,
-            username=other["username"],
-            password=other["password"],
-            client_id=other["client_id"],
-        ) as replayer,
+        mqtt_probe(broker.app_port, stack.pki.ca_file, session=other) as replayer,
     ):
         admin.subscribe(commands_topic(device))
         assert replayer.subscribe(responses_topic(device))[0] < 0x80

@@ -89,13 +89,7 @@ def attacker(security_stack: Stack) -> Attacker:
 def probe(security_stack: Stack, attacker: Attacker, mqtt_probe: Any) -> Iterator[Any]:
     creds = attacker.session["broker"]
     assert security_stack.pki is not None
-    with mqtt_probe(
-        security_stack.brokers[0].app_port,
-        security_stack.pki.ca_file,
-        username=creds["username"],
-        password=creds["password"],
-        client_id=creds["client_id"],
-    ) as p:
+    with mqtt_probe(security_stack.brokers[0].app_port, security_stack.pki.ca_file, session=creds) as p:
         assert p.connect_rc == 0
         assert p.subscribe(responses_topic(DEVICE))[0] < 0x80
         yield p

@@ -7,12 +7,12 @@ installed gmqtt no longer matches what they were written for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 
 import pytest
+from sdk_waits import stopped
 
 from amora_devtools.broker import dynsec
 from amora_sync._mqtt import TESTED_GMQTT, MqttLink, _abort_transport, gmqtt_version
@@ -129,12 +129,3 @@ async def test_publishes_lost_with_a_broker_session_do_not_use_up_packet_ids(pai
         assert await link.probe(limit=WAIT)
         await link.close()
     assert 0 < sent < 30  # the window had filled up
-
-
-@contextlib.contextmanager
-def stopped(broker):
-    os.kill(broker.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)

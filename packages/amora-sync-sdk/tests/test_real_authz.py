@@ -7,21 +7,14 @@ import sys
 
 import httpx
 import pytest
+from sdk_waits import next_state
 
 from amora_devtools.stack import dev_mode_fields
-from amora_sync import CommandStatus, ConnectionState, DeviceState, Pause, RateLimitedError, UnknownDeviceError
+from amora_sync import CommandStatus, ConnectionState, Pause, RateLimitedError, UnknownDeviceError
 
 pytestmark = pytest.mark.services
 
 WAIT = 15.0
-
-
-async def next_state(events, *, version: int, device_id: str = "player-1") -> DeviceState:
-    async with asyncio.timeout(WAIT):
-        async for event in events:
-            if isinstance(event, DeviceState) and event.device_id == device_id and event.version >= version:
-                return event
-    raise AssertionError("the watch ended")
 
 
 async def test_session_from_the_real_service_watches_and_commands(real_stack):
@@ -30,13 +23,13 @@ async def test_session_from_the_real_service_watches_and_commands(real_stack):
     first = device.publish_state()
     async with real_stack.client("alice") as client, client.watch() as events:
         assert [d.device_id for d in client.devices] == ["player-1"]
-        assert await next_state(events, version=first.version) == first
+        assert await next_state(events, version=first.version, device_id="player-1") == first
         # The device verifies the real service's grant before it executes anything.
         response = await client.command("player-1", Pause())
         assert response.status is CommandStatus.SUCCEEDED
         assert device.commands[-1].action == Pause()
         second = device.publish_state()
-        assert await next_state(events, version=second.version) == second
+        assert await next_state(events, version=second.version, device_id="player-1") == second
         assert client.stats.invalid == 0
 
 
@@ -52,7 +45,7 @@ async def test_logout_elsewhere_is_survived_with_a_new_session(real_stack):
     await device.connect(real_stack.broker)
     async with real_stack.client("alice") as client, client.watch("player-1") as events:
         first = device.publish_state()
-        await next_state(events, version=first.version)
+        await next_state(events, version=first.version, device_id="player-1")
         old = client.session_id
         token = await real_stack.token("alice")
         async with httpx.AsyncClient(base_url=real_stack.url, timeout=10) as http:
@@ -63,7 +56,7 @@ async def test_logout_elsewhere_is_survived_with_a_new_session(real_stack):
                 if info.state is ConnectionState.CONNECTED and client.session_id != old:
                     break
         second = device.publish_state()
-        assert await next_state(events, version=second.version) == second
+        assert await next_state(events, version=second.version, device_id="player-1") == second
         assert (await client.command("player-1", Pause())).status is CommandStatus.SUCCEEDED
 
 

@@ -6,13 +6,11 @@ that say what a device could not do: hung broker, failover, failback, resent com
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 
 import pytest
+from sdk_waits import next_state, stopped
 
-from amora_protocol import CommandStatus, DeviceState, Pause, Ping, RejectReason, SetVolume
+from amora_protocol import CommandStatus, Pause, Ping, RejectReason, SetVolume
 from amora_sync import (
     AmoraClient,
     ClockSkewError,
@@ -49,24 +47,6 @@ async def wait_connected_to(client, port: int) -> list[str]:
             if info.state is ConnectionState.CONNECTED and info.endpoint.port == port:
                 return errors
     raise AssertionError("the client closed")
-
-
-async def next_state(events, *, version: int) -> DeviceState:
-    async with asyncio.timeout(WAIT):
-        async for event in events:
-            if isinstance(event, DeviceState) and event.version >= version:
-                return event
-    raise AssertionError("the watch ended")
-
-
-@contextlib.contextmanager
-def stopped(broker):
-    """SIGSTOP the broker (hung: its sockets stay open, nothing answers) until the block ends."""
-    os.kill(broker.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
 
 
 async def test_a_hung_primary_is_left_for_the_standby_and_the_client_fails_back(pair_stack):

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from sdk_waits import next_state
 
 from amora_devtools import MqttClient, client_ssl_context
 from amora_devtools.broker import dynsec
@@ -32,14 +33,6 @@ from amora_sync import (
 pytestmark = pytest.mark.services
 
 WAIT = 15.0
-
-
-async def next_state(events, *, version: int) -> DeviceState:
-    async with asyncio.timeout(WAIT):
-        async for event in events:
-            if isinstance(event, DeviceState) and event.version >= version:
-                return event
-    raise AssertionError("the watch ended")
 
 
 async def wait_for_state(client, *, endpoint_port: int | None = None, state=ConnectionState.CONNECTED):
