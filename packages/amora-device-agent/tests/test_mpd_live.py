@@ -9,6 +9,7 @@ import pytest
 
 from amora_agent import MpdPlayer
 from amora_protocol import (
+    Action,
     Codec,
     CommandStatus,
     DeviceState,
@@ -105,6 +106,37 @@ async def test_mpd_restart_is_survived(broker, live_mpd, live_device, live_app) 
         answer = await client.send(app, DEVICE, SetVolume(volume=55), key=key)
         assert answer.status is CommandStatus.SUCCEEDED
         assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "55"
+
+
+async def test_a_command_sent_while_mpd_is_away_waits_for_its_return(broker, live_mpd, live_device, live_app) -> None:
+    # A burst of commands right after the agent (or MPD) restarts must not fail one by one
+    # while the connection is being made again: each waits, bounded by the call timeout.
+    device = live_device(broker)
+    key = device.signing_key.public_key
+    app, client = live_app(broker, (DEVICE,))
+    entered = asyncio.Event()
+
+    class Observed(MpdPlayer):
+        async def execute(self, action: Action) -> None:
+            entered.set()
+            await super().execute(action)
+
+    player = Observed(live_mpd.host, live_mpd.port, call_timeout_s=60)
+    async with device.agent(player) as agent, client:
+        await asyncio.wait_for(agent.wait_online(), 15)
+        await client.subscribe(state_topic(DEVICE), responses_topic(DEVICE))
+        await client.wait_for(state_where(key, lambda s: s.error is None))
+        mark = len(client.messages)
+        await asyncio.to_thread(live_mpd.kill)
+        # The state says so at once (state reads do not wait) ...
+        await client.wait_for(state_where(key, lambda s: s.error is not None), start=mark)
+        # ... while a command sent now waits for MPD instead of failing.
+        pending = asyncio.create_task(client.send(app, DEVICE, SetVolume(volume=44), key=key))
+        await asyncio.wait_for(entered.wait(), 15)  # the agent is running it, MPD is away
+        await asyncio.to_thread(live_mpd.restart)
+        answer = await pending
+        assert answer.status is CommandStatus.SUCCEEDED, answer
+        assert (await asyncio.to_thread(mpd_do, live_mpd))["volume"] == "44"
 
 
 async def test_a_stalled_mpd_fails_the_command_and_is_reconnected(broker, live_mpd, live_device, live_app) -> None:

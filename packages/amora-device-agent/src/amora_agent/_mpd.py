@@ -139,6 +139,9 @@ class MpdPlayer:
         self._backoff = backoff or Backoff(initial=0.1, maximum=5.0)
         self._log = logger if logger is not None else structlog.get_logger("amora_agent.mpd")
         self._commands: MPDClient | None = None
+        # Set while both connections are up: a command that finds MPD reconnecting (at start,
+        # or after a stall dropped the connections) waits for it rather than failing at once.
+        self._connected = asyncio.Event()
         self._version: str | None = None
 
     @property
@@ -164,6 +167,7 @@ class MpdPlayer:
                 idle = await self._open(idle_only=True)
                 commands = await self._open()
                 self._idle, self._commands = idle, commands
+                self._connected.set()
                 self._version = str(commands.mpd_version)
                 self._log.info("mpd connected", mpd=f"{self._host}:{self._port}", version=self._version)
                 self._backoff.reset()
@@ -173,6 +177,7 @@ class MpdPlayer:
             except (OSError, MPDError, TimeoutError) as exc:
                 self._log.warning("mpd connection lost", error=str(exc) or type(exc).__name__)
             finally:
+                self._connected.clear()
                 self._idle = self._commands = None
                 for client in (idle, commands):
                     if client is not None:
@@ -184,6 +189,7 @@ class MpdPlayer:
 
     def _stalled(self) -> PlayerUnavailable:
         """Drop both connections (`run` reconnects) and say why."""
+        self._connected.clear()
         for client in (self._idle, self._commands):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -191,10 +197,22 @@ class MpdPlayer:
         self._log.warning("mpd stalled; reconnecting", timeout_s=self._call_timeout)
         return PlayerUnavailable(f"MPD did not answer within {self._call_timeout} s")
 
-    def _client(self) -> MPDClient:
-        if self._commands is None:
+    async def _client(self, *, wait: bool) -> MPDClient:
+        """The command connection; with ``wait``, up to the call timeout while MPD (re)connects.
+
+        Commands wait (a reconnect takes milliseconds; failing a burst of them for it would
+        not be honest); state reads do not, so a player that is away shows at once.
+        """
+        if wait and not self._connected.is_set():
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise PlayerUnavailable(f"MPD is not connected (waited {self._call_timeout} s)") from None
+        commands = self._commands
+        if commands is None or not self._connected.is_set():  # lost again meanwhile
             raise PlayerUnavailable("MPD is not connected")
-        return self._commands
+        return commands
 
     async def snapshot(self) -> PlayerSnapshot:
         """Read ``status`` and ``currentsong``.
@@ -202,7 +220,7 @@ class MpdPlayer:
         Raises:
             PlayerUnavailable: MPD is not connected or the connection dropped.
         """
-        client = self._client()
+        client = await self._client(wait=False)
         try:
             async with asyncio.timeout(self._call_timeout):
                 status = await client.status()
@@ -221,7 +239,7 @@ class MpdPlayer:
             PlayerError: MPD refused it (e.g. no such queue position).
             PlayerUnavailable: MPD is not connected.
         """
-        client = self._client()
+        client = await self._client(wait=True)
         try:
             async with asyncio.timeout(self._call_timeout):
                 await self._execute(client, action)
