@@ -49,8 +49,10 @@ from amora_authz._errors import (
     RateLimitedError,
 )
 from amora_authz._jwt import Claims
+from amora_authz._requests import RequestTelemetry
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
+from amora_authz._telemetry import METRICS_CONTENT_TYPE
 from amora_authz._validation import field_errors
 from amora_protocol import (
     BrokerCredential,
@@ -362,11 +364,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({"status": "ready", "brokers": brokers})
 
 
-@get("/metrics", tags=["operations"], media_type=MediaType.TEXT)
-async def metrics(request: Request[Any, Any, Any]) -> str:
-    """Prometheus text metrics."""
-    runtime = _runtime(request)
-    return runtime.metrics.render(runtime.gauges())
+@get("/metrics", tags=["operations"], media_type=METRICS_CONTENT_TYPE)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text metrics (written by the OpenTelemetry Prometheus exporter)."""
+    return Response(_runtime(request).telemetry.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 # -- development issuer -----------------------------------------------------------------
@@ -412,8 +413,23 @@ def _error(status: int, code: str, message: str, **headers: str) -> Response[Err
     return Response(ErrorBody(code=code, message=message), status_code=status, headers=headers)
 
 
+_SESSION_ROUTES: Final = {
+    ("POST", "/v1/sessions"): "create",
+    ("POST", "/v1/sessions/{session_id:str}/refresh"): "refresh",
+}
+
+
+def _count_refusal(request: Request[Any, Any, Any], reason: str) -> None:
+    """Count a refused session creation or refresh, by the error code answered."""
+    operation = _SESSION_ROUTES.get((request.method, request.scope.get("path_template", "")))
+    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
+    if operation is not None and runtime is not None:
+        runtime.metrics.inc("amora_authz_sessions_refused_total", operation=operation, reason=reason)
+
+
 def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[ErrorBody]:
     runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
+    _count_refusal(request, exc.code)
     if runtime is not None and isinstance(exc, ChangePendingError):
         # Expected while a broker is down (readiness already says so): not an error per request.
         runtime.log.warning("request.change_pending", path=request.url.path, brokers=list(exc.brokers))
@@ -431,7 +447,8 @@ def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[E
     )
 
 
-def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    _count_refusal(request, InvalidInputError.default_code)
     errors = field_errors(exc.extra)
     reasons = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
     body = ErrorBody(code=InvalidInputError.default_code, message=f"invalid request: {reasons}", errors=errors or None)
@@ -442,12 +459,14 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is not None:
         runtime.log.error("request.crashed", path=request.url.path, error=repr(exc), exc_info=exc)
+    _count_refusal(request, AuthzError.default_code)
     return _error(500, AuthzError.default_code, "internal error")
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == 400:
         # Litestar's answer to a body that is not JSON at all: invalid input like any other.
+        _count_refusal(request, InvalidInputError.default_code)
         return _error(422, InvalidInputError.default_code, f"invalid request: {exc.detail}")
     codes = {
         401: "invalid_token",
@@ -456,7 +475,9 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
         405: "method_not_allowed",
         413: "payload_too_large",
     }
-    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail)
+    code = codes.get(exc.status_code, "http_error")
+    _count_refusal(request, code)
+    return _error(exc.status_code, code, exc.detail)
 
 
 _EXCEPTION_HANDLERS: dict[Any, Any] = {
@@ -541,7 +562,7 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
         lifespan=[_lifespan(settings, runtime)],
         before_request=_refuse_deep_bodies,
         exception_handlers=_EXCEPTION_HANDLERS,
-        middleware=[AccessLog] if settings.access_log else [],
+        middleware=[RequestTelemetry, AccessLog] if settings.access_log else [RequestTelemetry],
         # Requests are small JSON documents (the largest is a CSR).
         request_max_body_size=64 * 1024,
         openapi_config=None if separate_ops else _openapi_config(),
@@ -579,6 +600,7 @@ def create_ops_app(settings: Settings, *, runtime: AuthzRuntime) -> Litestar:
 
     return Litestar(
         route_handlers=[healthz, readyz, metrics, openapi_document],
+        middleware=[RequestTelemetry],
         lifespan=[_lifespan(settings, runtime)],
         exception_handlers=_EXCEPTION_HANDLERS,
         request_max_body_size=1024,

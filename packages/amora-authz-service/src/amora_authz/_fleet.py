@@ -129,6 +129,7 @@ class BrokerFleet:
         logger: structlog.typing.FilteringBoundLogger,
         clock_ms: Callable[[], int] = now_ms,
         timeout_s: float = 10.0,
+        on_pass: Callable[..., None] | None = None,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
 
@@ -139,11 +140,14 @@ class BrokerFleet:
             logger: structured logger.
             clock_ms: wall clock in ms (session expiry).
             timeout_s: dynsec response timeout.
+            on_pass: called after each pass on a broker as ``on_pass(name, full=, ok=)``
+                (metrics).
         """
         self._store = store
         self._password_for = password_for
         self._log = logger
         self._clock_ms = clock_ms
+        self._on_pass = on_pass
         self.clients = [DynsecClient(e, logger=logger, timeout_s=timeout_s) for e in endpoints]
         self.status = {e.name: BrokerStatus(name=e.name) for e in endpoints}
         # Reconcile passes on one broker must not interleave: a scoped pass racing a
@@ -344,6 +348,8 @@ class BrokerFleet:
         try:
             count, foreign = await self._reconcile(client, scope)
         except AuthzError as exc:
+            if self._on_pass is not None:
+                self._on_pass(name, full=scope is None, ok=False)
             status.reachable = False
             status.last_error = exc.message
             if scope is None:
@@ -356,6 +362,8 @@ class BrokerFleet:
         status.reachable = True
         status.last_error = None
         status.commands_applied += count
+        if self._on_pass is not None:
+            self._on_pass(name, full=scope is None, ok=True)
         taken = _foreign_scope(foreign)
         if scope is None:
             status.last_full_reconcile_ms = self._clock_ms()

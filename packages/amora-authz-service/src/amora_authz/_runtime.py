@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import secrets
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Self
 
@@ -30,6 +29,7 @@ from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, SessionListPublisher
 from amora_authz._store import Store, open_store
+from amora_authz._telemetry import Metrics, Telemetry
 from amora_protocol import ProtocolError, SigningKey
 
 if TYPE_CHECKING:
@@ -39,36 +39,7 @@ if TYPE_CHECKING:
     from amora_authz._config import Settings
     from amora_authz._store import Certificate
 
-__all__ = ["AuthzRuntime", "Metrics", "TokenValidators", "load_signing_keys"]
-
-
-class Metrics:
-    """Counters exposed in the Prometheus text format at ``/metrics``."""
-
-    def __init__(self) -> None:
-        """Start every counter at zero."""
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-
-    def inc(self, name: str, **labels: str) -> None:
-        """Add one to a counter."""
-        self.counters[name, tuple(sorted(labels.items()))] += 1
-
-    def render(self, gauges: dict[str, list[tuple[dict[str, str], float]]]) -> str:
-        """Render counters and the given gauges."""
-        lines: list[str] = []
-
-        def fmt(name: str, labels: dict[str, str] | tuple[tuple[str, str], ...], v: float) -> str:
-            items = labels.items() if isinstance(labels, dict) else labels
-            inner = ",".join(f'{k}="{val}"' for k, val in items)
-            return f"{name}{{{inner}}} {v}" if inner else f"{name} {v}"
-
-        for name in sorted({n for n, _ in self.counters}):
-            lines.append(f"# TYPE {name} counter")
-            lines.extend(fmt(name, labels, float(v)) for (n, labels), v in sorted(self.counters.items()) if n == name)
-        for name, samples in sorted(gauges.items()):
-            lines.append(f"# TYPE {name} gauge")
-            lines.extend(fmt(name, labels, value) for labels, value in samples)
-        return "\n".join(lines) + "\n"
+__all__ = ["AuthzRuntime", "TokenValidators", "load_signing_keys"]
 
 
 class TokenValidators:
@@ -155,6 +126,7 @@ class AuthzRuntime:
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_crl_written: Callable[[Sequence[Certificate]], None] | None = None,
         background: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """Prepare (nothing is opened until ``async with``).
 
@@ -163,10 +135,14 @@ class AuthzRuntime:
             logger: structured logger (the global structlog logger when None).
             on_crl_written: called with the revoked certificates after each CRL rewrite.
             background: run the periodic loops (tests may drive passes themselves).
+            telemetry: metrics and traces (by default chosen from the environment, see
+                :mod:`amora_authz._telemetry`); the runtime shuts down only one it made.
         """
         self.settings = settings
         self.log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger("amora_authz")
-        self.metrics = Metrics()
+        self._own_telemetry = telemetry is None
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self.metrics: Metrics = self.telemetry.metrics
         self.limits = RateLimiter(settings.rate_limits)
         self._on_crl_written = on_crl_written
         self._background = background
@@ -245,8 +221,10 @@ class AuthzRuntime:
             self.store,
             password_for=functools.partial(session_password, secret),
             logger=self.log,
+            on_pass=self._count_pass,
         )
         self._stack.push_async_callback(fleet.close)
+        self.telemetry.watch_fleet(fleet.status.values)
         session_lists = SessionListPublisher(
             settings.brokers,
             self.store,
@@ -270,6 +248,7 @@ class AuthzRuntime:
             on_crl_written=self._on_crl_written,
             retry_after_s=max(1, round(settings.broker_retry_interval_s)),
             session_lists=session_lists,
+            on_sessions_expired=lambda count: self.metrics.inc("amora_authz_sessions_expired_total", count),
         )
         await self.service.write_crl()
         await self.service.reconcile()
@@ -285,6 +264,12 @@ class AuthzRuntime:
             brokers=[b.name for b in settings.brokers],
             issuers=list(self.validators._by_issuer),  # noqa: SLF001 - own class
         )
+
+    def _count_pass(self, broker: str, *, full: bool, ok: bool) -> None:
+        kind = "full" if full else "scoped"
+        self.metrics.inc("amora_authz_broker_reconcile_passes_total", broker=broker, kind=kind, ok=ok)
+        if not ok:
+            self.metrics.inc("amora_authz_broker_failures_total", broker=broker)
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until stopped; return whether to go on."""
@@ -322,19 +307,6 @@ class AuthzRuntime:
         """The endpoints handed to apps, primary first."""
         return [e for b in self.settings.brokers for e in b.client_endpoints]
 
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """Broker gauges for ``/metrics``."""
-        status = self.service.fleet.status.values()
-        return {
-            "amora_authz_broker_reachable": [({"broker": s.name}, float(s.reachable)) for s in status],
-            "amora_authz_broker_persisting": [
-                ({"broker": s.name}, float(s.persisting)) for s in status if s.persisting is not None
-            ],
-            "amora_authz_broker_commands_total": [({"broker": s.name}, float(s.commands_applied)) for s in status],
-            "amora_authz_broker_behind": [({"broker": s.name}, float(s.behind)) for s in status],
-            "amora_authz_broker_pending_names": [({"broker": s.name}, float(s.pending_names)) for s in status],
-        }
-
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -343,5 +315,9 @@ class AuthzRuntime:
     ) -> None:
         """Stop the loops and close every connection."""
         self._stop.set()
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            if self._own_telemetry:
+                self.telemetry.shutdown()
         self.log.info("authz.stopped")

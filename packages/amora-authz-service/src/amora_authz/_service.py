@@ -121,6 +121,7 @@ class AuthzService:
         clock_ms: Callable[[], int] = now_ms,
         retry_after_s: int = 1,
         session_lists: SessionListPublisher | None = None,
+        on_sessions_expired: Callable[[int], None] | None = None,
     ) -> None:
         """Wire the service.
 
@@ -145,6 +146,8 @@ class AuthzService:
                 fleet's retry interval).
             session_lists: publishes each device's signed session list after every change
                 (revocation that reaches the device); None publishes nothing.
+            on_sessions_expired: called with the number of sessions each expiry sweep
+                removed (metrics).
 
         Raises:
             ConfigError: no signing key, or a short session secret.
@@ -168,6 +171,7 @@ class AuthzService:
         self._clock_ms = clock_ms
         self._pending = PendingChanges(fleet, retry_after_s=retry_after_s)
         self.session_lists = session_lists
+        self._on_sessions_expired = on_sessions_expired
 
     # -- helpers -------------------------------------------------------------------
 
@@ -333,6 +337,8 @@ class AuthzService:
             # next full pass (which no longer runs every interval: docs/decisions/0012).
             await self._sessions_changed(users=sorted(set(expired.values())))
             self._log.info("session.expired", count=len(expired), sessions=sorted(expired)[:20])
+            if self._on_sessions_expired is not None:
+                self._on_sessions_expired(len(expired))
         return sorted(expired)
 
     # -- devices -------------------------------------------------------------------

@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import msgspec
 import structlog
+from opentelemetry import trace
 
 from amora_agent._admission import RefusalBudget, SessionGate
 from amora_agent._agent_commands import CommandHandling, claimed_sender
@@ -20,6 +22,7 @@ from amora_agent._config import BrokerEndpoint, parse_verify_key
 from amora_agent._errors import ConfigError, PlayerUnavailable, StateDirError
 from amora_agent._mqtt import InboundMessage, MqttLink, Will
 from amora_agent._persist import VersionCounter
+from amora_agent._telemetry import AgentTelemetry
 from amora_protocol import (
     Backoff,
     Codec,
@@ -139,6 +142,7 @@ class Agent(CommandHandling):
         display_name: A human name, reported to the management plane.
         options: Tuning knobs.
         logger: A structlog logger; the agent binds its device id.
+        telemetry: Instruments and tracer (default: on the process's global providers).
     """
 
     def __init__(  # noqa: PLR0913 - all but the essentials are keyword-only
@@ -156,6 +160,7 @@ class Agent(CommandHandling):
         display_name: str | None = None,
         options: AgentOptions | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        telemetry: AgentTelemetry | None = None,
     ) -> None:
         """Open the state directory; nothing connects before `run`."""
         self.device_id = validate_device_id(device_id)
@@ -210,6 +215,10 @@ class Agent(CommandHandling):
         self._stop = asyncio.Event()
         self._commands: asyncio.Queue[InboundMessage] = asyncio.Queue(opts.command_queue)
         self._usage: Counter[str] = Counter()
+        self._telemetry = telemetry if telemetry is not None else AgentTelemetry()
+        self._disconnected_at: float | None = None
+        # The span context of the last command run: the next state published is its effect.
+        self._state_cause: trace.SpanContext | None = None
         self._link = MqttLink(
             client_id=device_id,
             endpoints=endpoints,
@@ -372,8 +381,14 @@ class Agent(CommandHandling):
 
     def _on_connected(self, endpoint: BrokerEndpoint) -> None:
         self._usage["connections"] += 1
+        telemetry = self._telemetry
+        telemetry.mqtt_connected.add(1)
         if self._link.connections > 1:
             self._usage["reconnects"] += 1
+            telemetry.mqtt_reconnects.add(1)
+        if self._disconnected_at is not None:
+            telemetry.mqtt_disconnected.add(time.monotonic() - self._disconnected_at)
+            self._disconnected_at = None
         self._publish_connection(online=True)
         self._dirty.set()  # a fresh state follows the online status
         self._online.set()
@@ -381,6 +396,8 @@ class Agent(CommandHandling):
         self._log.info("online", broker=str(endpoint))
 
     def _on_disconnected(self, endpoint: BrokerEndpoint) -> None:
+        self._telemetry.mqtt_connected.add(-1)
+        self._disconnected_at = time.monotonic()
         self._online.clear()
         self._notify_connection()
         self._log.info("offline", broker=str(endpoint))
@@ -411,6 +428,7 @@ class Agent(CommandHandling):
             self._log.warning("command queue full; answered busy", qos=message.qos)
             if not self._refusals.take(claimed_sender(message)):
                 self._usage["commands_unanswered"] += 1
+                self._telemetry.answered("unanswered", RejectReason.BUSY.value)
                 return
             response = CommandResponse(
                 command_id=unauthenticated_id(message.payload),
@@ -511,14 +529,33 @@ class Agent(CommandHandling):
                 previous is None or previous.status is not PlaybackStatus.PLAY or previous.song != state.song
             ):
                 self._usage["plays"] += 1
-            topic = self._topics["state"]
-            self._link.publish(
-                topic,
-                self._encode(topic, state),
-                qos=1,
-                retain=True,
-                content_type=self._options.codec.value,
+            self._publish_state(state)
+
+    def _publish_state(self, state: DeviceState) -> None:
+        topic = self._topics["state"]
+        cause, self._state_cause = self._state_cause, None
+        if cause is None:
+            published = self._link.publish(
+                topic, self._encode(topic, state), qos=1, retain=True, content_type=self._options.codec.value
             )
+        else:
+            # The command that caused this state is the parent: its trace ends with the state.
+            with self._telemetry.tracer.start_as_current_span(
+                "amora.state publish",
+                context=trace.set_span_in_context(trace.NonRecordingSpan(cause)),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.destination.name": topic, "amora.state.version": state.version},
+            ):
+                published = self._link.publish(
+                    topic,
+                    self._encode(topic, state),
+                    qos=1,
+                    retain=True,
+                    content_type=self._options.codec.value,
+                    user_properties=self._telemetry.inject(),
+                )
+        if published:
+            self._telemetry.states_published.add(1)
 
     # -- management -------------------------------------------------------------------------
 

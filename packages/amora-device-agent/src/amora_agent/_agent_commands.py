@@ -6,11 +6,15 @@ kept apart so the agent module holds the lifecycle and the state side.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
+from opentelemetry import trace
 
 from amora_agent._errors import PlayerError, StateDirError
+from amora_agent._telemetry import AgentTelemetry
 from amora_protocol import (
     BadSignature,
     ClockSkew,
@@ -59,6 +63,10 @@ def _reject_reason(exc: ProtocolError) -> RejectReason:
     return RejectReason.INVALID
 
 
+def _status(response: CommandResponse) -> str:
+    return response.status.value
+
+
 def claimed_sender(message: InboundMessage) -> str:
     """The sender an unauthenticated envelope names (only a claim: a refusal budget key)."""
     try:
@@ -88,39 +96,81 @@ class CommandHandling:
     _refusals: RefusalBudget
     _sessions: SessionGate
     _encode: Callable[[str, Message], bytes]
+    _telemetry: AgentTelemetry
+    _state_cause: trace.SpanContext | None
 
     async def _serve_commands(self) -> None:
+        telemetry = self._telemetry
         while True:
             message = await self._commands.get()
             # Queued commands can arrive right after CONNACK, before the link is usable for
             # the answer: hold them until the connection is fully up.
             await self._online.wait()
-            try:
-                response = await self._handle_command(message)
-            except Exception as exc:  # noqa: BLE001 - one bad command must never end the agent
-                self._log.exception("command handling failed")
-                self._usage["errors"] += 1
-                response = CommandResponse(
-                    command_id=unauthenticated_id(message.payload),
-                    device_id=self.device_id,
-                    status=CommandStatus.FAILED,
-                    at_ms=now_ms(),
-                    message=f"internal error: {type(exc).__name__}",
-                )
-            if response is not None:
-                self._respond(response)
+            started = time.perf_counter()
+            if not telemetry.tracing:
+                self._answered(await self._handle_safely(message), started)
+                continue
+            with telemetry.tracer.start_as_current_span(
+                "amora.command process",
+                context=AgentTelemetry.extract(message.user_properties),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.destination.name": message.topic, "amora.device_id": self.device_id},
+            ) as span:
+                response = await self._handle_safely(message)
+                if response is not None:
+                    span.set_attributes(
+                        {"amora.command.id": response.command_id, "amora.command.outcome": _status(response)}
+                    )
+                    if response.status in {CommandStatus.FAILED, CommandStatus.REJECTED}:
+                        why = response.reason.value if response.reason is not None else response.message
+                        span.set_status(trace.StatusCode.ERROR, why)
+                self._answered(response, started)
+
+    async def _handle_safely(self, message: InboundMessage) -> CommandResponse | None:
+        try:
+            return await self._handle_command(message)
+        except Exception as exc:  # noqa: BLE001 - one bad command must never end the agent
+            self._log.exception("command handling failed")
+            self._usage["errors"] += 1
+            return CommandResponse(
+                command_id=unauthenticated_id(message.payload),
+                device_id=self.device_id,
+                status=CommandStatus.FAILED,
+                at_ms=now_ms(),
+                message=f"internal error: {type(exc).__name__}",
+            )
+
+    def _answered(self, response: CommandResponse | None, started: float) -> None:
+        if response is None:
+            return  # refused without an answer: counted where it was refused
+        self._respond(response)
+        self._telemetry.command_duration.record(time.perf_counter() - started, {"outcome": _status(response)})
 
     def _respond(self, response: CommandResponse) -> None:
         # The correlation data is the answered id, never the inbound property: that one is
         # not covered by any signature, and echoing it would reflect a stranger's bytes.
+        telemetry = self._telemetry
+        telemetry.answered(_status(response), response.reason.value if response.reason else None)
         topic = self._topics["responses"]
-        self._link.publish(
-            topic,
-            self._encode(topic, response),
-            qos=1,
-            content_type=self._options.codec.value,
-            correlation_data=response.command_id.encode(),
+        traced = telemetry.tracing and trace.get_current_span().get_span_context().is_valid
+        span = (
+            telemetry.tracer.start_as_current_span(
+                "amora.command respond",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.destination.name": topic, "amora.command.id": response.command_id},
+            )
+            if traced
+            else contextlib.nullcontext()
         )
+        with span:
+            self._link.publish(
+                topic,
+                self._encode(topic, response),
+                qos=1,
+                content_type=self._options.codec.value,
+                correlation_data=response.command_id.encode(),
+                user_properties=telemetry.inject() if traced else None,
+            )
 
     def _answer(
         self,
@@ -184,6 +234,7 @@ class CommandHandling:
         """
         if not self._refusals.take(claimed_sender(message)):
             self._usage["commands_unanswered"] += 1
+            self._telemetry.answered("unanswered", _reject_reason(exc).value)
             self._log.debug("unauthenticated command refused without an answer", error=type(exc).__name__)
             return None
         return self._answer(
@@ -296,11 +347,24 @@ class CommandHandling:
             )
         self._usage["commands"] += 1
         try:
-            await self._player.execute(action)
+            if self._telemetry.tracing:
+                await self._execute_traced(action)
+            else:
+                await self._player.execute(action)
         except PlayerError as exc:
             self._usage["errors"] += 1
+            self._state_cause = None
             return self._answer(command_id, CommandStatus.FAILED, message=str(exc))
         return self._answer(command_id, CommandStatus.SUCCEEDED)
+
+    async def _execute_traced(self, action: Action) -> None:
+        with self._telemetry.tracer.start_as_current_span(
+            "mpd execute", kind=trace.SpanKind.CLIENT, attributes={"amora.action": type(action).__name__}
+        ) as span:
+            # Set before the call: the player's change event may publish the state before
+            # `execute` returns.
+            self._state_cause = span.get_span_context()
+            await self._player.execute(action)
 
     @property
     def clock_offset_ms(self) -> int | None:

@@ -11,6 +11,7 @@ from amora_agent._errors import ConfigError
 from amora_agent._iothub import IoTHubPlane
 from amora_agent._mpd import MpdPlayer
 from amora_agent._sim import SimulatedPlayer
+from amora_agent._telemetry import AgentTelemetry
 
 if TYPE_CHECKING:
     import structlog
@@ -52,6 +53,7 @@ def agent_from_config(
     *,
     player: Player | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
+    telemetry: AgentTelemetry | None = None,
 ) -> Agent:
     """Build the agent (and its player and management plane) that ``config`` describes.
 
@@ -59,11 +61,13 @@ def agent_from_config(
         config: The loaded configuration.
         player: Use this player instead of the configured one.
         logger: A structlog logger.
+        telemetry: Instruments and tracer (default: on the process's global providers).
 
     Raises:
         ConfigError: Keys, certificates or other files cannot be used.
         StateDirError: The state directory cannot be used.
     """
+    telemetry = telemetry if telemetry is not None else AgentTelemetry()
     if player is None:
         if config.player.kind is PlayerKind.MPD:
             player = MpdPlayer(
@@ -71,6 +75,7 @@ def agent_from_config(
                 config.player.port,
                 password=config.player.password,
                 logger=logger,
+                on_reconnect=lambda: telemetry.mpd_reconnects.add(1),
             )
         else:
             player = SimulatedPlayer(tracks=config.player.tracks)
@@ -100,4 +105,5 @@ def agent_from_config(
             durable=config.state_fsync,
         ),
         logger=logger,
+        telemetry=telemetry,
     )

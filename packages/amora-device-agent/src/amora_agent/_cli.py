@@ -14,11 +14,12 @@ import msgspec
 import structlog
 
 from amora_agent._build import agent_from_config
-from amora_agent._config import load_config
+from amora_agent._config import AgentConfig, load_config
 from amora_agent._enrol import EnrolmentError, enrol, keygen
 from amora_agent._errors import AgentError, ConfigError
 from amora_agent._logging import configure_logging
 from amora_agent._sdnotify import SystemdNotifier
+from amora_agent._telemetry import configure_process
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,6 +46,20 @@ async def _run(paths: Sequence[Path]) -> int:
     configs = [load_config(path) for path in paths]
     configure_logging(configs[0].log_level.value)
     log = structlog.get_logger("amora_agent")
+    # One exporter set-up per process: the first configuration's [telemetry] table.
+    telemetry = configure_process(
+        configs[0].telemetry,
+        device_id=configs[0].device_id,
+        version=metadata.version("amora-device-agent"),
+        logger=log,
+    )
+    try:
+        return await _run_agents(configs, log)
+    finally:
+        telemetry.shutdown()
+
+
+async def _run_agents(configs: Sequence[AgentConfig], log: structlog.typing.FilteringBoundLogger) -> int:
     agents = [agent_from_config(config, logger=log) for config in configs]
     loop = asyncio.get_running_loop()
     systemd = SystemdNotifier(logger=log)

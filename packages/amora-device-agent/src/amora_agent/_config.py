@@ -53,6 +53,7 @@ __all__ = [
     "MqttConfig",
     "PlayerConfig",
     "PlayerKind",
+    "TelemetryConfig",
     "TlsConfig",
     "client_ssl_context",
     "load_config",
@@ -145,6 +146,20 @@ class IoTHubConfig(_Config, frozen=True):
     telemetry_interval_s: Positive = 300.0
 
 
+class TelemetryConfig(_Config, frozen=True):
+    """The ``[telemetry]`` table (exporters beyond it come from the environment: README).
+
+    Attributes:
+        prometheus: Serve the Prometheus text format over HTTP (``/metrics``).
+        prometheus_host: Its bind address (loopback by default: a player is no server).
+        prometheus_port: Its port (0: any free port, named in the log).
+    """
+
+    prometheus: bool = True
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+
 class AgentConfig(_Config, frozen=True):
     """The whole configuration file."""
 
@@ -159,6 +174,7 @@ class AgentConfig(_Config, frozen=True):
     mqtt: MqttConfig = MqttConfig()
     player: PlayerConfig = PlayerConfig()
     iothub: IoTHubConfig | None = None
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     def __post_init__(self) -> None:
         """Check what the schema alone cannot."""

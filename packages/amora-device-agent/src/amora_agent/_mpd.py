@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from mpd import CommandError, MPDError
@@ -40,6 +40,9 @@ from amora_protocol import (
     Toggle,
     now_ms,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["MpdPlayer", "snapshot_from_mpd"]
 
@@ -116,6 +119,7 @@ class MpdPlayer:
             abandoned on a connection that stays open), and the caller gets `PlayerUnavailable`.
         backoff: Delays between reconnection attempts.
         logger: A structlog logger (the agent's, bound to the device).
+        on_reconnect: Called on each connection after the first (metrics).
     """
 
     def __init__(  # noqa: PLR0913 - optional knobs are keyword-only
@@ -128,6 +132,7 @@ class MpdPlayer:
         call_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         """Configure; nothing connects before `run`."""
         self._host = host
@@ -143,6 +148,8 @@ class MpdPlayer:
         # or after a stall dropped the connections) waits for it rather than failing at once.
         self._connected = asyncio.Event()
         self._version: str | None = None
+        self._on_reconnect = on_reconnect
+        self._connections = 0
 
     @property
     def backend_version(self) -> str | None:
@@ -170,6 +177,9 @@ class MpdPlayer:
                 self._connected.set()
                 self._version = str(commands.mpd_version)
                 self._log.info("mpd connected", mpd=f"{self._host}:{self._port}", version=self._version)
+                self._connections += 1
+                if self._connections > 1 and self._on_reconnect is not None:
+                    self._on_reconnect()
                 self._backoff.reset()
                 on_change()
                 async for _changed in idle.idle(SUBSYSTEMS):

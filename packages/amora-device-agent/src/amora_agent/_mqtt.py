@@ -69,6 +69,7 @@ class InboundMessage:
     content_type: str | None
     correlation_data: bytes | None
     response_topic: str | None
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -310,6 +311,7 @@ class MqttLink:
         retain: bool = False,
         content_type: str | None = None,
         correlation_data: bytes | None = None,
+        user_properties: list[tuple[str, str]] | None = None,
     ) -> bool:
         """Queue a publish on the current connection.
 
@@ -332,6 +334,8 @@ class MqttLink:
             properties["content_type"] = content_type
         if correlation_data is not None:
             properties["correlation_data"] = correlation_data
+        if user_properties:
+            properties["user_property"] = user_properties
         try:
             connection.client.publish(topic, payload, qos=qos, retain=retain, **properties)
         except Exception as exc:  # noqa: BLE001 - gmqtt raises assorted errors on a dead socket
@@ -392,6 +396,7 @@ class MqttLink:
 
         def on_message(_c: object, topic: str, payload: bytes, qos: int, props: dict[str, Any]) -> int:
             correlation = _prop(props, "correlation_data")
+            user = props.get("user_property")
             self._on_message(
                 InboundMessage(
                     topic=topic,
@@ -401,6 +406,7 @@ class MqttLink:
                     content_type=_prop(props, "content_type"),
                     correlation_data=bytes(correlation) if correlation is not None else None,
                     response_topic=_prop(props, "response_topic"),
+                    user_properties=tuple(user) if user else (),
                 )
             )
             return 0

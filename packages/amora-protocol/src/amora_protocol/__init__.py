@@ -131,6 +131,14 @@ from amora_protocol._topics import (
     user_device_acls,
     validate_device_id,
 )
+from amora_protocol._tracecontext import (
+    TRACE_PROPERTIES,
+    TRACEPARENT,
+    TRACESTATE,
+    TraceContext,
+    trace_context,
+    trace_properties,
+)
 
 try:
     __version__ = version("amora-protocol")
@@ -147,6 +155,9 @@ __all__ = [
     "SESSIONS_DOMAIN",
     "SESSION_ID_PREFIX",
     "TOPIC_PREFIX",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "TRACE_PROPERTIES",
     "Action",
     "AmoraDeprecationWarning",
     "AuthzPublicKey",
@@ -207,6 +218,7 @@ __all__ = [
     "TopicError",
     "TopicKind",
     "TopicMismatch",
+    "TraceContext",
     "Unauthorized",
     "UnknownKey",
     "UnsupportedAction",
@@ -241,6 +253,8 @@ __all__ = [
     "sessions_topic",
     "signed_bytes",
     "state_topic",
+    "trace_context",
+    "trace_properties",
     "unauthenticated_id",
     "user_device_acls",
     "user_device_role",
