@@ -6,8 +6,8 @@ HELP, TYPE, units and label escaping). Where else the data goes is chosen from t
 environment, as the OpenTelemetry conventions name it:
 
 - ``APPLICATIONINSIGHTS_CONNECTION_STRING``: the Azure Monitor OpenTelemetry distro
-  (metrics, traces and logs to Application Insights; extra ``azure``);
-- else ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP over HTTP (metrics and traces; extra ``otlp``);
+  (metrics, traces and logs to Application Insights);
+- else ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP over HTTP (metrics and traces);
 - else ``/metrics`` only, and traces are not recorded.
 
 The instrument names and units are listed in docs/observability.md.
@@ -109,7 +109,7 @@ def _configure_azure(resource: Resource, reader: MetricReader, connection_string
     except ImportError as exc:
         raise ConfigError(
             f"{AZURE_ENV} is set but the Azure Monitor distro is not installed: "
-            "pip install 'amora-authz-service[azure]' (or unset the variable)"
+            "pip install azure-monitor-opentelemetry (or unset the variable)"
         ) from exc
     with _azure_lock:
         if _azure_configured:
@@ -225,7 +225,7 @@ def _otlp(readers: list[MetricReader], resource: Resource) -> tuple[MeterProvide
     except ImportError as exc:
         raise ConfigError(
             f"{OTLP_ENV} is set but the OTLP exporter is not installed: "
-            "pip install 'amora-authz-service[otlp]' (or unset the variable)"
+            "pip install opentelemetry-exporter-otlp-proto-http (or unset the variable)"
         ) from exc
     meter_provider = MeterProvider(
         metric_readers=[*readers, PeriodicExportingMetricReader(OTLPMetricExporter())],
