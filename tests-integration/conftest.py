@@ -80,6 +80,7 @@ class Probe:
     suback_event: threading.Condition = field(default_factory=threading.Condition)
     messages: list[mqtt.MQTTMessage] = field(default_factory=list)
     message_event: threading.Condition = field(default_factory=threading.Condition)
+    pubacks: dict[int, int] = field(default_factory=dict)  # message id -> PUBACK reason code
 
     def subscribe(self, topic: str) -> list[int]:
         """Subscribe and return the broker's reason codes (>= 0x80 means refused)."""
@@ -109,6 +110,20 @@ class Probe:
         info = self.client.publish(topic, payload, qos=1, properties=props)
         info.wait_for_publish(timeout=WAIT_S)
 
+    def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code (>= 0x80 means refused)."""
+        mid: int = self.client.publish(topic, payload, qos=1, retain=retain).mid
+        with self.suback_event:
+            assert self.suback_event.wait_for(lambda: mid in self.pubacks, timeout=WAIT_S), "no PUBACK"
+            return self.pubacks[mid]
+
+    def drop(self) -> None:
+        """Lose the connection without DISCONNECT (the broker then sends the Last Will)."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.disconnect()
@@ -116,7 +131,7 @@ class Probe:
 
 
 @contextlib.contextmanager
-def _probe(
+def _probe(  # noqa: C901 - one function per knob (TLS, will, websockets, credentials) would scatter the setup
     port: int,
     ca_file: Path,
     *,
@@ -125,11 +140,14 @@ def _probe(
     client_id: str = "",
     websockets: bool = False,
     session: Mapping[str, Any] | None = None,
+    cert: tuple[str, str] | None = None,
+    will: tuple[str, bytes, bool] | None = None,
 ) -> Iterator[Probe]:
     """Connect a paho client; ``probe.connect_rc`` is the CONNACK reason (None: no CONNACK).
 
     ``session``: a session's ``broker`` object (``POST /v1/sessions``), whose ``username``,
-    ``password`` and ``client_id`` are then used.
+    ``password`` and ``client_id`` are then used. ``cert``: a client certificate and key
+    (the device listener). ``will``: a Last Will ``(topic, payload, retain)`` at QoS 1.
     """
     if session is not None:
         username, password, client_id = session["username"], session["password"], session["client_id"]
@@ -137,9 +155,13 @@ def _probe(
     if websockets:
         client.ws_set_options(path="/mqtt")
     context = ssl.create_default_context(cafile=str(ca_file))
+    if cert is not None:
+        context.load_cert_chain(*cert)
     client.tls_set_context(context)
     if username is not None:
         client.username_pw_set(username, password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=will[2])
     p = Probe(client)
 
     def on_connect(_c: Any, _u: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
@@ -160,6 +182,18 @@ def _probe(
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     client.on_disconnect = lambda *_args: p.connack.set()
+    # paho 1.6 hands the PUBACK reason code to no callback (see amora_devtools._mqtt): read it
+    # from the packet paho is handling, in this one place.
+    original = client._handle_pubackcomp
+
+    def handle_puback(cmd: str) -> int:
+        packet = client._in_packet["packet"]
+        with p.suback_event:
+            p.pubacks[int.from_bytes(packet[:2], "big")] = packet[2] if len(packet) > 2 else 0
+            p.suback_event.notify_all()
+        return int(original(cmd))
+
+    client._handle_pubackcomp = handle_puback
     try:
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()

@@ -13,15 +13,11 @@ older than what clients hold (``Freshness.STALE``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from amora_devtools.broker import dynsec
@@ -49,108 +45,9 @@ GRANTED_QOS1 = 0x01
 NOT_AUTHORIZED = 0x87
 
 
-@dataclass
-class Client:
-    """A paho MQTT 5 client whose CONNACK, SUBACK and PUBACK reason codes are recorded."""
-
-    client: mqtt.Client
-    connack: threading.Event = field(default_factory=threading.Event)
-    connect_rc: int | None = None
-    acks: dict[int, list[int]] = field(default_factory=dict)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    messages: list[mqtt.MQTTMessage] = field(default_factory=list)
-
-    def _wait_ack(self, mid: int) -> list[int]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: mid in self.acks, timeout=WAIT_S), "no acknowledgement"
-            return self.acks[mid]
-
-    def subscribe(self, topic: str) -> int:
-        _, mid = self.client.subscribe(topic, qos=1)
-        return self._wait_ack(mid)[0]
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Publish at QoS 1 and return the PUBACK reason code."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        mid: int = info.mid
-        return self._wait_ack(mid)[0]
-
-    def wait_message(self, topic: str, timeout: float = WAIT_S) -> mqtt.MQTTMessage | None:
-        with self.cond:
-            self.cond.wait_for(lambda: any(m.topic == topic for m in self.messages), timeout=timeout)
-            return next((m for m in self.messages if m.topic == topic), None)
-
-
-@contextlib.contextmanager
-def connect(  # noqa: C901 - one function per attack knob would scatter the setup
-    stack: Stack,
-    port: int,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    client_id: str = "",
-    cert: tuple[str, str] | None = None,
-    websockets: bool = False,
-    will: tuple[str, bytes, bool] | None = None,
-) -> Iterator[Client]:
+def _ca(stack: Stack) -> Path:
     assert stack.pki is not None
-    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5, transport="websockets" if websockets else "tcp")
-    if websockets:
-        client.ws_set_options(path="/mqtt")
-    context = ssl.create_default_context(cafile=str(stack.pki.ca_file))
-    if cert is not None:
-        context.load_cert_chain(*cert)
-    client.tls_set_context(context)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=will[2])
-    c = Client(client)
-
-    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        c.connect_rc = int(rc.value if hasattr(rc, "value") else rc)
-        c.connack.set()
-
-    def ack(mid: int, codes: list[int]) -> None:
-        with c.cond:
-            c.acks[mid] = codes
-            c.cond.notify_all()
-
-    def on_subscribe(_c: Any, _u: Any, mid: int, codes: Any, _p: Any = None) -> None:
-        ack(mid, [int(x.value if hasattr(x, "value") else x) for x in codes])
-
-    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        with c.cond:
-            c.messages.append(message)
-            c.cond.notify_all()
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.on_disconnect = lambda *_a: c.connack.set()
-    # paho 1.6 hands the PUBACK reason code to no callback: read it from the packet.
-    original = client._handle_pubackcomp
-
-    def handle_puback(cmd: str) -> int:
-        packet = client._in_packet["packet"]
-        mid = int.from_bytes(packet[:2], "big")
-        ack(mid, [packet[2] if len(packet) > 2 else 0])
-        return int(original(cmd))
-
-    client._handle_pubackcomp = handle_puback
-    try:
-        client.connect("127.0.0.1", port, keepalive=30)
-        client.loop_start()
-        c.connack.wait(WAIT_S)
-    except (OSError, ssl.SSLError):
-        c.connect_rc = None
-        c.connack.set()
-    try:
-        yield c
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        client.loop_stop()
+    return stack.pki.ca_file
 
 
 def _session(stack: Stack, new_session: Any, user: str = "alice") -> dict[str, Any]:
@@ -167,16 +64,16 @@ def _first_read_without_certificate(context: ssl.SSLContext, port: int) -> bytes
         return tls.recv(1)
 
 
-def test_a_user_credential_on_every_listener(security_stack: Stack, new_session: Any) -> None:
+def test_a_user_credential_on_every_listener(security_stack: Stack, new_session: Any, mqtt_probe: Any) -> None:
     stack = security_stack
     broker = stack.brokers[0]
     creds = _session(stack, new_session)
     login = {"username": creds["username"], "password": creds["password"]}
-    with connect(stack, broker.app_port, client_id=creds["client_id"], **login) as c:
+    with mqtt_probe(broker.app_port, _ca(stack), client_id=creds["client_id"], **login) as c:
         assert c.connect_rc == 0
-    with connect(stack, broker.ws_port, client_id=creds["client_id"], websockets=True, **login) as c:
+    with mqtt_probe(broker.ws_port, _ca(stack), client_id=creds["client_id"], websockets=True, **login) as c:
         assert c.connect_rc == 0
-        assert c.subscribe("$SYS/#") == NOT_AUTHORIZED  # the same ACLs over websockets
+        assert c.subscribe("$SYS/#")[0] == NOT_AUTHORIZED  # the same ACLs over websockets
     # The device listener takes certificates only: the TLS handshake ends before MQTT starts
     # (under TLS 1.3 the missing certificate shows up as an alert on the first read).
     assert stack.pki is not None
@@ -189,9 +86,11 @@ def test_a_user_credential_on_every_listener(security_stack: Stack, new_session:
         refused.value
     )
     # The credential is bound to its own client id: another one (a device's) is refused.
-    with connect(stack, broker.app_port, client_id="player-1", **login) as c:
+    with mqtt_probe(broker.app_port, _ca(stack), client_id="player-1", **login) as c:
         assert c.connect_rc == NOT_AUTHORIZED
-    with connect(stack, broker.app_port, client_id=creds["client_id"], username=creds["username"], password="x") as c:
+    with mqtt_probe(
+        broker.app_port, _ca(stack), client_id=creds["client_id"], username=creds["username"], password="x"
+    ) as c:
         assert c.connect_rc == NOT_AUTHORIZED  # mosquitto answers a wrong password so, too
 
 
@@ -213,13 +112,15 @@ def test_a_user_credential_on_every_listener(security_stack: Stack, new_session:
         "amora/devices/player-2/commands",
     ],
 )
-def test_a_user_cannot_subscribe_beyond_their_devices(security_stack: Stack, new_session: Any, topic: str) -> None:
+def test_a_user_cannot_subscribe_beyond_their_devices(
+    security_stack: Stack, new_session: Any, topic: str, mqtt_probe: Any
+) -> None:
     stack = security_stack
     creds = _session(stack, new_session)
-    with connect(stack, stack.brokers[0].app_port, **creds) as c:
+    with mqtt_probe(stack.brokers[0].app_port, _ca(stack), **creds) as c:
         assert c.connect_rc == 0
-        assert c.subscribe(topic) == NOT_AUTHORIZED, topic
-        assert c.subscribe(state_topic("player-2")) == GRANTED_QOS1  # the positive control
+        assert c.subscribe(topic)[0] == NOT_AUTHORIZED, topic
+        assert c.subscribe(state_topic("player-2"))[0] == GRANTED_QOS1  # the positive control
 
 
 @pytest.mark.parametrize(
@@ -234,14 +135,14 @@ def test_a_user_cannot_subscribe_beyond_their_devices(security_stack: Stack, new
     ],
 )
 def test_a_user_cannot_publish_beyond_commands(
-    security_stack: Stack, new_session: Any, topic: str, retain: bool
+    security_stack: Stack, new_session: Any, topic: str, retain: bool, mqtt_probe: Any
 ) -> None:
     stack = security_stack
     creds = _session(stack, new_session)
     payload = b'{"commands": [{"command": "createClient", "username": "intruder", "password": "x"}]}'
-    with connect(stack, stack.brokers[0].app_port, **creds) as c:
+    with mqtt_probe(stack.brokers[0].app_port, _ca(stack), **creds) as c:
         assert c.connect_rc == 0
-        assert c.publish(topic, payload, retain=retain) == NOT_AUTHORIZED
+        assert c.publish_acked(topic, payload, retain=retain) == NOT_AUTHORIZED
     # Nothing happened: no account was created, no fake state was retained.
     answer = dynsec(stack.brokers[0], [{"command": "getClient", "username": "intruder"}], check=False)[0]
     assert answer.get("error")
@@ -252,13 +153,9 @@ def test_a_user_cannot_publish_beyond_commands(
         assert retained.payload != payload
 
 
-def _drop(c: Client) -> None:
-    """Drop the connection without DISCONNECT (the network died): paho's thread first stops."""
-    c.client.loop_stop()
-    c.client.socket().close()
-
-
-def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack, new_session: Any) -> None:
+def test_a_last_will_cannot_publish_where_its_owner_cannot(
+    security_stack: Stack, new_session: Any, mqtt_probe: Any
+) -> None:
     stack = security_stack
     port = stack.brokers[0].app_port
     fake = b"attacker's last will"
@@ -267,17 +164,19 @@ def test_a_last_will_cannot_publish_where_its_owner_cannot(security_stack: Stack
         admin.subscribe(commands_topic("player-2"))
         genuine = admin.receive(timeout=WAIT_S)  # the retained state
         assert genuine is not None
-        with connect(stack, port, will=(state_topic("player-2"), fake, True), **_session(stack, new_session)) as c:
+        with mqtt_probe(
+            port, _ca(stack), will=(state_topic("player-2"), fake, True), **_session(stack, new_session)
+        ) as c:
             assert c.connect_rc == 0
-            _drop(c)  # an unclean drop: the broker fires the will, if allowed
+            c.drop()  # an unclean drop: the broker fires the will, if allowed
         # A will the session may publish (its own device's commands topic) is the control:
         # once it arrives, the denied one has had every chance to arrive before it.
         control = b"control will"
-        with connect(
-            stack, port, will=(commands_topic("player-2"), control, False), **_session(stack, new_session)
+        with mqtt_probe(
+            port, _ca(stack), will=(commands_topic("player-2"), control, False), **_session(stack, new_session)
         ) as c:
             assert c.connect_rc == 0
-            _drop(c)
+            c.drop()
         seen = []
         while (message := admin.receive(timeout=WAIT_S)) is not None:
             seen.append(message.payload)
@@ -297,7 +196,7 @@ def _verify_state(stack: Stack, device_id: str, payload: bytes, content_type: st
 
 
 async def test_a_stolen_device_certificate_cannot_forge_or_replay_states(
-    security_stack: Stack, sdk_client: Any
+    security_stack: Stack, sdk_client: Any, mqtt_probe: Any
 ) -> None:
     """The certificate lets the thief publish as the device; clients still refuse what it sends."""
     stack = security_stack
@@ -331,15 +230,15 @@ async def test_a_stolen_device_certificate_cannot_forge_or_replay_states(
         )
         thief_key = SigningKey.generate()
         forged = Sender(device, thief_key, epoch=1).encode(state_topic(device), forged_state, now_ms=now_ms())
-        with connect(stack, stack.brokers[0].device_port, client_id=device, cert=cert) as thief:
+        with mqtt_probe(stack.brokers[0].device_port, _ca(stack), client_id=device, cert=cert) as thief:
             assert thief.connect_rc == 0
             # The certificate's rights are the device's own topics, nothing more.
-            assert thief.subscribe(commands_topic("player-1")) == NOT_AUTHORIZED
-            assert thief.subscribe("#") == NOT_AUTHORIZED
-            assert thief.publish(state_topic("player-1"), forged) == NOT_AUTHORIZED
+            assert thief.subscribe(commands_topic("player-1"))[0] == NOT_AUTHORIZED
+            assert thief.subscribe("#")[0] == NOT_AUTHORIZED
+            assert thief.publish_acked(state_topic("player-1"), forged) == NOT_AUTHORIZED
             # On its own state topic the broker carries what it sends...
-            assert thief.publish(state_topic(device), forged) == 0
-            assert thief.publish(state_topic(device), captured[0]) == 0
+            assert thief.publish_acked(state_topic(device), forged) == 0
+            assert thief.publish_acked(state_topic(device), captured[0]) == 0
         received: list[Any] = []
         while len(received) < 2:
             message = await asyncio.to_thread(watcher.receive, timeout=WAIT_S)
