@@ -4,7 +4,7 @@ Errors are JSON ``{"code": ..., "message": ...}`` with a stable code: 401 for ba
 tokens, 403 for missing rights, 404, 409, 422 for invalid input (including bodies
 that do not match the schema or nest too deeply), 429 with ``Retry-After`` when a rate
 limit refuses, and 503 (``change_pending`` with ``Retry-After``) when an access change
-has not reached every broker yet.
+has not reached every broker yet (`amora_authz._http_errors`).
 
 The operations endpoints can be served by a second, internal-only app
 (:func:`create_ops_app`) on a listener of their own.
@@ -20,7 +20,7 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, delete, get, post, put
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody  # noqa: TC002 - Litestar reads them at runtime
@@ -34,7 +34,6 @@ from amora_authz._bodies import (  # Litestar reads the body types at runtime
     DeviceUsers,
     DevTokenRequest,
     DevTokenResponse,
-    ErrorBody,
     KeysDocument,
     LinkResponse,
     RevokedResponse,
@@ -44,16 +43,15 @@ from amora_authz._enrolment import enrolment_handlers
 from amora_authz._errors import (
     AuthenticationError,
     AuthzError,
-    ChangePendingError,
     InvalidInputError,
     RateLimitedError,
 )
+from amora_authz._http_errors import EXCEPTION_HANDLERS
 from amora_authz._jwt import Claims
 from amora_authz._requests import RequestTelemetry
 from amora_authz._runtime import AuthzRuntime
 from amora_authz._service import b64
 from amora_authz._telemetry import METRICS_CONTENT_TYPE
-from amora_authz._validation import field_errors
 from amora_protocol import (
     BrokerCredential,
     DevicePublicKeys,
@@ -406,88 +404,6 @@ def _dev_issuer(request: Request[Any, Any, Any]) -> DevIssuer:
     return issuer
 
 
-# -- errors -----------------------------------------------------------------------------
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> Response[ErrorBody]:
-    return Response(ErrorBody(code=code, message=message), status_code=status, headers=headers)
-
-
-_SESSION_ROUTES: Final = {
-    ("POST", "/v1/sessions"): "create",
-    ("POST", "/v1/sessions/{session_id:str}/refresh"): "refresh",
-}
-
-
-def _count_refusal(request: Request[Any, Any, Any], reason: str) -> None:
-    """Count a refused session creation or refresh, by the error code answered."""
-    operation = _SESSION_ROUTES.get((request.method, request.scope.get("path_template", "")))
-    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
-    if operation is not None and runtime is not None:
-        runtime.metrics.inc("amora_authz_sessions_refused_total", operation=operation, reason=reason)
-
-
-def _authz_error(request: Request[Any, Any, Any], exc: AuthzError) -> Response[ErrorBody]:
-    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
-    _count_refusal(request, exc.code)
-    if runtime is not None and isinstance(exc, ChangePendingError):
-        # Expected while a broker is down (readiness already says so): not an error per request.
-        runtime.log.warning("request.change_pending", path=request.url.path, brokers=list(exc.brokers))
-    elif runtime is not None and exc.status_code >= 500:
-        runtime.log.error("request.failed", path=request.url.path, code=exc.code, error=exc.message)
-    headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status_code == 401 else {}
-    if isinstance(exc, RateLimitedError | ChangePendingError):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    elif exc.status_code == 503 and runtime is not None:
-        # A broker or the database is down: worth retrying, not at once.
-        headers["Retry-After"] = str(max(1, round(runtime.settings.broker_retry_interval_s)))
-    brokers = list(exc.brokers) if isinstance(exc, ChangePendingError) else None
-    return Response(
-        ErrorBody(code=exc.code, message=exc.message, brokers=brokers), status_code=exc.status_code, headers=headers
-    )
-
-
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
-    _count_refusal(request, InvalidInputError.default_code)
-    errors = field_errors(exc.extra)
-    reasons = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
-    body = ErrorBody(code=InvalidInputError.default_code, message=f"invalid request: {reasons}", errors=errors or None)
-    return Response(body, status_code=422)
-
-
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    runtime: AuthzRuntime | None = getattr(request.app.state, "runtime", None)
-    if runtime is not None:
-        runtime.log.error("request.crashed", path=request.url.path, error=repr(exc), exc_info=exc)
-    _count_refusal(request, AuthzError.default_code)
-    return _error(500, AuthzError.default_code, "internal error")
-
-
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    if exc.status_code == 400:
-        # Litestar's answer to a body that is not JSON at all: invalid input like any other.
-        _count_refusal(request, InvalidInputError.default_code)
-        return _error(422, InvalidInputError.default_code, f"invalid request: {exc.detail}")
-    codes = {
-        401: "invalid_token",
-        403: "forbidden",
-        404: "not_found",
-        405: "method_not_allowed",
-        413: "payload_too_large",
-    }
-    code = codes.get(exc.status_code, "http_error")
-    _count_refusal(request, code)
-    return _error(exc.status_code, code, exc.detail)
-
-
-_EXCEPTION_HANDLERS: dict[Any, Any] = {
-    AuthzError: _authz_error,
-    ValidationException: _validation_error,
-    HTTPException: _http_error,
-    Exception: _internal_error,
-}
-
-
 def _openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="Amora authz service",
@@ -561,7 +477,7 @@ def create_app(settings: Settings, *, runtime: AuthzRuntime | None = None) -> Li
         dependencies=_DEPENDENCIES,
         lifespan=[_lifespan(settings, runtime)],
         before_request=_refuse_deep_bodies,
-        exception_handlers=_EXCEPTION_HANDLERS,
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestTelemetry, AccessLog] if settings.access_log else [RequestTelemetry],
         # Requests are small JSON documents (the largest is a CSR).
         request_max_body_size=64 * 1024,
@@ -602,7 +518,7 @@ def create_ops_app(settings: Settings, *, runtime: AuthzRuntime) -> Litestar:
         route_handlers=[healthz, readyz, metrics, openapi_document],
         middleware=[RequestTelemetry],
         lifespan=[_lifespan(settings, runtime)],
-        exception_handlers=_EXCEPTION_HANDLERS,
+        exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=1024,
         openapi_config=None,
         logging_config=None,
