@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import secrets
 import time
 from collections import Counter
@@ -17,9 +16,9 @@ from opentelemetry import trace
 
 from amora_agent._admission import RefusalBudget, SessionGate
 from amora_agent._agent_commands import CommandHandling, claimed_sender
+from amora_agent._agent_management import ManagementHandling
 from amora_agent._commands import CommandBook
-from amora_agent._config import BrokerEndpoint, parse_verify_key
-from amora_agent._errors import ConfigError, PlayerUnavailable, StateDirError
+from amora_agent._errors import PlayerUnavailable, StateDirError
 from amora_agent._mqtt import InboundMessage, MqttLink, Will
 from amora_agent._persist import VersionCounter
 from amora_agent._telemetry import AgentTelemetry
@@ -56,7 +55,8 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-    from amora_agent._management import DesiredSettings, ManagementPlane
+    from amora_agent._config import BrokerEndpoint
+    from amora_agent._management import ManagementPlane
     from amora_agent._player import Player
     from amora_protocol import SessionList
 
@@ -123,7 +123,7 @@ class AgentOptions:
     liveness_timeout_s: float = 2.0
 
 
-class Agent(CommandHandling):
+class Agent(CommandHandling, ManagementHandling):
     """One player's agent: keeps the broker informed and carries out authorised commands.
 
     Use it as an async context manager (it runs in the background until the block ends,
@@ -557,33 +557,7 @@ class Agent(CommandHandling):
         if published:
             self._telemetry.states_published.add(1)
 
-    # -- management -------------------------------------------------------------------------
-
-    async def _run_management(self) -> None:
-        assert self._management is not None  # noqa: S101 - only started when set
-        try:
-            await self._management.run(self)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the management plane must never end the agent
-            self.note_error(f"management: {exc!r}")
-
-    def apply_desired(self, settings: DesiredSettings) -> None:
-        """Apply the device twin's desired settings; a bad value is reported, not applied."""
-        try:
-            if settings.trusted_authz_keys is not None:
-                keys = [parse_verify_key(k) for k in settings.trusted_authz_keys]
-                if keys:
-                    self.set_trusted_keys(keys)
-            if settings.brokers:
-                self.set_endpoints(settings.brokers)
-        except ConfigError as exc:
-            self.note_error(f"desired properties: {exc}")
-        if settings.log_level is not None:
-            logging.getLogger().setLevel(settings.log_level.value.upper())
-            self._log.info("log level set", level=settings.log_level.value)
-        if settings.display_name is not None:
-            self.display_name = settings.display_name
+    # -- management (and `ManagementHandling`) ---------------------------------------------
 
     def reported(self) -> dict[str, Any]:
         """Reported properties for the device twin."""
@@ -598,18 +572,3 @@ class Agent(CommandHandling):
             "clock_offset_ms": self._book.clock_offset_ms,
             "replay_log_damage": self._book.damage,
         }
-
-    def take_usage(self) -> dict[str, int]:
-        """Usage counters since the last call."""
-        usage = dict(self._usage)
-        self._usage.clear()
-        return usage
-
-    def restore_usage(self, usage: dict[str, int]) -> None:
-        """Put back counters that could not be sent."""
-        self._usage.update(usage)
-
-    def note_error(self, error: str) -> None:
-        """Remember the last error, for the reported properties."""
-        self.last_error = error[:1024]
-        self._log.warning("error noted", error=self.last_error)
