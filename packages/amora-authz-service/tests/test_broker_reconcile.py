@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -233,10 +234,14 @@ async def test_the_background_loops_heal_and_expire(broker: BrokerProcess, tmp_p
         await asyncio.to_thread(broker.stop)
         broker.dynsec_file.write_bytes(pristine.read_bytes())
         await asyncio.to_thread(broker.restart)
-        fleet = svc.runtime.service.fleet
-        # A pass that started after the restart has finished: the loop healed it.
+        # The periodic check sees a new admin connection (a restarted broker may have
+        # loaded an older file) and runs a full pass: alice's account comes back.
+        probe = [{"command": "getClient", "username": session["session_id"]}]
         async with asyncio.timeout(WAIT):
-            await fleet.wait_full_passes(fleet.full_passes + 2)
+            while True:
+                if not (await asyncio.to_thread(dynsec, broker, probe, check=False))[0].get("error"):
+                    break
+                await asyncio.sleep(0.1)  # bounded poll of the broker's state
         alice = await harness.app(session)
         try:
             kicked = asyncio.create_task(asyncio.to_thread(alice.closed_by_broker, timeout=WAIT))
@@ -285,3 +290,54 @@ async def test_a_foreign_object_with_a_desired_name_is_never_taken_over(harness:
     await service.reconcile()
     assert not service.fleet.status[broker.name].behind
     assert (await harness.svc.http.get("/readyz")).status_code == 200
+
+
+async def test_the_periodic_check_is_cheap_in_steady_state_and_repairs_what_differs(harness: Harness) -> None:
+    """Issue #15: the periodic pass must not cost a full reconcile while nothing changed."""
+    await harness.register("player-1", "alice")
+    session = await harness.session("alice")
+    broker, service = harness.broker, harness.svc.runtime.service
+    fleet = service.fleet
+    fleet._settle_s = 0.05
+    full_before = fleet.full_passes
+    mtime = broker.dynsec_file.stat().st_mtime_ns
+    for _ in range(3):
+        (report,) = await service.periodic_pass()
+        assert (report.full, report.commands) == (None, 0)
+    assert fleet.full_passes == full_before
+    assert broker.dynsec_file.stat().st_mtime_ns == mtime  # nothing was written
+    # An operator deletes a managed account behind the service's back: the counts differ,
+    # and the next check repairs it with a full pass.
+    await asyncio.to_thread(dynsec, broker, [{"command": "deleteClient", "username": session["session_id"]}])
+    (report,) = await service.periodic_pass()
+    assert report.full == "counts differ"
+    assert report.commands == 1
+    answer = await asyncio.to_thread(dynsec, broker, [{"command": "getClient", "username": session["session_id"]}])
+    assert answer[0]["data"]["client"]["username"] == session["session_id"]
+    (report,) = await service.periodic_pass()
+    assert report.full is None
+
+
+async def test_a_restarted_broker_gets_a_full_pass_and_its_session_lists(harness: Harness, tmp_path: Path) -> None:
+    await harness.register("player-1", "alice")
+    broker, service = harness.broker, harness.svc.runtime.service
+    pristine = tmp_path / "before-session.json"
+    shutil.copyfile(broker.dynsec_file, pristine)
+    session = await harness.session("alice")
+    (report,) = await service.periodic_pass()
+    assert report.full is None
+    # The broker comes back with an older file holding exactly as many objects (the session
+    # is missing, a foreign client the operator added meanwhile stands in its place): only
+    # the new admin connection tells the check that something may have changed.
+    await asyncio.to_thread(broker.stop)
+    older = json.loads(pristine.read_text())
+    older["clients"].append({"username": "ops-tool", "textname": "ops"})
+    broker.dynsec_file.write_text(json.dumps(older))
+    await asyncio.to_thread(broker.restart)
+    published = service.session_lists.published_total if service.session_lists else 0
+    (report,) = await service.periodic_pass()
+    assert report.full == "reconnected"
+    answer = await asyncio.to_thread(dynsec, broker, [{"command": "getClient", "username": session["session_id"]}])
+    assert not answer[0].get("error")
+    assert service.session_lists is not None
+    assert service.session_lists.published_total > published  # the lists are retained on it again

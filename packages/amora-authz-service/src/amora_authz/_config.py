@@ -80,7 +80,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         crl_file: where to write the device CRL.
         crl_reload_command: argv run after the CRL is rewritten (e.g. send SIGHUP).
         device_cert_days: lifetime of device certificates.
-        reconcile_interval_s: period of the full reconcile pass.
+        reconcile_interval_s: period of the periodic pass (jittered 0.5x-1.5x): expiry
+            sweep and a cheap check of every broker (counts compared with the database).
+        full_reconcile_interval_s: a full reconcile pass runs on each broker about this
+            often (jittered 0.5x-1.5x) even when the cheap check finds nothing; also at
+            start, after a failure, after the admin connection to a broker was re-made,
+            and when the counts differ.
         broker_retry_interval_s: how often changes a broker missed are retried (also
             the ``Retry-After`` of a ``change_pending`` answer).
         rate_limits: per-user and global limits on sessions and the admin API.
@@ -111,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     crl_reload_command: tuple[str, ...] = ()
     device_cert_days: int = 365
     reconcile_interval_s: float = 60.0
+    full_reconcile_interval_s: float = 3600.0
     broker_retry_interval_s: float = 1.0
     rate_limits: RateLimitSettings = RateLimitSettings()
     expiry_check_interval_s: float = 5.0

@@ -28,12 +28,15 @@ if TYPE_CHECKING:
 
     from amora_authz._dynsec import BrokerEndpoint, Scope
 
-__all__ = ["BATCH", "CONTROL_TOPIC", "RESPONSE_TOPIC", "DynsecClient", "client_tls"]
+__all__ = ["BATCH", "CONTROL_TOPIC", "LIST_PAGE", "RESPONSE_TOPIC", "DynsecClient", "client_tls"]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 BATCH = 100
 """Most dynsec commands sent in one message."""
+_READS = ("get", "list")  # dynsec commands that change nothing (and save nothing)
+LIST_PAGE = 1000
+"""Objects listed per message in a full listing (mosquitto builds each answer in one go)."""
 
 
 def _parse_role(data: Mapping[str, Any]) -> RoleSpec:
@@ -106,6 +109,8 @@ class DynsecClient:
         self._connect_lock = asyncio.Lock()
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
+        self.connections = 0
+        """Connections made so far: a new one may mean the broker restarted (with an older file)."""
 
     def _ssl(self) -> ssl.SSLContext | bool:
         return client_tls(self.endpoint)
@@ -143,6 +148,7 @@ class DynsecClient:
                 ) from exc
             self._client = client
             self._connected.set()
+            self.connections += 1
             self._log.info("dynsec.connected")
 
     @staticmethod
@@ -192,16 +198,28 @@ class DynsecClient:
     async def execute(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Send commands and return each response (with ``error`` if any), in order.
 
-        Commands go in messages of at most :data:`BATCH` commands, each awaited before
-        the next: mosquitto rewrites its whole dynsec file per command (tens of ms at
-        thousands of clients), so one huge message would outlast any sane timeout.
+        Reads go in messages of at most :data:`BATCH` commands; each change goes alone, and
+        each message is awaited before the next: mosquitto 2.0 rewrites its whole dynsec
+        file per change (50 ms at 10,000 clients) and handles a message in one go, so a
+        message of many changes would stall every client of the broker for their sum.
 
         Raises:
             BrokerError: the broker cannot be reached or did not answer in time.
         """
+        batches: list[list[Mapping[str, Any]]] = []
+        reads_open = False  # whether the last batch holds reads and may take more
+        for command in commands:
+            if str(command.get("command", "")).startswith(_READS):
+                if not reads_open or len(batches[-1]) >= BATCH:
+                    batches.append([])
+                    reads_open = True
+                batches[-1].append(command)
+            else:
+                batches.append([command])
+                reads_open = False
         responses: list[dict[str, Any]] = []
-        for start in range(0, len(commands), BATCH):
-            responses += await self._execute_batch(commands[start : start + BATCH])
+        for batch in batches:
+            responses += await self._execute_batch(batch)
         return responses
 
     async def _execute_batch(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -265,21 +283,41 @@ class DynsecClient:
         Raises:
             BrokerError: the broker cannot be reached or refused a listing.
         """
-        responses = await self.execute_checked(
-            [
-                {"command": "listRoles", "verbose": True, "count": -1},
-                {"command": "listGroups", "verbose": True, "count": -1},
-                {"command": "listClients", "verbose": True, "count": -1},
-                {"command": "getDefaultACLAccess"},
-            ]
-        )
-        roles, groups, clients, default = (r.get("data", {}) for r in responses)
+        roles = await self._list("listRoles", "roles")
+        groups = await self._list("listGroups", "groups")
+        clients = await self._list("listClients", "clients")
+        (default,) = await self.execute_checked([{"command": "getDefaultACLAccess"}])
         return DynsecState(
-            roles={r.name: r for r in map(_parse_role, roles.get("roles", ()))},
-            groups={g.name: g for g in map(_parse_group, groups.get("groups", ()))},
-            clients={c.username: c for c in map(_parse_client, clients.get("clients", ()))},
-            default_acl={a["acltype"]: bool(a["allow"]) for a in default.get("acls", ())},
+            roles={r.name: r for r in map(_parse_role, roles)},
+            groups={g.name: g for g in map(_parse_group, groups)},
+            clients={c.username: c for c in map(_parse_client, clients)},
+            default_acl={a["acltype"]: bool(a["allow"]) for a in default.get("data", {}).get("acls", ())},
         )
+
+    async def fetch_counts(self) -> tuple[int, int, int]:
+        """Return how many clients, groups and roles the broker holds (cheap: one of each is listed).
+
+        Raises:
+            BrokerError: the broker cannot be reached or refused a listing.
+        """
+        responses = await self.execute_checked(
+            [{"command": kind, "count": 1} for kind in ("listClients", "listGroups", "listRoles")]
+        )
+        clients, groups, roles = (int(r.get("data", {}).get("totalCount", -1)) for r in responses)
+        return clients, groups, roles
+
+    async def _list(self, command: str, key: str) -> list[dict[str, Any]]:
+        """Every object of one kind, a page per message: no single answer stalls the broker long."""
+        found: list[dict[str, Any]] = []
+        while True:
+            (response,) = await self.execute_checked(
+                [{"command": command, "verbose": True, "count": LIST_PAGE, "offset": len(found)}]
+            )
+            data = response.get("data", {})
+            page = data.get(key, ())
+            found.extend(page)
+            if len(page) < LIST_PAGE or len(found) >= int(data.get("totalCount", 0)):
+                return found
 
     async def fetch_scope(self, scope: Scope) -> DynsecState:
         """Return the named roles, groups and clients that exist on the broker.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     from amora_authz._store import Store
 
-__all__ = ["ApplyOutcome", "BrokerFleet", "BrokerStatus"]
+__all__ = ["ApplyOutcome", "BrokerFleet", "BrokerStatus", "CheckReport"]
 
 
 class BrokerStatus(msgspec.Struct, kw_only=True):
@@ -103,6 +104,22 @@ class ApplyOutcome(msgspec.Struct, frozen=True, kw_only=True):
         return self.primary is None or self.primary in self.applied
 
 
+class CheckReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What one periodic check of a broker did (`BrokerFleet.check_all`).
+
+    Attributes:
+        broker: the broker's configured name.
+        full: whether a full pass ran, and why (``None``: the counts matched, nothing ran).
+        duration_ms: how long the check (and the full pass, if any) took.
+        commands: dynsec commands sent.
+    """
+
+    broker: str
+    full: str | None
+    duration_ms: float
+    commands: int = 0
+
+
 def _scope_size(scope: Scope) -> int:
     return len(scope.roles) + len(scope.groups) + len(scope.clients)
 
@@ -130,6 +147,8 @@ class BrokerFleet:
         clock_ms: Callable[[], int] = now_ms,
         timeout_s: float = 10.0,
         on_pass: Callable[..., None] | None = None,
+        full_interval_s: float = 3600.0,
+        settle_s: float = 2.0,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
 
@@ -142,6 +161,10 @@ class BrokerFleet:
             timeout_s: dynsec response timeout.
             on_pass: called after each pass on a broker as ``on_pass(name, full=, ok=)``
                 (metrics).
+            full_interval_s: a full pass runs on each broker about this often (jittered
+                0.5x-1.5x) even when the cheap check finds nothing (`check_all`).
+            settle_s: how long a cheap check that disagrees waits before looking again (a
+                change between its database write and its broker pass), before a full pass.
         """
         self._store = store
         self._password_for = password_for
@@ -163,6 +186,16 @@ class BrokerFleet:
         self._retry_at: dict[str, float] = {}
         self.full_passes = 0
         self._passes_changed = asyncio.Condition()
+        self._full_interval_s = full_interval_s
+        self._settle_s = settle_s
+        # What the last full pass on each broker saw: the objects it does not own (its counts
+        # are part of what the broker should hold), the admin connection it ran on (a new one
+        # may be a restarted broker), and when the next full pass is due regardless.
+        self._unmanaged: dict[str, tuple[int, int, int] | None] = {e.name: None for e in endpoints}
+        self._verified_connection: dict[str, int] = {e.name: -1 for e in endpoints}
+        self._next_full_at: dict[str, float] = {e.name: 0.0 for e in endpoints}
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self.last_check: dict[str, CheckReport] = {}
 
     async def desired(self, scope: Scope | None = None) -> DynsecState:
         """Compute the desired state from the store now.
@@ -330,6 +363,83 @@ class BrokerFleet:
             self._passes_changed.notify_all()
         return results
 
+    async def check_all(self) -> list[CheckReport]:
+        """The periodic pass: a cheap check on every broker, a full pass only where it is owed.
+
+        A broker gets a full pass when one is owed (never done, failed, names pending or
+        taken), when its admin connection is new (a restarted broker may have loaded an older
+        file), when its jittered `full_interval_s` is up, or when the counts of clients,
+        groups and roles it reports differ from the database's twice `settle_s` apart.
+        Otherwise the check costs three one-object listings and one aggregate query, whatever
+        the number of sessions, and changes nothing.
+        """
+        reports: list[CheckReport] = []
+        async with asyncio.TaskGroup() as tg:
+            for client in self.clients:
+
+                async def run(c: DynsecClient = client) -> None:
+                    reports.append(await self._check(c))
+
+                tg.create_task(run(), name=f"amora-authz[{client.endpoint.name}].check")
+        if any(r.full for r in reports):
+            async with self._passes_changed:
+                self.full_passes += 1
+                self._passes_changed.notify_all()
+        self.last_check = {r.broker: r for r in reports}
+        return reports
+
+    def _full_reason(self, client: DynsecClient) -> str | None:
+        name = client.endpoint.name
+        status = self.status[name]
+        if self._full_owed[name] or self._unmanaged[name] is None:
+            return "owed"
+        if status.behind:
+            return "behind"
+        if client.connections != self._verified_connection[name]:
+            return "reconnected"
+        if time.monotonic() >= self._next_full_at[name]:
+            return "interval"
+        return None
+
+    async def _check(self, client: DynsecClient) -> CheckReport:
+        name = client.endpoint.name
+        start = time.perf_counter()
+        reason = self._full_reason(client)
+        if reason is None:
+            try:
+                if not await self._counts_agree(client):
+                    await asyncio.sleep(self._settle_s)
+                    if not await self._counts_agree(client):
+                        reason = "counts differ"
+            except AuthzError as exc:
+                self._log.warning("broker.check_failed", broker=name, error=exc.message)
+                reason = "check failed"
+            if reason is None and client.connections != self._verified_connection[name]:
+                reason = "reconnected"  # the check itself found the broker gone and back
+        if reason is None:
+            return CheckReport(broker=name, full=None, duration_ms=round((time.perf_counter() - start) * 1000, 1))
+        count = await self._guarded(client, None)
+        duration = round((time.perf_counter() - start) * 1000, 1)
+        self._log.info("broker.full_pass", broker=name, reason=reason, duration_ms=duration, commands=count)
+        return CheckReport(broker=name, full=reason, duration_ms=duration, commands=count or 0)
+
+    async def _counts_agree(self, client: DynsecClient) -> bool:
+        """Whether the broker holds as many clients, groups and roles as the database asks for.
+
+        Under the broker's locks, so no change of this service is half applied meanwhile.
+        """
+        name = client.endpoint.name
+        unmanaged = self._unmanaged[name]
+        async with self._locks[name], self._store.exclusive(f"reconcile:{name}"):
+            wanted = await self._store.managed_counts()
+            held = await client.fetch_counts()
+        if unmanaged is None:
+            return False
+        expected = tuple(w + u for w, u in zip(wanted, unmanaged, strict=True))
+        if held != expected:
+            self._log.info("broker.counts_differ", broker=name, held=held, expected=expected)
+        return held == expected
+
     async def wait_full_passes(self, count: int) -> None:
         """Wait until ``count`` full passes have finished since start (for tests, tools)."""
         async with self._passes_changed:
@@ -399,6 +509,14 @@ class BrokerFleet:
                 actual = await client.fetch_state()
                 commands = plan(desired, actual)
                 foreign = foreign_names(desired, actual)
+                self._unmanaged[name] = (
+                    sum(c.textname != MANAGED for c in actual.clients.values()),
+                    sum(g.textname != MANAGED for g in actual.groups.values()),
+                    sum(r.textname != MANAGED for r in actual.roles.values()),
+                )
+                self._verified_connection[name] = client.connections
+                jitter = self._rng.uniform(0.5, 1.5)
+                self._next_full_at[name] = time.monotonic() + self._full_interval_s * jitter
             else:
                 actual = await client.fetch_scope(scope)
                 wanted = restrict(desired, scope)

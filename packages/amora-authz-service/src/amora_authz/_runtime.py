@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Self
@@ -222,6 +223,7 @@ class AuthzRuntime:
             password_for=functools.partial(session_password, secret),
             logger=self.log,
             on_pass=self._count_pass,
+            full_interval_s=settings.full_reconcile_interval_s,
         )
         self._stack.push_async_callback(fleet.close)
         self.telemetry.watch_fleet(fleet.status.values)
@@ -279,9 +281,11 @@ class AuthzRuntime:
         return not self._stop.is_set()
 
     async def _reconcile_loop(self) -> None:
-        while await self._sleep(self.settings.reconcile_interval_s):
+        # Jittered: replicas (and services restarted together) do not check in step.
+        rng = random.Random()  # noqa: S311 - jitter, not security
+        while await self._sleep(self.settings.reconcile_interval_s * rng.uniform(0.5, 1.5)):
             try:
-                await self.service.reconcile()
+                await self.service.periodic_pass()
             except AuthzError as exc:
                 self.log.warning("reconcile.failed", error=exc.message)
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     import structlog
 
     from amora_authz._ca import DeviceCA
-    from amora_authz._fleet import BrokerFleet
+    from amora_authz._fleet import BrokerFleet, CheckReport
     from amora_authz._jwt import Claims
     from amora_authz._sessionlists import SessionListPublisher
     from amora_authz._store import Store
@@ -542,6 +542,21 @@ class AuthzService:
         device_id = device_id_of(device_id)
         await self.store.require_device(device_id)
         return await self.store.users_of_device(device_id)
+
+    async def periodic_pass(self) -> list[CheckReport]:
+        """The periodic pass: sweep expired sessions, check every broker cheaply, repair what differs.
+
+        A full pass runs only on a broker that needs one (`BrokerFleet.check_all`); the
+        session lists are republished in full only where a broker may have lost them.
+        """
+        try:
+            await self.expire_sessions()
+        except AuthzError as exc:
+            self._log.warning("session.expiry_failed", error=exc.message)
+        reports = await self.fleet.check_all()
+        if self.session_lists is not None and (any(r.full for r in reports) or self.session_lists.stale()):
+            await self.session_lists.publish_all()
+        return reports
 
     async def reconcile(self) -> dict[str, int]:
         """Run a full reconcile pass on every broker (expired sessions swept first)."""

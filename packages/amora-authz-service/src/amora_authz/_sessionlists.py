@@ -132,6 +132,11 @@ class _BrokerLink:
             self.generation += 1
             return client
 
+    @property
+    def alive(self) -> bool:
+        """Whether the connection is up."""
+        return self._client is not None and not self._lost.is_set()
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -173,6 +178,8 @@ class SessionListPublisher:
         # What each broker last got from this process, per device (and on which connection):
         # the periodic pass republishes only what changed, or everything after a reconnect.
         self._published: dict[str, tuple[int, dict[str, tuple[str, ...]]]] = {}
+        # The connection (generation) of each broker that last got every list (publish_all).
+        self._complete_on: dict[str, int] = {}
         self._last_issued = 0
         self.published_total = 0
 
@@ -208,6 +215,19 @@ class SessionListPublisher:
         issued = self._issued_at()
         lists = await self._store.sessions_of_devices(None, now_ms=issued)
         await self._send(lists, issued, only_changed=True)
+        for link in self._links:
+            if link.alive:
+                self._complete_on[link.endpoint.name] = link.generation
+
+    def stale(self) -> bool:
+        """Whether a broker may lack some list: down, or reconnected since it last got them all.
+
+        Changes publish their own lists as they happen, so only then is a full `publish_all`
+        (a read of every device's sessions) worth its cost.
+        """
+        return any(
+            not link.alive or self._complete_on.get(link.endpoint.name) != link.generation for link in self._links
+        )
 
     async def _send(self, lists: dict[str, tuple[str, ...]], issued: int, *, only_changed: bool) -> None:
         tokens: dict[str, bytes] = {}
