@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "revocation": ("amora_bench.revocation", {"rounds": 20}, {"rounds": 200}),
     "failover": ("amora_bench.failover", {"rounds": 1}, {"rounds": 3}),
     "device_revocation": ("amora_bench.device_revocation", {"rounds": 20}, {"rounds": 200}),
+    "garbage": ("amora_bench.garbage", {"sessions": 50, "seconds": 2.0}, {"sessions": 1000, "seconds": 5.0}),
     "fleet": (
         "amora_bench.fleet",
         {"players": 140, "sessions": 500, "rate": 1000.0, "seconds": 5.0},

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import multiprocessing
-import secrets
 import sys
 import threading
 import time
@@ -33,93 +30,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amora_bench._common import broker_for_bench, latency_summary
+from amora_bench._rig import device_identity, mock_session_client, session_identity, start_publisher
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-
     from amora_devtools.broker import BrokerProcess
 
 WARMUP = 50  # first messages of each phase left out of the figures (connections settling)
 DRAIN_S = 3.0  # how long a phase waits for its last messages after the publisher ends
 
 
-def _publisher(  # noqa: PLR0913 - a process entry point takes plain values
-    *,
-    conn: Connection,
-    host: str,
-    port: int,
-    ca_file: str,
-    cert: tuple[str, str],
-    device_id: str,
-    signing_key_raw: bytes,
-    rate: float,
-    count: int,
-) -> None:
-    """Publish ``count`` signed states at ``rate``/s; send back the send instants (ns)."""
-    from amora_devtools import MqttClient, client_ssl_context  # noqa: PLC0415 - child process
-    from amora_protocol import (  # noqa: PLC0415
-        Codec,
-        DeviceState,
-        PlaybackStatus,
-        Sender,
-        SigningKey,
-        Song,
-        state_topic,
-    )
-
-    sender = Sender(device_id, SigningKey.from_raw(signing_key_raw), epoch=secrets.randbits(62))
-    topic = state_topic(device_id)
-    sent: list[int] = []
-    ctx = client_ssl_context(ca_file, cert_file=cert[0], key_file=cert[1])
-    with MqttClient.connect(host, port, ssl_context=ctx, client_id=device_id) as client:
-        conn.send("ready")
-        conn.recv()  # go
-        start = time.monotonic()
-        for i in range(1, count + 1):
-            due = start + i / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)  # pacing the publish rate, not waiting for an event
-            now = time.time_ns() // 1_000_000
-            state = DeviceState(
-                device_id=device_id,
-                version=i,
-                status=PlaybackStatus.PLAY,
-                sampled_at_ms=now,
-                elapsed_ms=i,
-                song=Song(file="bench.flac", title="Bench", artist="Amora", duration_ms=600_000),
-                volume=i % 101,
-            )
-            payload = sender.encode(topic, state, now_ms=now)
-            sent.append(time.monotonic_ns())
-            client.publish(topic, payload, qos=1, retain=True, content_type=Codec.MSGPACK.value)
-    conn.send(sent)
-    conn.close()
-
-
-def _device(broker: BrokerProcess, device_id: str) -> tuple[tuple[str, str], bytes, bytes]:
-    from amora_devtools import create_device_client  # noqa: PLC0415
-    from amora_protocol import EncryptionKey, SigningKey  # noqa: PLC0415
-
-    create_device_client(broker, device_id)
-    cert = broker.pki.issue_client_cert(device_id)
-    key = SigningKey.generate()
-    return (str(cert.cert_file), str(cert.key_file)), key.to_raw(), EncryptionKey.generate().public_key.raw
-
-
-def _session(broker: BrokerProcess, device_id: str) -> tuple[str, str]:
-    from amora_devtools import create_session_client  # noqa: PLC0415
-
-    session_id = f"bench-{secrets.token_hex(6)}"
-    password = secrets.token_urlsafe(16)
-    create_session_client(broker, session_id, password, user=f"u-{session_id}", device_ids=[device_id])
-    return session_id, password
-
-
 async def _run_phase(kind: str, broker: BrokerProcess, *, rate: float, count: int) -> dict[str, Any]:
     device_id = f"bench-{kind}"
-    cert, signing_raw, encryption_raw = _device(broker, device_id)
-    session_id, password = _session(broker, device_id)
+    cert, signing_raw, encryption_raw = device_identity(broker, device_id)
+    session_id, password = session_identity(broker, device_id)
     received: dict[int, int] = {}
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,24 +63,9 @@ async def _run_phase(kind: str, broker: BrokerProcess, *, rate: float, count: in
         arrived=arrived,
     )
     async with subscriber:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=_publisher,
-            kwargs={
-                "conn": child,
-                "host": broker.host,
-                "port": broker.device_port,
-                "ca_file": str(broker.ca_file),
-                "cert": cert,
-                "device_id": device_id,
-                "signing_key_raw": signing_raw,
-                "rate": rate,
-                "count": count,
-            },
-            name=f"amora-bench-device-{kind}",
+        proc, parent = start_publisher(
+            broker, cert=cert, device_id=device_id, signing_raw=signing_raw, rate=rate, count=count
         )
-        proc.start()
         try:
             if await asyncio.to_thread(parent.poll, 30) and await asyncio.to_thread(parent.recv) == "ready":
                 parent.send("go")
@@ -280,42 +188,15 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
         self._stop = stop
 
     async def _sdk(self) -> None:
-        import httpx  # noqa: PLC0415
-
         from amora_protocol import DeviceState  # noqa: PLC0415
-        from amora_sync import AmoraClient  # noqa: PLC0415
 
-        answer = {
-            "session_id": self.session_id,
-            "expires_at": time.time_ns() // 1_000_000 + 3_600_000,
-            "broker": {
-                "endpoints": [f"mqtts://{self.broker.host}:{self.broker.app_port}"],
-                "username": self.session_id,
-                "password": self.password,
-                "client_id": self.session_id,
-            },
-            "grant": base64.b64encode(b"bench").decode(),
-            "devices": [
-                {
-                    "device_id": self.device_id,
-                    "signing_key": base64.b64encode(self._public(self.signing_raw)).decode(),
-                    "encryption_key": base64.b64encode(self.encryption_raw).decode(),
-                }
-            ],
-            "authz_keys": [],
-        }
-
-        def exchange(request: httpx.Request) -> httpx.Response:
-            if request.method == "POST" and request.url.path == "/v1/sessions":
-                return httpx.Response(201, json=answer)
-            return httpx.Response(204)
-
-        http = httpx.AsyncClient(transport=httpx.MockTransport(exchange))
-        client = AmoraClient(
-            "http://authz.invalid",
-            lambda: "bench-token",
-            ssl_context=self.broker.client_context(),
-            http_client=http,
+        client, http = mock_session_client(
+            self.broker,
+            device_id=self.device_id,
+            session_id=self.session_id,
+            password=self.password,
+            signing_raw=self.signing_raw,
+            encryption_raw=self.encryption_raw,
         )
         await client.__aenter__()
         watch = client.watch(self.device_id, include_connection=False)
@@ -339,12 +220,6 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
             await http.aclose()
 
         self._stop = stop
-
-    @staticmethod
-    def _public(signing_raw: bytes) -> bytes:
-        from amora_protocol import SigningKey  # noqa: PLC0415
-
-        return SigningKey.from_raw(signing_raw).public_key.raw
 
 
 async def _measure(*, rate: float, seconds: float, kinds: tuple[str, ...]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ ChangeCallback = Callable[[], None]
 """Called (synchronously, cheaply) whenever the player's state may have changed."""
 
 
-class PlayerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+class PlayerSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The player's state at ``sampled_at_ms`` (everything of `DeviceState` but id and version)."""
 
     status: PlaybackStatus

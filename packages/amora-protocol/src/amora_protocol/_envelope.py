@@ -107,7 +107,7 @@ class Codec(enum.StrEnum):
         raise SchemaError(f"unsupported content type {content_type!r}")
 
 
-class Header(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Header(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """What an envelope says about its body; signed together with it.
 
     Fields are encoded in this order, defaults (``None``) left out.
@@ -125,7 +125,7 @@ class Header(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sealed_to: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
-class _JsonEnvelope(msgspec.Struct, frozen=True):
+class _JsonEnvelope(msgspec.Struct, frozen=True, gc=False):
     header: bytes
     body: bytes
     sig: bytes

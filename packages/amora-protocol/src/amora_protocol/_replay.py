@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["CommandGuard", "Freshness", "SequenceWindow", "StateTracker"]
 
 
-class SequenceWindow(msgspec.Struct, frozen=True, kw_only=True):
+class SequenceWindow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One (sender, epoch)'s anti-replay window, for persisting it across restarts.
 
     Attributes:

@@ -39,7 +39,7 @@ MAX_SESSION_LIST_SIZE: Final = 256 * 1024
 """Largest token accepted: about 6,000 session ids of today's 37 characters."""
 
 
-class SessionList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class SessionList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The sessions a device may accept commands from, as of ``issued_at_ms``.
 
     Attributes:

@@ -27,7 +27,7 @@ Base64Key = Annotated[str, msgspec.Meta(max_length=64)]
 """A 32-byte raw key in standard base64 (44 characters; a little slack)."""
 
 
-class SessionRequest(msgspec.Struct, frozen=True, kw_only=True):
+class SessionRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """``POST /v1/sessions`` body: the session's public keys (base64 of raw bytes).
 
     Attributes:
@@ -41,7 +41,7 @@ class SessionRequest(msgspec.Struct, frozen=True, kw_only=True):
     client_name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
-class BrokerCredential(msgspec.Struct, frozen=True, kw_only=True):
+class BrokerCredential(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """How the app connects to the brokers.
 
     Attributes:
@@ -57,7 +57,7 @@ class BrokerCredential(msgspec.Struct, frozen=True, kw_only=True):
     client_id: str
 
 
-class DevicePublicKeys(msgspec.Struct, frozen=True, kw_only=True):
+class DevicePublicKeys(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A device and the public keys its messages are checked against.
 
     Attributes:
@@ -71,7 +71,7 @@ class DevicePublicKeys(msgspec.Struct, frozen=True, kw_only=True):
     encryption_key: str
 
 
-class AuthzPublicKey(msgspec.Struct, frozen=True, kw_only=True):
+class AuthzPublicKey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One of the authz service's grant-signing public keys.
 
     Attributes:
@@ -83,7 +83,7 @@ class AuthzPublicKey(msgspec.Struct, frozen=True, kw_only=True):
     public_key: str
 
 
-class SessionResponse(msgspec.Struct, frozen=True, kw_only=True):
+class SessionResponse(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A created or refreshed session.
 
     Attributes:

@@ -40,7 +40,7 @@ _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 
 
-class TraceContext(msgspec.Struct, frozen=True, kw_only=True):
+class TraceContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A validated trace context.
 
     Attributes:

@@ -105,6 +105,9 @@ class DeviceCache:
         self._states: dict[str, DeviceState] = {}
         self._statuses: dict[str, ConnectionStatus] = {}
         self._watches: set[Watch] = set()
+        # The watches as a tuple, rebuilt when one comes or goes (rare): each state is offered
+        # by iterating it, with no per-state copy of the set.
+        self._fanout: tuple[Watch, ...] = ()
         self.accepting = True
         """False once closed: a watch registered then ends at once."""
 
@@ -124,7 +127,7 @@ class DeviceCache:
             return
         self._states[state.device_id] = state
         self._stats.delivered += 1
-        for watch in list(self._watches):
+        for watch in self._fanout:
             if watch.wants(state.device_id):
                 watch.offer(state)
 
@@ -150,7 +153,7 @@ class DeviceCache:
             return False
         self._statuses[status.device_id] = status
         self._stats.delivered += 1
-        for watch in list(self._watches):
+        for watch in self._fanout:
             if watch.include_connection and watch.wants(status.device_id):
                 watch.offer(status)
         return True
@@ -169,6 +172,7 @@ class DeviceCache:
             watch.close()
             return
         self._watches.add(watch)
+        self._fanout = tuple(self._watches)
         for device_id, state in list(self._states.items()):
             if watch.wants(device_id):
                 watch.offer(state)
@@ -180,6 +184,7 @@ class DeviceCache:
     def remove_watch(self, watch: Watch) -> None:
         """Unregister `watch` (idempotent)."""
         self._watches.discard(watch)
+        self._fanout = tuple(self._watches)
 
     def close(self) -> None:
         """End every watch; later ones end at once."""

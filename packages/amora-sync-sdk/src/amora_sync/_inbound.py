@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundVerifier"]
 
+_NO_CONTENT_TYPE: tuple[None] = (None,)  # gmqtt gives properties as lists; absent means msgpack
+
 
 class InboundVerifier:
     """Verifies messages from the broker and routes them by kind.
@@ -83,7 +85,7 @@ class InboundVerifier:
         if device is None:
             self._stats.invalid += 1
             return
-        content_types = properties.get("content_type") or [None]
+        content_types = properties.get("content_type") or _NO_CONTENT_TYPE
         try:
             verified = verify_envelope(
                 payload,

@@ -1,0 +1,94 @@
+"""Garbage-collector pauses of one process, timed through `gc.callbacks`, and the GC policy of a window.
+
+The load generators of a benchmark (one process holding thousands of SDK sessions or simulated
+players) are not what a product deployment looks like: an app holds one session. Their cyclic
+collections are timed here and reported on their own, so that the harness's pauses and the
+product's latency are not mixed.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Literal
+
+from amora_bench._common import percentile
+
+__all__ = ["GcPolicy", "GcRecorder", "full_collection", "window_policy"]
+
+GcPolicy = Literal["enabled", "frozen", "off"]
+"""How a load generator's collector runs during the timed window.
+
+``enabled``: as Python starts (thresholds 700/10/10, nothing frozen) — what an app gets by default.
+``frozen``: everything alive at the end of set-up moved out of the collector's reach (`gc.freeze`),
+collector on: what a long-running service does after start-up. ``off``: frozen, and the collector
+disabled for the window (re-enabled afterwards; what the window made is collected and counted then).
+"""
+
+
+class GcRecorder:
+    """Times each collection of this process: generation, start (monotonic ns) and duration."""
+
+    def __init__(self) -> None:
+        """Create a recorder; it records between `start` and `stop`."""
+        self.pauses: list[tuple[int, int, float]] = []  # (generation, start_ns, ms)
+        self._began = 0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter_ns()
+        elif self._began:
+            self.pauses.append((int(info["generation"]), self._began, (time.perf_counter_ns() - self._began) / 1e6))
+            self._began = 0
+
+    def start(self) -> None:
+        """Begin recording."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        """Stop recording (what was recorded stays)."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def summary(self, since_ns: int = 0, until_ns: int | None = None) -> dict[str, Any]:
+        """Count, p50, p99, max and total (ms) of the pauses in a time range, overall and per generation."""
+        chosen = [(g, ms) for g, t, ms in self.pauses if t >= since_ns and (until_ns is None or t <= until_ns)]
+        result = _stats([ms for _, ms in chosen])
+        result["by_generation"] = {
+            str(gen): _stats([ms for g, ms in chosen if g == gen]) for gen in sorted({g for g, _ in chosen})
+        }
+        return result
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "p50_ms": round(percentile(ordered, 50), 3) if ordered else 0.0,
+        "p99_ms": round(percentile(ordered, 99), 3) if ordered else 0.0,
+        "max_ms": round(ordered[-1], 3) if ordered else 0.0,
+        "total_ms": round(sum(ordered), 1),
+    }
+
+
+def full_collection() -> dict[str, Any]:
+    """Time one full collection now: the worst pause this process's live objects cost."""
+    tracked = len(gc.get_objects())
+    start = time.perf_counter_ns()
+    unreachable = gc.collect()
+    return {
+        "ms": round((time.perf_counter_ns() - start) / 1e6, 2),
+        "tracked_objects": tracked,
+        "unreachable": unreachable,
+    }
+
+
+def window_policy(policy: GcPolicy) -> None:
+    """Apply ``policy`` at the start of a timed window (after set-up)."""
+    if policy == "enabled":
+        return
+    gc.collect()
+    gc.freeze()
+    if policy == "off":
+        gc.disable()
