@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from amora_authz._errors import ConfigError
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["METRICS_CONTENT_TYPE", "Metrics", "Telemetry", "exporter_from_env"]
 
-METRICS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4"
+"""The Prometheus text format every scraper reads (Litestar adds ``charset=utf-8``)."""
 AZURE_ENV: Final = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 OTLP_ENV: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 _SCOPE: Final = "amora_authz"

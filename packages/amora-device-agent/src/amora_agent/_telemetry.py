@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -139,20 +139,6 @@ class AgentTelemetry:
         return list(carrier.items())
 
 
-class Stopwatch:
-    """Monotonic seconds since creation (a command's time in the agent)."""
-
-    __slots__ = ("_start",)
-
-    def __init__(self) -> None:
-        """Start now."""
-        self._start = time.perf_counter()
-
-    def seconds(self) -> float:
-        """Seconds since start."""
-        return time.perf_counter() - self._start
-
-
 @dataclasses.dataclass(kw_only=True)
 class ProcessTelemetry:
     """What :func:`configure_process` started (the exporter chosen, the metrics address)."""
@@ -190,6 +176,13 @@ def configure_process(
     )
     readers: list[MetricReader] = []
     result = ProcessTelemetry(exporter="prometheus")
+    # OpenTelemetry's own variables for the Prometheus exporter win over the file.
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or config.prometheus_host
+    try:
+        port = int(env.get("OTEL_EXPORTER_PROMETHEUS_PORT") or config.prometheus_port)
+    except ValueError as exc:
+        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT is not a port number: {exc}") from exc
+    config = msgspec.structs.replace(config, prometheus_host=host, prometheus_port=port)
     if config.prometheus:
         reader, address, stop = _prometheus(config, logger)
         if reader is not None:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import ssl
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -34,6 +34,7 @@ from amora_sync._session_keeper import SessionKeeper
 from amora_sync._session_store import FileSessionStore, SessionStore
 from amora_sync._stats import ClientStats
 from amora_sync._subscriptions import Subscriber
+from amora_sync._telemetry import CommandTracer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -77,6 +78,7 @@ class AmoraClient:
         http_client: httpx.AsyncClient | None = None,
         logger: logging.Logger | None = None,
         session_store: SessionStore | str | os.PathLike[str] | None = None,
+        tracer_provider: Any = None,  # noqa: ANN401 - opentelemetry's, an optional dependency
     ) -> None:
         """Configure the client; nothing happens until ``async with``.
 
@@ -108,6 +110,9 @@ class AmoraClient:
                 0600) or `SessionStore`: the next start resumes it without logging in, and
                 closing keeps it (``aclose(logout=True)`` ends it). None: every start logs
                 in afresh and closing logs out.
+            tracer_provider: An OpenTelemetry ``TracerProvider`` to trace commands with
+                (needs the ``telemetry`` extra; default: the application's global provider,
+                if it set one). See the README's "Tracing".
         """
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be a positive number of seconds, not {resend_interval!r}")
@@ -139,6 +144,7 @@ class AmoraClient:
         )
         self._keeper.on_change = self._session_changed
         self._cache = DeviceCache(stats=self.stats)
+        tracer = CommandTracer(tracer_provider)
         self._outbox = Outbox(
             max_pending=max_pending_commands,
             resend_interval=resend_interval,
@@ -148,6 +154,7 @@ class AmoraClient:
             app_clock_offset=self._keeper.authz_clock_offset,
             stats=self.stats,
             logger=self._log,
+            tracer=tracer,
         )
         inbound = InboundVerifier(
             session=lambda: self._keeper.session,
@@ -157,6 +164,7 @@ class AmoraClient:
             on_response=self._outbox.on_response,
             stats=self.stats,
             logger=self._log,
+            tracer=tracer,
         )
         self._subscriber = Subscriber(limit=policy.connect_timeout, logger=self._log)
         self._conn = ConnectionLoop(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from amora_protocol import EncryptionKey
     from amora_sync._session import Session
     from amora_sync._stats import ClientStats
+    from amora_sync._telemetry import CommandTracer
 
 __all__ = ["InboundVerifier"]
 
@@ -50,6 +51,7 @@ class InboundVerifier:
         on_response: Callable[[CommandResponse], None],
         stats: ClientStats,
         logger: logging.Logger,
+        tracer: CommandTracer | None = None,
     ) -> None:
         """Wire the verifier.
 
@@ -61,6 +63,7 @@ class InboundVerifier:
             on_response: Gets each verified `CommandResponse`.
             stats: Counts received and invalid messages.
             logger: Where drops are logged.
+            tracer: Records answers in their command's trace (None: no tracing).
         """
         self._session = session
         self._decrypt_key = decrypt_key
@@ -69,6 +72,7 @@ class InboundVerifier:
         self._on_response = on_response
         self._stats = stats
         self._log = logger
+        self._tracer = tracer if tracer is not None and tracer.enabled else None
 
     def __call__(self, topic: str, payload: bytes, properties: Mapping[str, Any]) -> None:
         """Verify one message and hand it to its sink, or drop and count it."""
@@ -114,6 +118,8 @@ class InboundVerifier:
             and isinstance(message, CommandResponse)
             and message.device_id == device_id
         ):
+            if self._tracer is not None:
+                self._tracer.received(message, properties.get("user_property") or ())
             self._on_response(message)
         else:
             self._stats.invalid += 1

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from amora_sync._mqtt import MqttLink
     from amora_sync._session import DeviceInfo, Session
     from amora_sync._stats import ClientStats
+    from amora_sync._telemetry import CommandTracer
 
 __all__ = ["Outbox", "validate_command"]
 
@@ -79,6 +80,7 @@ class _Pending:
     sent_at: float = 0.0  # loop time of the last publish
     digests: list[str] = field(default_factory=list)  # unauthenticated_id of each payload sent
     last: CommandResponse | None = None
+    trace: list[tuple[str, str]] | None = None  # user properties with the send span's context
 
 
 class Outbox:
@@ -95,6 +97,7 @@ class Outbox:
         app_clock_offset: Callable[[], int | None],
         stats: ClientStats,
         logger: logging.Logger,
+        tracer: CommandTracer | None = None,
     ) -> None:
         """Wire the outbox.
 
@@ -109,6 +112,7 @@ class Outbox:
                 (to say whose clock is off on a ``clock-skew`` rejection).
             stats: Counts publishes.
             logger: Where to log.
+            tracer: Traces commands (`amora_sync._telemetry`); None: no tracing.
         """
         self._max_pending = max_pending
         self._resend_interval = resend_interval
@@ -118,6 +122,7 @@ class Outbox:
         self._app_clock_offset = app_clock_offset
         self._stats = stats
         self._log = logger
+        self._tracer = tracer if tracer is not None and tracer.enabled else None
         self._pending: dict[str, _Pending] = {}
         self._by_digest: dict[str, _Pending] = {}  # unauthenticated_id(payload) -> its command
         self._link: MqttLink | None = None
@@ -214,6 +219,13 @@ class Outbox:
             deadline=loop.time() + timeout,
             final=loop.create_future(),
         )
+        if self._tracer is None:
+            return await self._send(pending, timeout)
+        with self._tracer.sending(device_id, command.id, action) as pending.trace:
+            return await self._send(pending, timeout)
+
+    async def _send(self, pending: _Pending, timeout: float) -> CommandResponse:  # noqa: ASYNC109 - the deadline
+        command, device_id = pending.command, pending.device.device_id
         self._pending[command.id] = pending
         try:
             if self._link is not None and self._link.connected:
@@ -334,6 +346,7 @@ class Outbox:
             response_topic=responses_topic(device_id),
             correlation_data=pending.command.id.encode(),
             message_expiry_interval=remaining_s,
+            **({"user_property": pending.trace} if pending.trace else {}),
         )
         if not sent:
             self._wakeup.set()
