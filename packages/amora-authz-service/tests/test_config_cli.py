@@ -111,7 +111,7 @@ def test_invalid_configuration_is_a_config_error(tmp_path: Path, text: str, env:
 def test_cli_database_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path)
     assert main(["--config", str(path), "migrate"]) == 0
-    assert "schema version 2" in capsys.readouterr().out
+    assert "schema version 3" in capsys.readouterr().out
     # Linking needs a registered device (done through the API).
     assert main(["--config", str(path), "link", "alice", "player-1"]) == 1
     assert main(["--config", str(path), "devices", "alice"]) == 0

@@ -28,6 +28,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from amora_authz._access import AccessLog
 from amora_authz._admin_devices import admin_device_handlers
+from amora_authz._backend_api import backend_handlers
 from amora_authz._bodies import (  # Litestar reads the body types at runtime
     DeviceRegisteredResponse,
     DeviceRegistration,
@@ -447,6 +448,7 @@ def _api_handlers(settings: Settings) -> list[Any]:
         readyz_serving,
         *enrolment_handlers(admin=_ADMIN, no_store=NO_STORE),
         *admin_device_handlers(admin=_ADMIN),
+        *backend_handlers(admin=_ADMIN, no_store=NO_STORE),
     ]
     if settings.dev_issuer.enabled:
         handlers += [dev_discovery, dev_jwks, dev_token]

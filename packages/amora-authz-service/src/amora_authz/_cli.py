@@ -16,6 +16,7 @@ import msgspec
 import uvicorn
 
 from amora_authz._app import create_app, create_ops_app
+from amora_authz._backend_cli import add_backend_parser, run_backend
 from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     claim.add_argument(
         "--ttl", type=int, default=DEFAULT_TTL_S, help=f"seconds it stays valid (default {DEFAULT_TTL_S})"
     )
+    add_backend_parser(sub)
     token = sub.add_parser("dev-token", help="mint a development token (dev issuer must be on)")
     token.add_argument("user")
     return parser
@@ -151,6 +153,8 @@ async def _database(settings: Settings, args: argparse.Namespace) -> None:
             print(issued.claim)  # noqa: T201 - the claim alone on stdout, for scripts
             expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued.expires_at_ms / 1000))
             print(f"for {issued.device_id or f'{issued.uses} device(s)'}, until {expires}", file=sys.stderr)  # noqa: T201
+        elif args.command == "backend":
+            await run_backend(store, settings, args)
         elif args.command == "devices":
             if args.user:
                 rows = await store.devices_of_user(args.user)

@@ -63,6 +63,7 @@ def _parse_client(data: Mapping[str, Any]) -> ClientSpec:
         clientid=data.get("clientid"),
         password=None,
         textname=data.get("textname"),
+        password_tag=data.get("textdescription") or None,
         roles=frozenset(r["rolename"] for r in data.get("roles", ())),
         groups=frozenset(g["groupname"] for g in data.get("groups", ())),
     )

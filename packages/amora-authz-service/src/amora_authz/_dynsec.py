@@ -112,6 +112,9 @@ class ClientSpec(msgspec.Struct, frozen=True, kw_only=True):
         roles: role names held directly.
         groups: group names it belongs to.
         textname: ownership marker.
+        password_tag: names the password's version (kept in the client's ``textdescription``):
+            dynsec never reports a password, so a rotated one is set again wherever the tag
+            differs (backend accounts; None for passwords that never change).
     """
 
     username: str
@@ -120,6 +123,7 @@ class ClientSpec(msgspec.Struct, frozen=True, kw_only=True):
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     textname: str | None = MANAGED
+    password_tag: str | None = None
 
 
 class DynsecState(msgspec.Struct, kw_only=True):
@@ -192,7 +196,17 @@ def foreign_names(desired: DynsecState, actual: DynsecState) -> ForeignNames:
     )
 
 
-def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
+def _password_rotation(name: str, want: ClientSpec, have: ClientSpec) -> list[dict[str, Any]]:
+    """Set a rotated password again (its tag differs); dynsec then disconnects the client."""
+    if want.password_tag == have.password_tag or want.password is None:
+        return []
+    return [
+        {"command": "setClientPassword", "username": name, "password": want.password},
+        {"command": "modifyClient", "username": name, "textdescription": want.password_tag or ""},
+    ]
+
+
+def plan(  # noqa: C901, PLR0912, PLR0915 - one linear pass per object kind reads best
     desired: DynsecState, actual: DynsecState, *, scope: Scope | None = None
 ) -> list[dict[str, Any]]:
     """Return the dynsec commands that turn ``actual`` into ``desired``.
@@ -297,8 +311,11 @@ def plan(  # noqa: C901, PLR0912 - one linear pass per object kind reads best
                 command["clientid"] = want_c.clientid
             if want_c.password is not None:
                 command["password"] = want_c.password
+            if want_c.password_tag is not None:
+                command["textdescription"] = want_c.password_tag
             create.append(command)
         elif want_c is not None and have_c is not None:
+            create.extend(_password_rotation(name, want_c, have_c))
             if have_c.clientid != want_c.clientid:
                 modify: dict[str, Any] = {
                     "command": "modifyClient",

@@ -41,7 +41,7 @@ from amora_authz._store import Link
 from amora_protocol import now_ms, user_group
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     import structlog
 
@@ -149,6 +149,7 @@ class BrokerFleet:
         on_pass: Callable[..., None] | None = None,
         full_interval_s: float = 3600.0,
         settle_s: float = 2.0,
+        extra_desired: Callable[[Scope | None], Awaitable[DynsecState]] | None = None,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
 
@@ -165,8 +166,12 @@ class BrokerFleet:
                 0.5x-1.5x) even when the cheap check finds nothing (`check_all`).
             settle_s: how long a cheap check that disagrees waits before looking again (a
                 change between its database write and its broker pass), before a full pass.
+            extra_desired: more objects every broker must hold, for a scope (all when None):
+                the backend identities (`amora_authz._backends`), whose names never overlap
+                the ones computed here.
         """
         self._store = store
+        self._extra_desired = extra_desired
         self._password_for = password_for
         self._log = logger
         self._clock_ms = clock_ms
@@ -207,13 +212,19 @@ class BrokerFleet:
         """
         now = self._clock_ms()
         if scope is None:
-            return desired_state(
+            state = desired_state(
                 await self._store.list_devices(),
                 await self._store.list_links(),
                 await self._store.active_sessions(now_ms=now),
                 password_for=self._password_for,
             )
-        return await self._desired_scoped(scope, now)
+        else:
+            state = await self._desired_scoped(scope, now)
+        if self._extra_desired is not None:
+            extra = await self._extra_desired(scope)
+            state.roles.update(extra.roles)
+            state.clients.update(extra.clients)
+        return state
 
     async def _desired_scoped(self, scope: Scope, now: int) -> DynsecState:
         """The desired state of the names in ``scope``, in four statements whatever its size."""
@@ -432,6 +443,9 @@ class BrokerFleet:
         unmanaged = self._unmanaged[name]
         async with self._locks[name], self._store.exclusive(f"reconcile:{name}"):
             wanted = await self._store.managed_counts()
+            if self._extra_desired is not None:  # the backends' accounts and roles (a handful)
+                extra = await self._extra_desired(None)
+                wanted = (wanted[0] + len(extra.clients), wanted[1], wanted[2] + len(extra.roles))
             held = await client.fetch_counts()
         if unmanaged is None:
             return False

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn, Self
 import httpx
 import structlog
 
+from amora_authz._backends import BackendRegistry
 from amora_authz._ca import DeviceCA
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
@@ -117,6 +118,7 @@ class AuthzRuntime:
 
     service: AuthzService
     store: Store
+    backends: BackendRegistry
     validators: TokenValidators
     dev_issuer: DevIssuer | None
 
@@ -217,6 +219,7 @@ class AuthzRuntime:
                 crl_file=Path(settings.crl_file) if settings.crl_file else None,
                 validity_days=settings.device_cert_days,
             )
+        self.backends = BackendRegistry(self.store, secret=secret)
         fleet = BrokerFleet(
             settings.brokers,
             self.store,
@@ -224,6 +227,7 @@ class AuthzRuntime:
             logger=self.log,
             on_pass=self._count_pass,
             full_interval_s=settings.full_reconcile_interval_s,
+            extra_desired=self.backends.desired,
         )
         self._stack.push_async_callback(fleet.close)
         self.telemetry.watch_fleet(fleet.status.values)
@@ -233,6 +237,10 @@ class AuthzRuntime:
             signing_key=signing_keys[0],
             password=session_password(secret, PUBLISHER_ACCOUNT),
             logger=self.log,
+            extra_sessions=self.backends.support_sessions,
+        )
+        self.backends.attach(
+            fleet, session_lists=session_lists, retry_after_s=max(1, round(settings.broker_retry_interval_s))
         )
         self._stack.push_async_callback(session_lists.close)
         self.service = AuthzService(

@@ -38,7 +38,7 @@ from amora_protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     import gmqtt
     import structlog
@@ -168,9 +168,15 @@ class SessionListPublisher:
         logger: structlog.typing.FilteringBoundLogger,
         clock_ms: Callable[[], int] = now_ms,
         timeout_s: float = 5.0,
+        extra_sessions: Callable[[], Awaitable[tuple[str, ...]]] | None = None,
     ) -> None:
-        """Create the publisher (it connects on first use)."""
+        """Create the publisher (it connects on first use).
+
+        ``extra_sessions`` names sessions every active device may obey besides its users':
+        the support backends' (`amora_authz._backends`).
+        """
         self._store = store
+        self._extra_sessions = extra_sessions
         self._key = signing_key
         self._log = logger
         self._clock_ms = clock_ms
@@ -188,6 +194,14 @@ class SessionListPublisher:
         self._last_issued = max(self._clock_ms(), self._last_issued + 1)
         return self._last_issued
 
+    async def _with_extra(self, lists: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Add the sessions every active device may obey (support backends) to each active device's list."""
+        extra = () if self._extra_sessions is None else await self._extra_sessions()
+        if not extra:
+            return lists
+        active = await self._store.active_devices(lists)
+        return {d: tuple(sorted({*ids, *extra})) if d in active else ids for d, ids in lists.items()}
+
     async def publish(self, *, users: Iterable[str] = (), devices: Iterable[str] = ()) -> None:
         """Publish the lists of ``devices`` and of every device linked to one of ``users``.
 
@@ -203,7 +217,7 @@ class SessionListPublisher:
         if not wanted:
             return
         issued = self._issued_at()  # read before the database: a later list saw later rows
-        lists = await self._store.sessions_of_devices(wanted, now_ms=issued)
+        lists = await self._with_extra(await self._store.sessions_of_devices(wanted, now_ms=issued))
         await self._send(lists, issued, only_changed=False)
 
     async def publish_all(self) -> None:
@@ -213,7 +227,7 @@ class SessionListPublisher:
         may have restarted without its retained messages.
         """
         issued = self._issued_at()
-        lists = await self._store.sessions_of_devices(None, now_ms=issued)
+        lists = await self._with_extra(await self._store.sessions_of_devices(None, now_ms=issued))
         await self._send(lists, issued, only_changed=True)
         for link in self._links:
             if link.alive:

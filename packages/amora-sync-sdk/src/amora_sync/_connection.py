@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from amora_sync._flow import ReconnectPolicy
-    from amora_sync._mqtt import MessageHandler
+    from amora_sync._mqtt import AckingHandler, MessageHandler
     from amora_sync._session import Endpoint, Session
     from amora_sync._stats import ClientStats
 
@@ -71,9 +71,10 @@ class ConnectionLoop:
         tls: Callable[[], ssl.SSLContext],
         session_expiry: int,
         keepalive: int,
-        on_message: MessageHandler,
+        on_message: MessageHandler | AckingHandler,
         stats: ClientStats,
         logger: logging.Logger,
+        will: tuple[str, bytes, int] | None = None,
     ) -> None:
         """Wire the loop.
 
@@ -86,7 +87,9 @@ class ConnectionLoop:
             on_message: Gets every message the link receives.
             stats: Counts connects.
             logger: Where to log.
+            will: The link's Last Will (topic, payload, will delay in seconds), if any.
         """
+        self._will = will
         self._session = session
         self._policy = policy
         self._tls = tls
@@ -206,6 +209,7 @@ class ConnectionLoop:
             keepalive=self._keepalive,
             on_message=self._on_message,
             logger=self._log,
+            will=self._will,
         )
 
     async def _attempt(self, link: MqttLink, endpoint: Endpoint) -> bool:

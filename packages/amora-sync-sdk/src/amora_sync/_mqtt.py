@@ -17,9 +17,10 @@ gmqtt changes under it).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gmqtt
@@ -32,6 +33,7 @@ __all__ = [
     "CREDENTIAL_REFUSED",
     "NO_RECONNECT",
     "TESTED_GMQTT",
+    "AckingHandler",
     "LinkError",
     "MessageHandler",
     "MqttLink",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 MessageHandler = Callable[[str, bytes, Mapping[str, Any]], None]
+AckingHandler = Callable[[str, bytes, Mapping[str, Any]], Awaitable[None]]
+"""An asynchronous handler: a QoS 1 message is acknowledged (PUBACK) only once it returns."""
 
 TESTED_GMQTT = ((0, 8), (0, 9))
 """gmqtt versions this adapter is tested with: at least the first, below the second."""
@@ -134,11 +138,20 @@ class MqttLink:
         password: str,
         session_expiry: int,
         keepalive: int,
-        on_message: MessageHandler,
+        on_message: MessageHandler | AckingHandler,
         logger: logging.Logger,
+        will: tuple[str, bytes, int] | None = None,
     ) -> None:
-        """Create the link; nothing is sent until `connect`."""
+        """Create the link; nothing is sent until `connect`.
+
+        An ``on_message`` coroutine function makes the link acknowledge each QoS 1 message
+        only after it returned (gmqtt's ``optimistic_acknowledgement`` off): a message whose
+        handler never finished (the process died, the link dropped) is delivered again.
+        ``will`` is a Last Will (topic, payload, will delay in seconds), published retained.
+        """
         self.client_id = client_id
+        self._acking = inspect.iscoroutinefunction(on_message)
+        self._will = will
         self._username = username
         self._password = password
         self._session_expiry = session_expiry
@@ -165,16 +178,22 @@ class MqttLink:
         # QoS 1/2 publishes stay in `inflight` until acknowledged; we hold it to wait for
         # it to drain (the broker's receive maximum).
         inflight = PersistentStorage()
+        will = None
+        if self._will is not None:
+            topic, payload, delay = self._will
+            will = gmqtt.Message(topic, payload, qos=1, retain=True, will_delay_interval=delay)
         client = gmqtt.Client(
             self.client_id,
             clean_session=False,
             logger=self._gmqtt_logger,
             session_expiry_interval=self._session_expiry,
             persistent_storage=inflight,
+            optimistic_acknowledgement=not self._acking,
+            will_message=will,
         )
         client.set_config({"reconnect_retries": NO_RECONNECT})
         client.set_auth_credentials(self._username, self._password)
-        client.on_message = self._handle_message
+        client.on_message = self._handle_message_acked if self._acking else self._handle_message
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_suback
         client.on_connect = self._handle_connect
@@ -200,6 +219,24 @@ class MqttLink:
         except Exception:
             # A bug in the owner's handler must not kill gmqtt's read loop.
             self._logger.exception("amora-sync: message handler failed for %s", topic)
+
+    async def _handle_message_acked(
+        self, client: object, topic: str, payload: bytes, _qos: int, properties: Mapping[str, Any]
+    ) -> int:
+        """Gmqtt sends the PUBACK (with the code returned) once this returns."""
+        if client is not self._client:
+            return 0  # a superseded connection: its transport is gone, nothing is sent
+        self._heard()
+        try:
+            await self._on_message_cb(topic, payload, properties)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            # The owner gave up on it (the link is going): cut the link so that no PUBACK
+            # goes out; the broker sends the message again on the next connection.
+            self.abort()
+        except Exception:
+            self._logger.exception("amora-sync: message handler failed for %s; not acknowledged", topic)
+            self.abort()
+        return 0
 
     def _handle_connect(self, client: object, flags: int, _rc: int, _properties: object) -> None:
         if client is not self._client:
