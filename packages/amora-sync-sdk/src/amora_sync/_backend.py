@@ -515,10 +515,12 @@ class BackendConsumer:
         try:
             parsed = parse_topic(topic)
         except ProtocolError as exc:
-            return self._invalid(topic, str(exc))
+            self._invalid(topic, str(exc))
+            return None
         expected = _KINDS.get(parsed.kind)
         if expected is None or parsed.kind not in self._kinds:
-            return self._invalid(topic, f"{parsed.kind.value} is not a kind this backend reads")
+            self._invalid(topic, f"{parsed.kind.value} is not a kind this backend reads")
+            return None
         keys = self._keys
         assert keys is not None  # noqa: S101 - set before any link starts
         content_types = properties.get("content_type") or [None]
@@ -532,14 +534,17 @@ class BackendConsumer:
                 except UnknownKey:
                     pass  # a key id the cache lacks: the device's keys may have changed
                 except ProtocolError as exc:
-                    return self._invalid(topic, f"{type(exc).__name__}: {exc}")
+                    self._invalid(topic, f"{type(exc).__name__}: {exc}")
+                    return None
                 else:
                     if isinstance(verified, expected):
                         return verified
-                    return self._invalid(topic, f"a {type(verified).__name__} does not belong there")
+                    self._invalid(topic, f"a {type(verified).__name__} does not belong there")
+                    return None
             if attempt == 0:
                 key = await self._refreshed(parsed.device_id)
-        return self._invalid(topic, "no key the authz service lists for that device verifies it")
+        self._invalid(topic, "no key the authz service lists for that device verifies it")
+        return None
 
     def _invalid(self, topic: str, reason: str) -> None:
         self.stats.invalid += 1
