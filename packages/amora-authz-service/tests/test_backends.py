@@ -7,9 +7,12 @@ support grants through a real agent) is in ``tests-integration/test_backends_acc
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING
 
 import msgspec
+import pytest
+import structlog
 
 from amora_authz._backends import Backend, backend_objects, backend_password
 from amora_authz._cli import main
@@ -17,11 +20,21 @@ from amora_authz._dynsec import MANAGED, DynsecState, plan
 from amora_protocol import BackendRole
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
-    import pytest
-
 SECRET = bytes(range(32))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures logging for the process (onto pytest's captured stderr); put it back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _backend(role: BackendRole = BackendRole.ANALYTICS, generation: int = 1) -> Backend:
