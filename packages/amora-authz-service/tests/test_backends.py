@@ -6,6 +6,7 @@ support grants through a real agent) is in ``tests-integration/test_backends_acc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -17,11 +18,14 @@ import structlog
 from amora_authz._backends import Backend, backend_objects, backend_password
 from amora_authz._cli import main
 from amora_authz._dynsec import MANAGED, DynsecState, plan
+from amora_devtools.broker import dynsec
 from amora_protocol import BackendRole
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from authz_broker_harness import Harness
 
 SECRET = bytes(range(32))
 
@@ -131,3 +135,30 @@ def test_the_cli_creates_lists_rotates_and_deletes_backends(tmp_path: Path, caps
     assert capsys.readouterr().out.strip() == ""
     assert main(["--config", config, "backend", "delete", "stats"]) == 1
     assert "no backend 'stats'" in capsys.readouterr().err
+
+
+async def test_the_periodic_check_counts_backend_accounts_and_repairs_them(harness: Harness) -> None:
+    """The cheap periodic check (issue #15) must agree with a broker that holds backends."""
+    runtime = harness.svc.runtime
+    fleet = runtime.service.fleet
+    fleet._settle_s = 0.05
+    backend = await runtime.backends.create(name="stats", role="analytics", replicas=2, by="admin", at_ms=1)
+    (report,) = await runtime.service.periodic_pass()
+    assert (report.full, report.commands) == (None, 0)  # the backend's objects are counted
+    # An operator deletes one of its accounts behind the service's back: repaired.
+    await asyncio.to_thread(dynsec, harness.broker, [{"command": "deleteClient", "username": backend.accounts[1]}])
+    (report,) = await runtime.service.periodic_pass()
+    assert report.full == "counts differ"
+    answer = await asyncio.to_thread(
+        dynsec, harness.broker, [{"command": "getClient", "username": backend.accounts[1]}]
+    )
+    client = answer[0]["data"]["client"]
+    assert (client["textname"], client["textdescription"]) == (MANAGED, "generation 1")
+    # Deleted: gone from the broker, and the check agrees again.
+    await runtime.backends.delete("stats")
+    gone = await asyncio.to_thread(
+        dynsec, harness.broker, [{"command": "getClient", "username": backend.accounts[0]}], check=False
+    )
+    assert gone[0].get("error")
+    (report,) = await runtime.service.periodic_pass()
+    assert report.full is None
