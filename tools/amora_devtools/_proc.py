@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self, TypeVar
 
-from amora_devtools._errors import ServiceStartError
+from amora_devtools._errors import DevtoolsError, ServiceStartError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -299,6 +299,27 @@ class ServiceHandle(ClosedOnExit):
     """A service the harness runs as one `ManagedProcess` (``_proc``) that it can stop, kill and restart."""
 
     _proc: ManagedProcess | None
+
+    @property
+    def label(self) -> str:
+        """What the handle runs, for messages (e.g. ``broker primary``)."""
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        """PID of the running process.
+
+        Raises:
+            DevtoolsError: It is not running.
+        """
+        if self._proc is None:
+            raise DevtoolsError(f"{self.label} is not running")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.alive()
 
     def _start(self, *, timeout: float) -> None:
         """Start the process on the handle's ports and state; wait until it answers."""

@@ -158,20 +158,9 @@ class BrokerProcess(ServiceHandle):
         return self.state_dir / "dynamic-security.json"
 
     @property
-    def pid(self) -> int:
-        """PID of the running mosquitto.
-
-        Raises:
-            DevtoolsError: The broker is not running.
-        """
-        if self._proc is None:
-            raise DevtoolsError(f"broker {self.name} is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the mosquitto process is alive."""
-        return self._proc is not None and self._proc.alive()
+    def label(self) -> str:
+        """What runs, for messages."""
+        return f"broker {self.name}"
 
     def log_text(self) -> str:
         """Everything mosquitto logged so far."""

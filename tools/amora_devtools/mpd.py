@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import mpd
 
-from amora_devtools._errors import DevtoolsError, ServiceStartError
+from amora_devtools._errors import ServiceStartError
 from amora_devtools._proc import ManagedProcess, ServiceHandle, free_port, tail, wait_until
 from amora_devtools.music import DEFAULT_TRACKS, Track, write_library
 
@@ -78,20 +78,9 @@ class MpdProcess(ServiceHandle):
         return self.workdir / "mpd.log"
 
     @property
-    def pid(self) -> int:
-        """PID of the running MPD.
-
-        Raises:
-            DevtoolsError: Not running.
-        """
-        if self._proc is None:
-            raise DevtoolsError("mpd is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the MPD process is alive."""
-        return self._proc is not None and self._proc.alive()
+    def label(self) -> str:
+        """What runs, for messages."""
+        return "mpd"
 
     @contextlib.contextmanager
     def client(self, *, timeout: float = 5.0) -> Iterator[mpd.MPDClient]:
