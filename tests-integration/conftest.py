@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -15,6 +16,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
+from amora_devtools.fakedevice import FakeDevice, register_fake_device
 from amora_devtools.stack import Stack
 from amora_protocol import EncryptionKey, SigningKey
 from amora_sync import AmoraClient, ReconnectPolicy
@@ -260,3 +262,21 @@ def authz_http() -> Any:
         return httpx.Client(base_url=stack.authz_url, headers=headers, timeout=30)
 
     return client
+
+
+@pytest.fixture
+def fake_device() -> Any:
+    """``fake_device(stack, prefix)``: a newly registered device (`amora_devtools.fakedevice`), not yet connected."""
+
+    def register(stack: Stack, prefix: str) -> FakeDevice:
+        assert stack.pki is not None
+        return register_fake_device(
+            stack.authz_url,
+            dev_token(stack, "admin"),
+            f"{prefix}-{secrets.token_hex(3)}",
+            ca_file=stack.pki.ca_file,
+            host=stack.brokers[0].host,
+            port=stack.brokers[0].device_port,
+        )
+
+    return register

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from amora_devtools.fakedevice import FakeDevice, register_fake_device
 from amora_devtools.stack import Stack
 from amora_protocol import BackendRole, DeviceState, SigningKey
 from amora_sync import ReconnectPolicy
@@ -31,20 +30,6 @@ def _create_backend(stack: Stack, authz_http: Any, role: BackendRole, replicas: 
         response = http.post("/v1/admin/backends", json={"name": name, "role": role.value, "replicas": replicas})
     assert response.status_code == 201, response.text
     return BackendCredentials.from_admin(response.json())
-
-
-def _device(stack: Stack, authz_http: Any, prefix: str) -> FakeDevice:
-    assert stack.pki is not None
-    with authz_http(stack, "admin") as http:
-        token = http.headers["Authorization"].removeprefix("Bearer ")
-    return register_fake_device(
-        stack.authz_url,
-        token,
-        f"{prefix}-{secrets.token_hex(3)}",
-        ca_file=stack.pki.ca_file,
-        host=stack.brokers[0].host,
-        port=stack.brokers[0].device_port,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -77,12 +62,12 @@ def _versions(items: list[FleetMessage], device_id: str) -> set[int]:
 
 
 async def test_two_replicas_split_every_verified_state_and_drop_forgeries(
-    security_stack: Stack, authz_http: Any
+    security_stack: Stack, authz_http: Any, fake_device: Any
 ) -> None:
     stack = security_stack
     assert stack.pki is not None
     credentials = _create_backend(stack, authz_http, BackendRole.ANALYTICS, replicas=2)
-    devices = [_device(stack, authz_http, "fleet") for _ in range(2)]
+    devices = [fake_device(stack, "fleet") for _ in range(2)]
     seen: list[list[FleetMessage]] = [[], []]
     changed = asyncio.Event()
     dropped: list[tuple[str, str]] = []
@@ -130,7 +115,7 @@ async def test_two_replicas_split_every_verified_state_and_drop_forgeries(
 
 
 async def test_a_device_registered_after_start_is_verified_with_its_fetched_key(
-    security_stack: Stack, authz_http: Any
+    security_stack: Stack, authz_http: Any, fake_device: Any
 ) -> None:
     stack = security_stack
     assert stack.pki is not None
@@ -143,7 +128,7 @@ async def test_a_device_registered_after_start_is_verified_with_its_fetched_key(
         ) as consumer,
         _collect(consumer, seen, changed=changed),
     ):
-        newcomer = _device(stack, authz_http, "late")
+        newcomer = fake_device(stack, "late")
         assert consumer._keys is not None
         assert consumer._keys.get(newcomer.device_id) is None
         async with newcomer:

@@ -32,6 +32,11 @@ def members() -> list[tuple[Path, list[str], str]]:
         t for t in ("amora_devtools", "bench", "tests", "typecheck.py", "deploy_check.py") if (tools / t).exists()
     ]
     found.append((tools, targets, ".:bench"))
+    # Example applications (examples/*): their package and tests folders.
+    for pyproject in sorted((ROOT / "examples").glob("*/pyproject.toml")):
+        folder = pyproject.parent
+        targets = sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.py")))
+        found.append((folder, targets, "."))
     # The broker image's entrypoint (standard library only, not a package).
     found.append((ROOT / "infra" / "images" / "broker", ["amora_broker.py"], "."))
     integ = ROOT / "tests-integration"
