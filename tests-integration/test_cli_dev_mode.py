@@ -15,16 +15,23 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from amora_devtools.stack import STACK_FORMAT
+from amora_devtools.stack import STACK_FORMAT, Stack
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
-
-    from amora_devtools.stack import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 _CLI_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the module (alice: player-1 and -2; bob: player-3)."""
+    users = {"alice": (0, 1), "bob": (2,), "carol": ()}
+    with Stack(tmp_path_factory.mktemp("dev-mode") / "stack", players=3, users=users) as running:
+        yield running
 
 
 def _amora(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
