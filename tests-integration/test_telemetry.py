@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,32 @@ def test_metrics_are_the_exporters_text_with_help_units_and_types(stack: Stack) 
     assert [(s.labels["broker"], s.value) for s in reachable.samples] == [("primary", 1.0)]
     passes = families["amora_authz_broker_reconcile_passes"]
     assert any(s.labels["ok"] == "true" and s.value >= 1 for s in passes.samples)
+
+
+def _scrape(url: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(httpx.get(url, timeout=10).text)}
+
+
+def test_broker_statistics_come_from_mosquittos_sys_topics(stack: Stack) -> None:
+    # mosquitto publishes $SYS every sys_interval (10 s), retained (a value at its start, the
+    # next ones when they changed): the count of the stack's clients is there within two.
+    url = f"{stack.authz_url}/metrics"
+    deadline = time.monotonic() + 2 * WAIT_S
+
+    def connected_clients(families: dict[str, Any]) -> float:
+        family = families.get("amora_broker_clients_connected")
+        return 0.0 if family is None else sum(s.value for s in family.samples if s.labels["broker"] == "primary")
+
+    families = _scrape(url)
+    # At least the agent, the service's dynsec client, its session-list publisher and the exporter.
+    while connected_clients(families) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        families = _scrape(url)
+    assert connected_clients(families) >= 3
+    assert families["amora_broker_clients_connected"].type == "gauge"
+    received = families["amora_broker_messages_received"]
+    assert received.type == "counter"
+    assert [s.value > 0 for s in received.samples if s.name == "amora_broker_messages_received_total"] == [True]
+    assert families["amora_broker_messages_dropped"].type == "counter"
+    uptime = families["amora_broker_uptime_seconds"]
+    assert [s.labels["broker"] for s in uptime.samples] == ["primary"]

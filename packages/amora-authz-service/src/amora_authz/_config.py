@@ -93,6 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         log_level: ``debug``, ``info``, ``warning``, ``error``.
         log_json: JSON logs (off gives console logs for development).
         access_log: one ``http.request`` line per request (method, path, status, time).
+        broker_stats: read each broker's ``$SYS`` statistics and export them as metrics
+            (``amora_broker_*``; the admin account must be allowed to subscribe to ``$SYS/#``).
     """
 
     database_url: str = "sqlite://authz.db"
@@ -123,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: str = "info"
     log_json: bool = True
     access_log: bool = True
+    broker_stats: bool = True
 
     @property
     def base_url(self) -> str:

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from amora_authz._telemetry import add_trace_context
+
 __all__ = ["configure_logging"]
 
 
@@ -26,6 +28,7 @@ def configure_logging(*, level: str = "info", json: bool = True) -> None:
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

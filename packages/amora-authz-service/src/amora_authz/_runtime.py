@@ -20,6 +20,7 @@ import httpx
 import structlog
 
 from amora_authz._backends import BackendRegistry
+from amora_authz._brokerstats import BrokerStats
 from amora_authz._ca import DeviceCA
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
@@ -153,6 +154,7 @@ class AuthzRuntime:
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.dev_issuer = None
+        self.broker_stats: BrokerStats | None = None
 
     async def __aenter__(self) -> Self:
         """Open everything, reconcile once, start the loops."""
@@ -268,12 +270,25 @@ class AuthzRuntime:
             self._tasks.create_task(self._reconcile_loop(), name="amora-authz.reconcile-loop")
             self._tasks.create_task(self._expiry_loop(), name="amora-authz.session-expiry")
             self._tasks.create_task(self._retry_loop(), name="amora-authz.broker-retry")
+            if settings.broker_stats and settings.brokers:
+                self.broker_stats = BrokerStats(settings.brokers, meter=self.telemetry.meter, logger=self.log)
+                self._tasks.create_task(self._stats_loop(self.broker_stats), name="amora-authz.broker-stats")
         self.log.info(
             "authz.started",
             database=settings.database_url.split(":", 1)[0],
             brokers=[b.name for b in settings.brokers],
             issuers=list(self.validators._by_issuer),  # noqa: SLF001 - own class
         )
+
+    async def _stats_loop(self, stats: BrokerStats) -> None:
+        """Follow the brokers' $SYS topics until stopped."""
+        following = asyncio.ensure_future(stats.run())
+        try:
+            await self._stop.wait()
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
 
     def _count_pass(self, broker: str, *, full: bool, ok: bool) -> None:
         kind = "full" if full else "scoped"

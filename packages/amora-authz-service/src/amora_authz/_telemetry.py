@@ -30,14 +30,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from amora_authz._errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 
     from opentelemetry.metrics import CallbackOptions, Counter, Observation
     from opentelemetry.sdk.metrics.export import MetricReader
 
     from amora_authz._fleet import BrokerStatus
 
-__all__ = ["METRICS_CONTENT_TYPE", "Metrics", "Telemetry", "exporter_from_env"]
+__all__ = ["METRICS_CONTENT_TYPE", "Metrics", "Telemetry", "add_trace_context", "exporter_from_env"]
 
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4"
 """The Prometheus text format every scraper reads (Litestar adds ``charset=utf-8``)."""
@@ -236,6 +236,19 @@ def _otlp(readers: list[MetricReader], resource: Resource) -> tuple[MeterProvide
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return meter_provider, tracer_provider
+
+
+def add_trace_context(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Structlog processor: the current span's ``trace_id`` and ``span_id``, when there is one.
+
+    Log lines written while a command or a request is traced then join the trace in any
+    backend that correlates by these ids (Application Insights, Grafana, Loki).
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
 
 
 class Metrics:

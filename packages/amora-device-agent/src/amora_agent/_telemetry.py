@@ -34,7 +34,7 @@ from amora_agent._errors import ConfigError
 from amora_protocol import trace_context, trace_properties
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, MutableMapping, Sequence
 
     import structlog
     from opentelemetry.context import Context
@@ -47,6 +47,7 @@ __all__ = [
     "SECONDS_BUCKETS",
     "AgentTelemetry",
     "ProcessTelemetry",
+    "add_trace_context",
     "configure_process",
 ]
 
@@ -137,6 +138,19 @@ class AgentTelemetry:
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         return list(carrier.items())
+
+
+def add_trace_context(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Structlog processor: the current span's ``trace_id`` and ``span_id``, when there is one.
+
+    Log lines written while a command or a request is traced then join the trace in any
+    backend that correlates by these ids (Application Insights, Grafana, Loki).
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
 
 
 @dataclasses.dataclass(kw_only=True)
