@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -22,8 +23,9 @@ from typing import Any
 from amora_bench._common import machine
 from amora_bench._report import summary_markdown, write_plots
 
-# Scenario name -> (module, quick kwargs, full kwargs). A module's `run(**kwargs)` returns its figures.
-SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+# Scenario name -> (module, quick kwargs, full kwargs). A module's `run(**kwargs)` returns its figures;
+# quick kwargs None: the scenario runs in full mode only.
+SCENARIOS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "envelope": ("amora_bench.envelope", {"seconds": 0.5}, {"seconds": 3.0}),
     "connections": (
         "amora_bench.connections",
@@ -38,8 +40,31 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "garbage": ("amora_bench.garbage", {"sessions": 50, "seconds": 2.0}, {"sessions": 1000, "seconds": 5.0}),
     "fleet": (
         "amora_bench.fleet",
-        {"players": 140, "sessions": 500, "rate": 1000.0, "seconds": 5.0},
-        {"players": 1400, "sessions": 5000, "rate": 1000.0, "seconds": 30.0},
+        {
+            "players": 140,
+            "sessions": 500,
+            "rate": 1000.0,
+            "seconds": 5.0,
+            "rates": [2000.0, 4000.0],
+            "rate_seconds": 3.0,
+        },
+        {
+            "players": 1400,
+            "sessions": 5000,
+            "rate": 1000.0,
+            "seconds": 30.0,
+            "rates": [1500.0, 2000.0, 2500.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0],
+            "rate_seconds": 10.0,
+        },
+    ),
+    # The 10,000-connection fleet: 8,000 logins take most of its time; full mode only.
+    "fleet_10k": ("amora_bench.fleet", None, {"players": 2000, "sessions": 8000, "rate": 1000.0, "seconds": 30.0}),
+    # Latency, CPU and memory against connections held: a 1,000-connection fleet at 1,000
+    # changes/s, then idle TLS app connections added up to each level.
+    "cost_curve": (
+        "amora_bench.fleet",
+        None,  # full only: quick mode stays under two minutes (python -m amora_bench.fleet --held 1000,2700 to try it)
+        {"players": 200, "sessions": 800, "seconds": 10.0, "held": [2700, 6400, 10_000, 20_000], "held_seconds": 10.0},
     ),
 }
 
@@ -49,18 +74,22 @@ def run_all(mode: str, only: set[str] | None) -> dict[str, Any]:
     results: dict[str, Any] = {"mode": mode, "machine": machine(), "started_at": time.strftime("%FT%TZ", time.gmtime())}
     scenarios: dict[str, Any] = {}
     for name, (module_name, quick_kwargs, full_kwargs) in SCENARIOS.items():
-        if only and name not in only:
+        kwargs = quick_kwargs if mode == "quick" else full_kwargs
+        if (only and name not in only) or kwargs is None:
             continue
         sys.stderr.write(f"amora-bench: {name} ({mode}) ...\n")
         start = time.perf_counter()
+        load_before = os.getloadavg()[0]
         try:
             module = importlib.import_module(module_name)
-            figures = module.run(**(quick_kwargs if mode == "quick" else full_kwargs))
+            figures = module.run(**kwargs)
             figures["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - one failing scenario must not hide the others
             traceback.print_exc()
             figures = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         figures["duration_s"] = round(time.perf_counter() - start, 1)
+        # The machine may be shared: the 1-minute load average before and after, beside every figure.
+        figures["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
         scenarios[name] = figures
         sys.stderr.write(f"amora-bench: {name} done in {figures['duration_s']} s ({figures['status']})\n")
     results["scenarios"] = scenarios

@@ -31,14 +31,18 @@ class GcRecorder:
 
     def __init__(self) -> None:
         """Create a recorder; it records between `start` and `stop`."""
-        self.pauses: list[tuple[int, int, float]] = []  # (generation, start_ns, ms)
+        self.pauses: list[tuple[int, int, float]] = []  # (generation, start_ns, wall ms)
+        self.cpu_ms: list[float] = []  # the same pauses' CPU time (less when the process was descheduled)
         self._began = 0
+        self._began_cpu = 0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._began = time.perf_counter_ns()
+            self._began_cpu = time.thread_time_ns()
         elif self._began:
             self.pauses.append((int(info["generation"]), self._began, (time.perf_counter_ns() - self._began) / 1e6))
+            self.cpu_ms.append((time.thread_time_ns() - self._began_cpu) / 1e6)
             self._began = 0
 
     def start(self) -> None:
@@ -53,8 +57,16 @@ class GcRecorder:
 
     def summary(self, since_ns: int = 0, until_ns: int | None = None) -> dict[str, Any]:
         """Count, p50, p99, max and total (ms) of the pauses in a time range, overall and per generation."""
-        chosen = [(g, ms) for g, t, ms in self.pauses if t >= since_ns and (until_ns is None or t <= until_ns)]
+        picked = [
+            (g, ms, cpu)
+            for (g, t, ms), cpu in zip(self.pauses, self.cpu_ms, strict=True)
+            if t >= since_ns and (until_ns is None or t <= until_ns)
+        ]
+        chosen = [(g, ms) for g, ms, _ in picked]
         result = _stats([ms for _, ms in chosen])
+        cpu = sorted(c for _, _, c in picked)
+        result["cpu_p99_ms"] = round(percentile(cpu, 99), 3) if cpu else 0.0
+        result["cpu_max_ms"] = round(cpu[-1], 3) if cpu else 0.0
         result["by_generation"] = {
             str(gen): _stats([ms for g, ms in chosen if g == gen]) for gen in sorted({g for g, _ in chosen})
         }

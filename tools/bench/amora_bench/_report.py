@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from amora_bench._fleetreport import cost_curve_section, fleet_plots, fleet_section, rate_sweep_section
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -50,6 +52,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    written += fleet_plots(results, out)
     levels = results["scenarios"].get("connections", {}).get("levels", [])
     if levels:
         counts = [lv["connections"] for lv in levels]
@@ -182,41 +185,6 @@ def _agent_section(scenarios: dict[str, Any]) -> list[str]:
     ]
 
 
-def _fleet_section(scenarios: dict[str, Any]) -> list[str]:
-    fleet = scenarios.get("fleet")
-    if not fleet or fleet["status"] != "ok":
-        return []
-    lat, procs = fleet["latency"], fleet["processes"]
-    sdk = ", ".join(f"{p['cpu_percent']}% / {p['rss_mb']} MiB" for p in procs["sdk"])
-    p99_ok = lat["p99_ms"] <= 10.0
-    return [
-        (
-            f"## Fleet: {fleet['players']:,} players, {fleet['sessions']:,} SDK sessions "
-            f"({fleet['connections']:,} connections), {fleet['achieved_rate_per_s']:,} changes/s"
-        ),
-        "",
-        "| p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | sent | delivered/expected | lost |",
-        "|---|---|---|---|---|---|---|",
-        (
-            f"| {lat['p50_ms']} | {lat['p90_ms']} | {lat['p99_ms']} | {lat['max_ms']} | {fleet['sent']:,} | "
-            f"{fleet['delivered']:,}/{fleet['expected']:,} | {fleet['lost']} |"
-        ),
-        "",
-        (
-            f"Latency is player change -> verified state out of each watching session's iterator. "
-            f"p99 <= 10 ms: {_mark(p99_ok)}; zero loss: {_mark(fleet['lost'] == 0)}."
-        ),
-        "",
-        (
-            f"CPU / RSS: players {procs['players']['cpu_percent']}% / {procs['players']['rss_mb']} MiB; "
-            f"SDK processes {sdk}; broker {procs['broker']['cpu_percent']}% / {procs['broker']['rss_mb']} MiB; "
-            f"authz {procs['authz']['rss_mb']} MiB. Set-up: register {fleet['setup_register_s']} s, players online "
-            f"{fleet['setup_players_online_s']} s, sessions {fleet['setup_sessions_s']} s."
-        ),
-        "",
-    ]
-
-
 def _revocation_section(scenarios: dict[str, Any]) -> list[str]:
     rev = scenarios.get("revocation")
     if not rev or rev["status"] != "ok":
@@ -234,7 +202,16 @@ def _revocation_section(scenarios: dict[str, Any]) -> list[str]:
     ]
 
 
-_SECTIONED = {"envelope", "connections", "sdk_latency", "agent_latency", "fleet", "revocation"}
+_SECTIONED = {
+    "envelope",
+    "connections",
+    "sdk_latency",
+    "agent_latency",
+    "fleet",
+    "fleet_10k",
+    "cost_curve",
+    "revocation",
+}
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -254,16 +231,23 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _connections_section(scenarios)
     lines += _sdk_section(scenarios)
     lines += _agent_section(scenarios)
-    lines += _fleet_section(scenarios)
+    for name in ("fleet", "fleet_10k"):
+        if scenarios.get(name, {}).get("status") == "ok":
+            lines += fleet_section(name, scenarios[name])
+            lines += rate_sweep_section(scenarios[name])
+    if scenarios.get("cost_curve", {}).get("status") == "ok":
+        lines += cost_curve_section(scenarios["cost_curve"])
     lines += _revocation_section(scenarios)
     for name, figures in scenarios.items():
         if figures["status"] != "ok":
             lines += [f"## {name}: {figures['status']}", "", f"{figures.get('error', '')}", ""]
-        elif (
-            name not in {"envelope", "connections", "sdk_latency", "agent_latency", "fleet", "revocation"}
-            and "summary" in figures
-        ):
+        elif name not in _SECTIONED and "summary" in figures:
             lines += [f"## {name}", "", figures["summary"], ""]
-    durations = ", ".join(f"{n} {f['duration_s']} s" for n, f in scenarios.items())
+    durations = ", ".join(
+        f"{n} {f['duration_s']} s (load {f['load_average_1m']['before']}-{f['load_average_1m']['after']})"
+        if "load_average_1m" in f
+        else f"{n} {f['duration_s']} s"
+        for n, f in scenarios.items()
+    )
     lines += [f"Durations: {durations}.", ""]
     return "\n".join(lines)

@@ -2,10 +2,24 @@
 
 ``players`` simulated players (the agent's own core over its simulated backend, many in one
 process) are registered through the authz admin API (keys + CSR) and each linked to its own
-user; ``sessions`` SDK sessions (many per process) log in as those users through the real token
-exchange and watch their user's devices. The players then change state at a combined ``rate``
-per second for ``seconds``; every change is timed from the moment it is made on the player to
-the moment the verified state comes out of each watching session's iterator.
+user; ``sessions`` SDK sessions log in as those users through the real token exchange and
+watch their user's devices. Session ``s`` watches player ``s % players``; sessions go to SDK
+process ``(s // players) % sdk_processes``, so the watchers of one player are spread over the
+SDK processes (not all in one, where one process's pause would delay every watcher at once).
+
+The players then change state at ``rate`` per second for ``seconds`` (the main window); every
+change is timed from the moment it is made on the player to the moment the verified state
+comes out of each watching session's iterator. In the same set-up, further windows can follow:
+a rate sweep (``rates``, stopping at the first whose p99 passes 30 ms: saturation) and a
+held-connection sweep (``held``: idle TLS app connections from one more process bring the
+broker's connection count to each level, then a window at ``rate``).
+
+The load generators (players process, SDK processes) hold thousands of clients each, which no
+deployment does; their garbage collector runs under ``gc`` (`amora_bench._gcstats.GcPolicy`,
+default ``frozen``: set-up objects frozen, collector on) and every pause is timed and reported
+on its own, with the late deliveries that overlapped one. A sampler records each component's
+CPU every 100 ms, the load average, and the authz service's full reconcile passes, on the same
+clock as the deliveries (`amora_bench._monitor`).
 
 Clocks: ``time.perf_counter_ns`` is CLOCK_MONOTONIC on Linux, shared by every process here, so
 send and receive times from different processes compare directly.
@@ -18,171 +32,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import gc
 import json
-import logging
 import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
-from bisect import bisect_left
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amora_bench._common import cpu_seconds, latency_summary, raise_fd_limit, rss_mb
+from amora_bench._common import raise_fd_limit, rss_mb
+from amora_bench._fleetanalysis import Window, analyse_window
+from amora_bench._fleetproc import (
+    DEVICE_FMT,
+    SETUP_TIMEOUT_S,
+    USER_FMT,
+    holder_main,
+    player_main,
+    sessions_main,
+)
+from amora_bench._monitor import Monitor
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from amora_bench._gcstats import GcPolicy
+
 __all__ = ["run"]
 
-DEVICE_FMT = "fleet-{:04d}"
-USER_FMT = "u{:04d}"
-_SETUP_TIMEOUT_S = 600.0
-_DRAIN_S = 3.0
 _REGISTER_CONCURRENCY = 8
-
-
-# -- player process ---------------------------------------------------------------------------
-
-
-def _player_main(conn: Connection, spec: dict[str, Any]) -> None:
-    """Child process: run every simulated player; drive changes on "go"; report the changes."""
-    logging.disable(logging.CRITICAL)
-    import structlog  # noqa: PLC0415
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    raise_fd_limit()
-    asyncio.run(_players(conn, spec))
-
-
-async def _players(conn: Connection, spec: dict[str, Any]) -> None:
-    from amora_agent import Agent, AgentOptions, BrokerEndpoint, SimulatedPlayer, TlsConfig, client_ssl_context  # noqa: PLC0415
-    from amora_protocol import SetVolume, SigningKey, VerifyKey  # noqa: PLC0415
-
-    trusted = [VerifyKey.from_raw(base64.b64decode(k)) for k in spec["authz_keys"]]
-    endpoint = [BrokerEndpoint(host=spec["host"], port=spec["device_port"])]
-    options = AgentOptions(durable=False, backoff_initial_s=1.0, connect_timeout_s=60, keepalive_s=120)
-    agents, sims = [], []
-    for device in spec["devices"]:
-        ctx = client_ssl_context(TlsConfig(ca_file=spec["ca_file"], cert_file=device["cert"], key_file=device["key"]))
-        sim = SimulatedPlayer()
-        sims.append(sim)
-        agents.append(
-            Agent(
-                device_id=device["id"],
-                signing_key=SigningKey.from_raw(bytes.fromhex(device["signing"])),
-                trusted_keys=trusted,
-                endpoints=endpoint,
-                ssl_context=ctx,
-                state_dir=Path(device["state_dir"]),
-                player=sim,
-                options=options,
-            )
-        )
-    tasks = [asyncio.create_task(a.run(), name=f"fleet.agent[{a.device_id}]") for a in agents]
-    async with asyncio.timeout(_SETUP_TIMEOUT_S):
-        await asyncio.gather(*(a.wait_online() for a in agents))
-    # Long-lived set-up objects out of the cyclic GC's way (as a long-running service would do).
-    gc.freeze()
-    conn.send(("ready", len(agents)))
-    await asyncio.to_thread(conn.recv)  # "go"
-    rate, seconds, n = spec["rate"], spec["seconds"], len(sims)
-    total = int(rate * seconds)
-    changes: list[tuple[int, int, int]] = []
-    cpu0, start = cpu_seconds(), time.perf_counter()
-    k = 0
-    while k < total:
-        due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        while k < due:
-            index = k % n
-            volume = (k // n) % 100 + 1
-            sims[index].apply(SetVolume(volume=volume))
-            changes.append((index, volume, time.perf_counter_ns()))
-            k += 1
-        await asyncio.sleep(0.001)
-    elapsed = time.perf_counter() - start
-    await asyncio.sleep(_DRAIN_S)
-    figures = {"cpu_s": round(cpu_seconds() - cpu0, 2), "wall_s": round(elapsed, 2), "rss_mb": rss_mb()}
-    conn.send(("changes", changes, figures))
-    await asyncio.to_thread(conn.recv)  # "stop"
-    for agent in agents:
-        agent.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# -- SDK session process ------------------------------------------------------------------------
-
-
-def _sessions_main(conn: Connection, spec: dict[str, Any]) -> None:
-    """Child process: open the sessions, watch, record every verified state until "stop"."""
-    logging.disable(logging.CRITICAL)
-    raise_fd_limit()
-    asyncio.run(_sessions(conn, spec))
-
-
-async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:
-    import httpx  # noqa: PLC0415
-
-    from amora_sync import AmoraClient, DeviceState, ReconnectPolicy  # noqa: PLC0415
-
-    authz, users = spec["authz_url"], spec["users"]
-    records: list[tuple[int, str, int, int]] = []  # (session, device, volume, t_ns)
-    stop = asyncio.Event()
-    ready: list[int] = []
-    gate = asyncio.Semaphore(32)
-    policy = ReconnectPolicy(initial_delay=0.2, max_delay=5.0, connect_timeout=60.0)
-    stats: dict[str, int] = defaultdict(int)
-
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as http:
-
-        def provider(user: str) -> Any:  # noqa: ANN401
-            async def token() -> str:
-                response = await http.post(f"{authz}/dev-issuer/token", json={"username": user})
-                response.raise_for_status()
-                return str(response.json()["access_token"])
-
-            return token
-
-        async def session(index: int, user: str) -> None:
-            async with contextlib.AsyncExitStack() as stack:
-                async with gate:
-                    client = await stack.enter_async_context(
-                        AmoraClient(authz, provider(user), ca_file=spec["ca_file"], reconnect=policy, http_client=http)
-                    )
-                    events = await stack.enter_async_context(client.watch(include_connection=False))
-                ready.append(index)
-                async for event in events:
-                    if isinstance(event, DeviceState) and event.volume is not None:
-                        records.append((index, event.device_id, event.volume, time.perf_counter_ns()))
-                    if stop.is_set():
-                        break
-                stats["invalid"] += client.stats.invalid
-                stats["superseded"] += events.superseded
-
-        tasks = [asyncio.create_task(session(i, u), name=f"fleet.session[{i}]") for i, u in users]
-        async with asyncio.timeout(_SETUP_TIMEOUT_S):
-            while len(ready) < len(users):
-                failed = [t for t in tasks if t.done() and t.exception() is not None]
-                if failed:
-                    raise RuntimeError(f"session failed: {failed[0].exception()!r}")
-                await asyncio.sleep(0.1)
-        gc.freeze()
-        conn.send(("ready", len(ready), rss_mb()))
-        cpu0 = cpu_seconds()
-        await asyncio.to_thread(conn.recv)  # "stop"
-        cpu = cpu_seconds() - cpu0
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    conn.send(("records", records, {"cpu_s": round(cpu, 2), "rss_mb": rss_mb(), **stats}))
-
-
-# -- orchestration ------------------------------------------------------------------------------
+SATURATION_P99_MS = 30.0
+_IDLE_USER = "bench-idle"
+_IDLE_PASSWORD = "bench-idle-password"  # noqa: S105 - a throwaway account on a throwaway broker
 
 
 def _register(authz_url: str, admin: str, work: Path, players: int) -> list[dict[str, str]]:
@@ -220,7 +101,9 @@ def _register(authz_url: str, admin: str, work: Path, players: int) -> list[dict
             linked = await http.put(f"/v1/admin/users/{USER_FMT.format(i)}/devices/{device}", headers=headers)
             linked.raise_for_status()
         (folder / "device.pem").write_text(response.json()["certificate"])
-        (folder / "device.key").write_bytes(
+        key_file = folder / "device.key"
+        key_file.touch(mode=0o600)  # the agent refuses a private key others can read
+        key_file.write_bytes(
             tls_key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
@@ -241,87 +124,201 @@ def _register(authz_url: str, admin: str, work: Path, players: int) -> list[dict
     return asyncio.run(all_devices())
 
 
+_CHILDREN: list[Any] = []  # this run's child processes: a dead one ends the wait for its answer
+
+
 def _expect(conn: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
-    if not conn.poll(timeout):
-        raise TimeoutError(f"no {kind!r} from a child process within {timeout} s")
+    deadline = time.monotonic() + timeout
+    while not conn.poll(1.0):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {kind!r} from a child process within {timeout} s")
+        dead = [c for c in _CHILDREN if c.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"child process {dead[0].name} died (exit {dead[0].exitcode}) before {kind!r}")
     message = conn.recv()
     if message[0] != kind:
         raise RuntimeError(f"expected {kind!r}, got {message[0]!r}")
     return tuple(message[1:])
 
 
-def _slow_breakdown(
-    changes: list[tuple[int, int, int]], per_change: list[list[tuple[int, float]]], sdk_processes: int
-) -> dict[str, Any]:
-    """Where deliveries over 10 ms come from: one process, one moment, or every watcher at once."""
-    start = changes[0][2] if changes else 0
-    by_process: dict[int, int] = defaultdict(int)
-    by_second: dict[int, int] = defaultdict(int)
-    all_watchers_slow = 0
-    slow_total = 0
-    for (_, _, t0), deliveries in zip(changes, per_change, strict=True):
-        slow = [s for s, ms in deliveries if ms > 10]
-        if not slow:
-            continue
-        slow_total += len(slow)
-        all_watchers_slow += len(slow) == len(deliveries)
-        by_second[(t0 - start) // 1_000_000_000] += len(slow)
-        for session in slow:
-            by_process[session % sdk_processes] += 1
+class _Fleet:
+    """The running fleet: pipes to the children, the monitor, and how to run one window."""
+
+    def __init__(  # noqa: PLR0913 - the running parts
+        self,
+        *,
+        players: int,
+        sessions_of: dict[int, list[int]],
+        sdk_process_of: dict[int, int],
+        player_conn: Connection,
+        session_conns: list[Connection],
+        monitor: Monitor,
+        pids: dict[str, int],
+    ) -> None:
+        self.players = players
+        self.sessions_of = sessions_of
+        self.sdk_process_of = sdk_process_of
+        self.player_conn = player_conn
+        self.session_conns = session_conns
+        self.monitor = monitor
+        self.pids = pids
+
+    def window(self, rate: float, seconds: float, *, timeline: bool = False) -> dict[str, Any]:
+        """Run one window of changes at ``rate``/s for ``seconds`` and analyse it."""
+        t0 = time.perf_counter_ns()
+        self.player_conn.send(("window", rate, seconds))
+        players, volumes, stamps, player_figures = _expect(self.player_conn, "changes", seconds + 300)
+        t_sent = stamps[-1] if stamps else t0
+        for c in self.session_conns:
+            c.send("mark")
+        received = [_expect(c, "records", 300) for c in self.session_conns]
+        t1 = time.perf_counter_ns()
+        window = Window(
+            players=players,
+            volumes=volumes,
+            stamps=stamps,
+            received=[r[:4] for r in received],
+            sessions_of=self.sessions_of,
+            sdk_process_of=self.sdk_process_of,
+            player_pauses=player_figures["gc_pauses"],
+            sdk_pauses=[r[4]["gc_pauses"] for r in received],
+        )
+        figures = analyse_window(window, timeline=timeline)
+        wall = player_figures["wall_s"]
+        cpu = self.monitor.cpu_percent(t0, t_sent)
+        figures.update(
+            {
+                "rate_per_s": rate,
+                "seconds": seconds,
+                "sent": len(stamps),
+                "achieved_rate_per_s": round(len(stamps) / wall) if wall else 0,
+                "load_average": self.monitor.load_average(t0, t1),
+                "reconcile_passes": self.monitor.reconcile_passes(t0, t1),
+                "processes": {
+                    "players": {
+                        "cpu_percent": round(100 * player_figures["cpu_s"] / wall) if wall else 0,
+                        "rss_mb": player_figures["rss_mb"],
+                        "offline_agents_at_end": player_figures["offline_agents"],
+                        "gc": player_figures["gc"],
+                    },
+                    "sdk": [
+                        {
+                            "cpu_percent": cpu.get(f"sdk-{i}", 0.0),
+                            "rss_mb": r[4]["rss_mb"],
+                            "invalid": r[4]["invalid"],
+                            "superseded": r[4]["superseded"],
+                            "received": r[4]["received"],
+                            "stale": r[4]["stale"],
+                            "reconnects": r[4]["reconnects"],
+                            "gc": r[4]["gc"],
+                        }
+                        for i, r in enumerate(received)
+                    ],
+                    "broker": {"cpu_percent": cpu.get("broker", 0.0), "rss_mb": rss_mb(self.pids["broker"])},
+                    "authz": {"cpu_percent": cpu.get("authz", 0.0), "rss_mb": rss_mb(self.pids["authz"])},
+                },
+            }
+        )
+        if timeline:
+            figures["timeline"]["cpu"] = {
+                name: series
+                for name, series in self.monitor.cpu_series(t0, t_sent).items()
+                if name in {"broker", "authz", "players"}
+            }
+        return figures
+
+
+def _rate_sweep(fleet: _Fleet, rates: list[float], seconds: float) -> dict[str, Any]:
+    """Windows at rising rates until p99 passes `SATURATION_P99_MS`; the last rate under it is the saturation figure."""
+    points = []
+    for rate in rates:
+        length = min(seconds, 99 * fleet.players / rate * 0.95)  # volumes tell changes apart: < 100 per player
+        window = fleet.window(rate, length)
+        window.pop("latency_sets", None)
+        points.append(window)
+        if window["latency"]["p99_ms"] > SATURATION_P99_MS or window["lost"] > 0:
+            break
+    ok = [p for p in points if p["latency"]["p99_ms"] <= SATURATION_P99_MS and p["lost"] == 0]
+    best = max((p["achieved_rate_per_s"] for p in ok), default=0)
     return {
-        "slow_deliveries": slow_total,
-        "changes_with_every_watcher_slow": all_watchers_slow,
-        "slow_by_sdk_process": dict(sorted(by_process.items())),
-        "slow_by_second": dict(sorted(by_second.items())),
+        "points": points,
+        "saturation": {
+            "highest_rate_with_p99_under_30ms": best,
+            "multiple_of_1000": round(best / 1000, 1),
+            "first_rate_over": next((p["rate_per_s"] for p in points if p not in ok), None),
+        },
     }
 
 
-def _analyse(
-    changes: list[tuple[int, int, int]], records: list[tuple[int, str, int, int]], sessions_of: dict[int, list[int]]
-) -> tuple[list[float], int, int, list[list[tuple[int, float]]]]:
-    """Match each change to each watching session's first verified receipt of it."""
-    received: dict[tuple[int, str, int], list[int]] = defaultdict(list)
-    for session, device, volume, t in records:
-        received[session, device, volume].append(t)
-    for times in received.values():
-        times.sort()
-    latencies: list[float] = []
-    per_change: list[list[tuple[int, float]]] = []
-    expected = 0
-    for index, volume, t0 in changes:
-        device = DEVICE_FMT.format(index)
-        deliveries: list[tuple[int, float]] = []
-        for session in sessions_of.get(index, []):
-            expected += 1
-            times = received.get((session, device, volume), [])
-            at = bisect_left(times, t0)
-            if at < len(times):
-                deliveries.append((session, (times[at] - t0) / 1e6))
-        latencies += [ms for _, ms in deliveries]
-        per_change.append(deliveries)
-    return latencies, expected, len(latencies), per_change
+def _held_sweep(  # noqa: PLR0913 - the sweep's settings
+    fleet: _Fleet, holder: Connection, *, active: int, levels: list[int], rate: float, seconds: float, limit: int
+) -> list[dict[str, Any]]:
+    """For each level: idle connections up to it, then one window at ``rate``."""
+    points = []
+    for level in sorted(levels):
+        target = min(level, limit - 200)  # the broker needs a few descriptors of its own
+        idle = target - active
+        if idle < 0:
+            continue
+        holder.send(("hold", idle))
+        held, connect_s, holder_rss = _expect(holder, "held", 1800)
+        window = fleet.window(rate, seconds)
+        window.pop("latency_sets", None)
+        window.update(
+            {
+                "connections": active + held,
+                "requested": level,
+                "idle_connections": held,
+                "idle_connect_s": connect_s,
+                "holder_rss_mb": holder_rss,
+            }
+        )
+        if target < level:
+            window["capped_by"] = f"open-file hard limit {limit} per process (no CAP_SYS_RESOURCE here)"
+        points.append(window)
+    return points
 
 
-def run(  # noqa: PLR0915 - one orchestration, step by step
-    *, players: int = 1400, sessions: int = 5000, rate: float = 1000.0, seconds: float = 30.0, sdk_processes: int = 2
+def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
+    *,
+    players: int = 1400,
+    sessions: int = 5000,
+    rate: float = 1000.0,
+    seconds: float = 30.0,
+    sdk_processes: int = 2,
+    gc: GcPolicy = "frozen",
+    rates: list[float] | None = None,
+    rate_seconds: float = 10.0,
+    held: list[int] | None = None,
+    held_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Run the fleet scenario and return its figures."""
-    from amora_devtools.broker import start_broker  # noqa: PLC0415
+    from amora_devtools.broker import dynsec, start_broker  # noqa: PLC0415
     from amora_devtools.pki import DevPKI  # noqa: PLC0415
     from amora_devtools.stack import start_authz  # noqa: PLC0415
 
     if rate * seconds / players >= 100:
-        raise ValueError("each player may change at most 99 times per run (changes are told apart by volume)")
-    raise_fd_limit()
+        raise ValueError("each player may change at most 99 times per window (changes are told apart by volume)")
+    limit = raise_fd_limit()
     ctx = mp.get_context("spawn")
-    figures: dict[str, Any] = {"players": players, "sessions": sessions, "rate_per_s": rate, "seconds": seconds}
+    figures: dict[str, Any] = {
+        "players": players,
+        "sessions": sessions,
+        "connections": players + sessions,
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "sdk_processes": sdk_processes,
+        "gc_policy": gc,
+    }
     with tempfile.TemporaryDirectory(prefix="amora-bench-fleet-") as tmp:
         work = Path(tmp)
         pki = DevPKI.create(work / "pki")
         users = [USER_FMT.format(i) for i in range(players)]
         with start_broker(work / "brokers", pki) as broker:
             authz, url = start_authz(work / "authz", pki, [broker], users=[*users, "admin"], rate_limits=False)
-            children: list[Any] = []
+            children: list[Any] = _CHILDREN
+            children.clear()
+            monitor: Monitor | None = None
             try:
                 import httpx  # noqa: PLC0415
 
@@ -339,87 +336,86 @@ def run(  # noqa: PLR0915 - one orchestration, step by step
                     "host": broker.host,
                     "device_port": broker.device_port,
                     "ca_file": str(pki.ca_file),
-                    "rate": rate,
-                    "seconds": seconds,
+                    "gc": gc,
                 }
-                player_proc = ctx.Process(target=_player_main, args=(child_conn, player_spec), name="fleet-players")
+                player_proc = ctx.Process(target=player_main, args=(child_conn, player_spec), name="fleet-players")
                 player_proc.start()
                 children.append(player_proc)
-                _expect(player_conn, "ready", _SETUP_TIMEOUT_S)
+                _expect(player_conn, "ready", SETUP_TIMEOUT_S)
                 figures["setup_players_online_s"] = round(time.perf_counter() - t, 1)
 
                 t = time.perf_counter()
-                assignments = [(s, USER_FMT.format(s % players)) for s in range(sessions)]
-                sessions_of: dict[int, list[int]] = defaultdict(list)
-                for s, _ in assignments:
-                    sessions_of[s % players].append(s)
+                sessions_of: dict[int, list[int]] = {}
+                sdk_process_of: dict[int, int] = {}
+                per_process: list[list[tuple[int, str]]] = [[] for _ in range(sdk_processes)]
+                for s in range(sessions):
+                    sessions_of.setdefault(s % players, []).append(s)
+                    p = (s // players) % sdk_processes
+                    sdk_process_of[s] = p
+                    per_process[p].append((s, USER_FMT.format(s % players)))
                 session_conns = []
+                pids: dict[str, int] = {"broker": broker.pid, "authz": authz.pid, "players": int(player_proc.pid or 0)}
                 for p in range(sdk_processes):
                     parent, child = ctx.Pipe()
-                    spec = {"authz_url": url, "ca_file": str(pki.ca_file), "users": assignments[p::sdk_processes]}
-                    proc = ctx.Process(target=_sessions_main, args=(child, spec), name=f"fleet-sdk-{p}")
+                    spec = {"authz_url": url, "ca_file": str(pki.ca_file), "users": per_process[p], "gc": gc}
+                    proc = ctx.Process(target=sessions_main, args=(child, spec), name=f"fleet-sdk-{p}")
                     proc.start()
                     children.append(proc)
                     session_conns.append(parent)
-                sdk_ready_rss = [_expect(c, "ready", _SETUP_TIMEOUT_S)[1] for c in session_conns]
+                    pids[f"sdk-{p}"] = int(proc.pid or 0)
+                ready = [_expect(c, "ready", SETUP_TIMEOUT_S) for c in session_conns]
                 figures["setup_sessions_s"] = round(time.perf_counter() - t, 1)
+                figures["sessions_per_sdk_process"] = [r[0] for r in ready]
+                figures["sdk_full_collection_at_ready"] = [r[2] for r in ready]
                 figures["broker_rss_mb_idle"] = rss_mb(broker.pid)
 
-                broker_cpu0 = cpu_seconds(broker.pid)
-                player_conn.send("go")
-                changes, player_figures = _expect(player_conn, "changes", seconds + 120)
-                broker_cpu = cpu_seconds(broker.pid) - broker_cpu0
-                records: list[tuple[int, str, int, int]] = []
-                sdk_figures = []
+                monitor = Monitor(pids, authz_url=url)
+                monitor.start()
+                fleet = _Fleet(
+                    players=players,
+                    sessions_of=sessions_of,
+                    sdk_process_of=sdk_process_of,
+                    player_conn=player_conn,
+                    session_conns=session_conns,
+                    monitor=monitor,
+                    pids=pids,
+                )
+                figures.update(fleet.window(rate, seconds, timeline=True))
+                if rates:
+                    figures["rate_sweep"] = _rate_sweep(fleet, rates, rate_seconds)
+                if held:
+                    dynsec(broker, [{"command": "createClient", "username": _IDLE_USER, "password": _IDLE_PASSWORD}])
+                    holder_conn, holder_child = ctx.Pipe()
+                    holder_spec = {
+                        "host": broker.host,
+                        "port": broker.app_port,
+                        "ca_file": str(pki.ca_file),
+                        "username": _IDLE_USER,
+                        "password": _IDLE_PASSWORD,
+                    }
+                    holder = ctx.Process(target=holder_main, args=(holder_child, holder_spec), name="fleet-idle")
+                    holder.start()
+                    children.append(holder)
+                    _expect(holder_conn, "ready", 60)
+                    figures["held_sweep"] = _held_sweep(
+                        fleet,
+                        holder_conn,
+                        active=players + sessions,
+                        levels=held,
+                        rate=rate,
+                        seconds=held_seconds,
+                        limit=limit,
+                    )
+                    holder_conn.send(("stop",))
                 for c in session_conns:
                     c.send("stop")
-                for c in session_conns:
-                    got, stats = _expect(c, "records", 120)
-                    records += got
-                    sdk_figures.append(stats)
-                player_conn.send("stop")
-                latencies, expected, delivered, per_change = _analyse(changes, records, sessions_of)
-                figures["over_10ms"] = _slow_breakdown(changes, per_change, sdk_processes)
-                figures.update(
-                    {
-                        "sent": len(changes),
-                        "achieved_rate_per_s": round(len(changes) / player_figures["wall_s"]),
-                        "expected": expected,
-                        "delivered": delivered,
-                        "lost": expected - delivered,
-                        "latency": latency_summary(latencies),
-                        "connections": players + sessions,
-                        "processes": {
-                            "players": {
-                                "cpu_percent": round(100 * player_figures["cpu_s"] / player_figures["wall_s"]),
-                                "rss_mb": player_figures["rss_mb"],
-                            },
-                            "sdk": [
-                                {
-                                    "cpu_percent": round(100 * s["cpu_s"] / player_figures["wall_s"]),
-                                    "rss_mb": s["rss_mb"],
-                                    "rss_mb_ready": r,
-                                    "invalid": s.get("invalid", 0),
-                                    "superseded": s.get("superseded", 0),
-                                }
-                                for s, r in zip(sdk_figures, sdk_ready_rss, strict=True)
-                            ],
-                            "broker": {
-                                "cpu_percent": round(100 * broker_cpu / player_figures["wall_s"]),
-                                "rss_mb": rss_mb(broker.pid),
-                            },
-                            "authz": {"rss_mb": rss_mb(authz.pid)},
-                        },
-                        "latency_sets": {
-                            "player change -> verified state at each watching session": [
-                                round(x, 3) for x in latencies[:: max(1, len(latencies) // 20000)]
-                            ]
-                        },
-                    }
-                )
+                figures["sdk_after"] = [_expect(c, "stopped", 120)[0] for c in session_conns]
+                player_conn.send(("stop",))
                 for proc in children:
                     proc.join(60)
             finally:
+                if monitor is not None:
+                    monitor.stop()
                 for proc in children:
                     if proc.is_alive():
                         proc.kill()
@@ -436,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sdk-processes", type=int, default=2)
+    parser.add_argument(
+        "--gc", choices=["enabled", "frozen", "off"], default="frozen", help="the load generators' collector"
+    )
+    parser.add_argument("--rates", help="comma-separated rates for the saturation sweep (changes/s)")
+    parser.add_argument("--held", help="comma-separated connection levels for the held-connection sweep")
+    parser.add_argument("--sweep-seconds", type=float, default=10.0, help="length of each sweep window")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     figures = run(
         players=args.players,
@@ -443,8 +446,17 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         seconds=args.seconds,
         sdk_processes=args.sdk_processes,
+        gc=args.gc,
+        rates=[float(r) for r in args.rates.split(",")] if args.rates else None,
+        rate_seconds=args.sweep_seconds,
+        held=[int(n) for n in args.held.split(",")] if args.held else None,
+        held_seconds=args.sweep_seconds,
     )
+    text = json.dumps(figures, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
     figures.pop("latency_sets", None)
+    figures.pop("timeline", None)
     sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     return 0
 
