@@ -160,7 +160,7 @@ def backend_acls(name: str, role: BackendRole) -> tuple[TopicAcl, ...]:
 _DeviceIdText = Annotated[str, msgspec.Meta(max_length=64)]
 
 
-class DeviceKeyPage(msgspec.Struct, frozen=True, kw_only=True):
+class DeviceKeyPage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """``GET /v1/backend/devices``: one page of active devices' public keys, by device id.
 
     Attributes:
@@ -172,7 +172,7 @@ class DeviceKeyPage(msgspec.Struct, frozen=True, kw_only=True):
     next: str | None = None
 
 
-class BackendGrantRequest(msgspec.Struct, frozen=True, kw_only=True):
+class BackendGrantRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """``POST /v1/backend/grants`` (support backends): a grant for a key pair the backend holds.
 
     Attributes:
@@ -188,7 +188,7 @@ class BackendGrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     ]
 
 
-class BackendGrantResponse(msgspec.Struct, frozen=True, kw_only=True):
+class BackendGrantResponse(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The grant (base64 of the token) and what it says.
 
     Attributes:
