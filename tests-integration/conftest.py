@@ -45,12 +45,11 @@ def _token_provider(stack: Stack, user: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _sdk_client(stack: Stack, user: str) -> AsyncIterator[AmoraClient]:
+async def _sdk_client(stack: Stack, user: str, **options: Any) -> AsyncIterator[AmoraClient]:
     assert stack.pki is not None
-    policy = ReconnectPolicy(initial_delay=0.05, max_delay=1.0, connect_timeout=3.0)
-    async with AmoraClient(
-        stack.authz_url, _token_provider(stack, user), ca_file=stack.pki.ca_file, reconnect=policy
-    ) as c:
+    options.setdefault("ca_file", stack.pki.ca_file)
+    options.setdefault("reconnect", ReconnectPolicy(initial_delay=0.05, max_delay=1.0, connect_timeout=3.0))
+    async with AmoraClient(stack.authz_url, _token_provider(stack, user), **options) as c:
         yield c
 
 
@@ -211,7 +210,7 @@ def _probe(  # noqa: C901 - one function per knob (TLS, will, websockets, creden
 
 @pytest.fixture
 def sdk_client() -> Any:
-    """``async with sdk_client(stack, user) as client``: an SDK client for a development user."""
+    """``async with sdk_client(stack, user, **options) as client``: an SDK client for a development user."""
     return _sdk_client
 
 

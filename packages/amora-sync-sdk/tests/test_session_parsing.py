@@ -5,7 +5,7 @@ import pytest
 
 from amora_protocol import EncryptionKey, SigningKey
 from amora_sync import Endpoint, SessionError
-from amora_sync._session import decode_session, parse_endpoint, refresh_delay
+from amora_sync._session import decode_session, parse_endpoint, refresh_delay, select_endpoints
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,13 @@ from amora_sync._session import decode_session, parse_endpoint, refresh_delay
         ("ssl://broker.example:9000", Endpoint(host="broker.example", port=9000)),
         ("localhost:1234", Endpoint(host="localhost", port=1234)),
         ("mqtts://broker.example", Endpoint(host="broker.example", port=8883)),
-        ("wss://127.0.0.1:9001/mqtt", None),
+        ("wss://127.0.0.1:9001/mqtt", Endpoint(host="127.0.0.1", port=9001, transport="wss", path="/mqtt")),
+        ("wss://mqtt.example", Endpoint(host="mqtt.example", port=443, transport="wss", path="/")),
+        (
+            "wss://mqtt.example/mqtt?tenant=a",
+            Endpoint(host="mqtt.example", port=443, transport="wss", path="/mqtt?tenant=a"),
+        ),
+        ("ws://127.0.0.1:9001/mqtt", None),  # no TLS: not offered to the SDK
     ],
 )
 def test_parse_endpoint(raw, expected):
@@ -58,6 +64,7 @@ def testdecode_session_reads_the_contract():
     assert session.session_id == "sess-1"
     assert session.broker.endpoints == (
         Endpoint(host="127.0.0.1", port=1),
+        Endpoint(host="127.0.0.1", port=2, transport="wss", path="/"),
         Endpoint(host="127.0.0.1", port=3),
     )
     assert session.grant == b"grant-token"
@@ -68,7 +75,7 @@ def testdecode_session_reads_the_contract():
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"broker": {"endpoints": ["wss://x:1"], "username": "u", "password": "p", "client_id": "c"}},
+        {"broker": {"endpoints": ["ws://x:1"], "username": "u", "password": "p", "client_id": "c"}},
         {"devices": [{"device_id": "d", "signing_key": _b64(b"short"), "encryption_key": _b64(b"short")}]},
         {"grant": "%%%"},
         {"session_id": 5},
@@ -88,3 +95,22 @@ def test_refresh_happens_before_expiry():
     delay = refresh_delay(session, now_ms=1_800_000_000_000, margin=0.2)
     assert 40 <= delay <= 50
     assert refresh_delay(session, now_ms=1_800_000_100_000, margin=0.2) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("transport", "expected"),
+    [
+        ("auto", [1, 3]),  # mqtts when the session offers it
+        ("mqtts", [1, 3]),
+        ("wss", [2, 4]),
+    ],
+)
+def test_select_endpoints_keeps_the_sessions_order(transport, expected):
+    endpoints = tuple(parse_endpoint(raw) for raw in ("mqtts://p:1", "wss://p:2/mqtt", "mqtts://s:3", "wss://s:4/mqtt"))
+    assert [e.port for e in select_endpoints(endpoints, transport)] == expected  # type: ignore[arg-type]
+
+
+def test_auto_takes_wss_when_the_session_offers_nothing_else():
+    endpoints = (Endpoint(host="p", port=443, transport="wss", path="/mqtt"),)
+    assert select_endpoints(endpoints, "auto") == endpoints
+    assert select_endpoints(endpoints, "mqtts") == ()

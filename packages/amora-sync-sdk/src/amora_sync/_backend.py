@@ -59,7 +59,7 @@ from amora_sync._backend_keys import DeviceKeyCache
 from amora_sync._connection import ConnectionLoop
 from amora_sync._errors import AmoraSyncError, AuthzUnavailableError, ClientClosedError, ConnectError
 from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
-from amora_sync._mqtt import LinkError
+from amora_sync._link import LinkError
 from amora_sync._session import BrokerCredentials, Endpoint, Session, parse_endpoint
 from amora_sync._stats import ClientStats
 
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from amora_protocol import VerifyKey
-    from amora_sync._mqtt import MqttLink
+    from amora_sync._link import Link
 
 __all__ = ["BackendConsumer", "BackendCredentials", "BackendStats", "FleetMessage"]
 
@@ -429,7 +429,7 @@ class BackendConsumer:
             self._log.warning("amora-backend: slot %s is down; %s takes its session over", slot, self.replica)
         return loop
 
-    def _announce(self, link: MqttLink, _present: bool) -> None:  # noqa: FBT001
+    def _announce(self, link: Link, _present: bool) -> None:  # noqa: FBT001
         link.publish(backend_replica_topic(self._creds.name, self.replica), _UP, qos=1, retain=True)
         # Slots whose presence has not arrived within the takeover delay (retained ones come
         # right after the subscription) are down, or were never started: serve them.
@@ -442,7 +442,7 @@ class BackendConsumer:
             await task
         await loop.close(end_session=False)
 
-    async def _subscribe(self, link: MqttLink, present: bool, *, own: bool) -> None:  # noqa: FBT001
+    async def _subscribe(self, link: Link, present: bool, *, own: bool) -> None:  # noqa: FBT001
         topics = [shared_subscription(self._creds.name, kind) for kind in self._kinds]
         if own:
             # Presence is read by this replica's own link only (never shared): every replica sees every slot.

@@ -299,6 +299,7 @@ def _client(creds: Credentials, args: argparse.Namespace) -> AmoraClient:
         ca_file=creds.ca_file,
         client_name="amora-cli",
         connect_timeout=args.connect_timeout,
+        transport=args.transport,
     )
 
 
@@ -473,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_CONNECT_TIMEOUT,
         help=f"seconds (default {DEFAULT_CONNECT_TIMEOUT:g}, the SDK's)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "mqtts", "wss"),
+        default="auto",
+        help="broker endpoints to use: mqtts, wss (MQTT over websockets, e.g. port 443), or auto (default)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

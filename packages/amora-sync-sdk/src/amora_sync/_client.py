@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import ssl
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
 
@@ -29,7 +29,7 @@ from amora_sync._errors import ClientClosedError, ConnectError, InvalidDeviceIdE
 from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._inbound import InboundVerifier
 from amora_sync._outbox import Outbox
-from amora_sync._session import SessionApi
+from amora_sync._session import SessionApi, select_endpoints
 from amora_sync._session_keeper import SessionKeeper
 from amora_sync._session_store import FileSessionStore, SessionStore
 from amora_sync._stats import ClientStats
@@ -41,10 +41,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from amora_protocol import Action, CommandResponse, ConnectionStatus, DeviceState
-    from amora_sync._mqtt import MqttLink
+    from amora_sync._link import Link
     from amora_sync._session import DeviceInfo, Session, TokenProvider
 
 __all__ = ["AmoraClient"]
+
+_TRANSPORTS = ("auto", "mqtts", "wss")
 
 
 class AmoraClient:
@@ -64,6 +66,7 @@ class AmoraClient:
         *,
         ca_file: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        transport: Literal["auto", "mqtts", "wss"] = "auto",
         client_name: str | None = None,
         reconnect: ReconnectPolicy | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -87,6 +90,12 @@ class AmoraClient:
             token_provider: Returns the user's current JWT (sync or async callable).
             ca_file: CA bundle to verify the broker and the authz service with.
             ssl_context: A ready TLS context for the broker (overrides `ca_file`).
+            transport: Which of the session's broker endpoints to use: ``"mqtts"`` (MQTT
+                over TLS, ports 8883/8884), ``"wss"`` (MQTT over TLS websockets, e.g. port
+                443, for networks that pass only HTTPS), or ``"auto"`` (the default: the
+                ``mqtts`` endpoints, or the ``wss`` ones when the session lists no other).
+                Each endpoint's URL scheme picks the MQTT client: gmqtt for ``mqtts://``,
+                paho-mqtt for ``wss://``.
             client_name: A name shown in the service's session list.
             reconnect: Backoff and attempt bounds.
             connect_timeout: How long entering waits for the first connection, in seconds
@@ -116,6 +125,9 @@ class AmoraClient:
         """
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be a positive number of seconds, not {resend_interval!r}")
+        if transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(map(repr, _TRANSPORTS))}, not {transport!r}")
+        self._transport: str = transport
         self._authz_url = authz_url
         self._token_provider = token_provider
         self._ca_file = None if ca_file is None else os.fspath(ca_file)
@@ -176,6 +188,7 @@ class AmoraClient:
             on_message=inbound,
             stats=self.stats,
             logger=self._log,
+            transport=transport,
         )
         self._conn.prepare = self._prepare_link
         self._conn.ready = self._link_ready
@@ -218,6 +231,11 @@ class AmoraClient:
         except BaseException:
             await self._close_http()
             raise
+        try:
+            self._check_transport()
+        except ConnectError:
+            await self.aclose()  # logs the session out: this client cannot use it
+            raise
         self._closing = False
         self._failed = False
         self._cache.accepting = True
@@ -244,6 +262,17 @@ class AmoraClient:
                 await self.aclose()
                 raise ConnectError(f"no broker endpoint could be trusted: {last}", attempts=attempts, last_error=last)
         return self
+
+    def _check_transport(self) -> None:
+        """Fail at once when the session has no endpoint for the chosen transport."""
+        endpoints = self._keeper.require().broker.endpoints
+        if not select_endpoints(endpoints, self._transport):
+            listed = ", ".join(map(str, endpoints))
+            message = (
+                f"the session lists no {self._transport} endpoint (it lists {listed}); "
+                "pick a transport it offers or ask the operator to configure one"
+            )
+            raise ConnectError(message, attempts=0, last_error=None)
 
     async def _first_connection(self) -> None:
         """Wait until connected, or until every endpoint failed certificate verification."""
@@ -512,7 +541,7 @@ class AmoraClient:
             self._ssl_context = ctx
         return self._ssl_context
 
-    async def _prepare_link(self, link: MqttLink, _session_present: bool) -> None:  # noqa: FBT001
+    async def _prepare_link(self, link: Link, _session_present: bool) -> None:  # noqa: FBT001
         await self._subscriber.subscribe(link, self._keeper.require().devices)
         if self.stats.connects > 0:
             # The broker also drops clients whose access changed: a refresh brings the
@@ -529,7 +558,7 @@ class AmoraClient:
         self.stats.rate_limit_waits += 1
         self._log.info("amora-sync: the authz service is rate limiting sessions; trying again in %.1f s", wait)
 
-    def _link_ready(self, link: MqttLink, _session_present: bool) -> None:  # noqa: FBT001
+    def _link_ready(self, link: Link, _session_present: bool) -> None:  # noqa: FBT001
         self._keeper.resume_confirmed()
         self._outbox.attach(link)
 

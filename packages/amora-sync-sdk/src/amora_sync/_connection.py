@@ -1,10 +1,13 @@
 """The connection and failover loop: one broker link at a time, kept up across the endpoints.
 
-The loop walks the session's endpoints in order (starting with the last one that worked),
+The loop walks the session's endpoints in order (starting with the last one that worked;
+those of the client's transport, `_session.select_endpoints`),
 backs off with full jitter after a full round of failures, and after each connect hands
 the link to its owner through two hooks: ``prepare`` (subscribe; may fail the attempt) and
-``ready`` (the link is live: flush the outbox). It reports every change as a
-`ConnectionInfo`, observable synchronously and as a stream.
+``ready`` (the link is live: flush the outbox). Each endpoint's scheme picks the adapter
+(`_mqtt.MqttLink` for ``mqtts``, `_websocket.WebSocketLink` for ``wss``), both behind
+`_link.Link`. It reports every change as a `ConnectionInfo`, observable synchronously and as
+a stream.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from amora_sync._flow import LatestPerKeyQueue, QueueClosedError
-from amora_sync._mqtt import LinkError, MqttLink
+from amora_sync._link import LinkError
+from amora_sync._mqtt import MqttLink
+from amora_sync._session import select_endpoints
+from amora_sync._websocket import WebSocketLink
 
 if TYPE_CHECKING:
     import logging
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from amora_sync._flow import ReconnectPolicy
-    from amora_sync._mqtt import AckingHandler, MessageHandler
+    from amora_sync._link import AckingHandler, Link, MessageHandler
     from amora_sync._session import Endpoint, Session
     from amora_sync._stats import ClientStats
 
@@ -75,6 +81,7 @@ class ConnectionLoop:
         stats: ClientStats,
         logger: logging.Logger,
         will: tuple[str, bytes, int] | None = None,
+        transport: str = "auto",
     ) -> None:
         """Wire the loop.
 
@@ -88,6 +95,7 @@ class ConnectionLoop:
             stats: Counts connects.
             logger: Where to log.
             will: The link's Last Will (topic, payload, will delay in seconds), if any.
+            transport: Which of the session's endpoints to use (`select_endpoints`).
         """
         self._will = will
         self._session = session
@@ -98,15 +106,16 @@ class ConnectionLoop:
         self._on_message = on_message
         self._stats = stats
         self._log = logger
-        self.prepare: Callable[[MqttLink, bool], Awaitable[None]] = _nothing_to_prepare
+        self._transport = transport
+        self.prepare: Callable[[Link, bool], Awaitable[None]] = _nothing_to_prepare
         """Run after CONNACK, before the link counts as connected (subscribe); may raise LinkError."""
-        self.ready: Callable[[MqttLink, bool], None] = lambda _link, _present: None
+        self.ready: Callable[[Link, bool], None] = lambda _link, _present: None
         """Run once the link counts as connected (flush the outbox)."""
         self.lost: Callable[[], None] = lambda: None
         """Run when the link is gone."""
         self.credential_refused: Callable[[], Awaitable[None]] = _nothing_to_prepare_noargs
         """Run when a broker refused the credential (exchange the token again)."""
-        self.link: MqttLink | None = None
+        self.link: Link | None = None
         self.connected = asyncio.Event()
         self.info = ConnectionInfo(state=ConnectionState.CLOSED)
         self.attempts = 0
@@ -162,16 +171,14 @@ class ConnectionLoop:
         while True:
             session = self._session()
             self._new_credentials.clear()
-            if self.link is None or self.link.client_id != session.broker.client_id:
-                if self.link is not None:
-                    await self.link.close()
-                self.link = self._new_link(session)
-            link = self.link
-            endpoints = session.broker.endpoints
+            endpoints = select_endpoints(session.broker.endpoints, self._transport)
+            if not endpoints:
+                self.last_error = f"the session lists no endpoint for transport {self._transport!r}"
             self._untrusted_in_pass = 0
             for offset in range(len(endpoints)):
                 index = (start + offset) % len(endpoints)
                 endpoint = endpoints[index]
+                link = await self._link_for(session, endpoint)
                 if await self._attempt(link, endpoint):
                     backoff.reset()
                     # Come back here first next time, unless the broker hung (try the
@@ -181,7 +188,7 @@ class ConnectionLoop:
                     break
                 if self._new_credentials.is_set():
                     break
-            if self._untrusted_in_pass == len(endpoints):
+            if endpoints and self._untrusted_in_pass == len(endpoints):
                 self.untrusted.set()
             delay = backoff.next_delay()
             self._log.debug("amora-sync: next connection attempt in %.3f s", delay)
@@ -199,9 +206,16 @@ class ConnectionLoop:
             await self.link.close(end_session=end_session)
             self.link = None
 
-    def _new_link(self, session: Session) -> MqttLink:
+    async def _link_for(self, session: Session, endpoint: Endpoint) -> Link:
+        """The link for `endpoint`: the current one if its credential and transport fit."""
+        kind = WebSocketLink if endpoint.transport == "wss" else MqttLink
         creds = session.broker
-        return MqttLink(
+        link = self.link
+        if link is not None and link.client_id == creds.client_id and type(link) is kind:
+            return link
+        if link is not None:
+            await link.close()
+        self.link = kind(
             client_id=creds.client_id,
             username=creds.username,
             password=creds.password,
@@ -211,8 +225,9 @@ class ConnectionLoop:
             logger=self._log,
             will=self._will,
         )
+        return self.link
 
-    async def _attempt(self, link: MqttLink, endpoint: Endpoint) -> bool:
+    async def _attempt(self, link: Link, endpoint: Endpoint) -> bool:
         self.attempts += 1
         try:
             present = await link.connect(endpoint, ssl_context=self._tls(), limit=self._policy.connect_timeout)
@@ -238,7 +253,7 @@ class ConnectionLoop:
         self.ready(link, present)
         return True
 
-    async def _serve(self, link: MqttLink, endpoints: tuple[Endpoint, ...], index: int) -> int:
+    async def _serve(self, link: Link, endpoints: tuple[Endpoint, ...], index: int) -> int:
         """Hold the link until it is lost; return the index of the endpoint to try first next."""
         endpoint = endpoints[index]
         self._log.info("amora-sync: connected to %s", endpoint)
@@ -263,7 +278,7 @@ class ConnectionLoop:
             self.set_state(ConnectionInfo(state=ConnectionState.RECONNECTING, endpoint=endpoint, error=self.last_error))
         return after
 
-    async def _watch_liveness(self, link: MqttLink, why: _WhyLeft) -> None:
+    async def _watch_liveness(self, link: Link, why: _WhyLeft) -> None:
         """Probe the broker whenever it has been silent; drop the link if it stops answering."""
         interval, limit = self._policy.liveness_interval, self._policy.liveness_timeout
         loop = asyncio.get_running_loop()
@@ -284,7 +299,7 @@ class ConnectionLoop:
             link.abort()
             return
 
-    async def _fail_back(self, link: MqttLink, preferred: tuple[Endpoint, ...], why: _WhyLeft) -> None:
+    async def _fail_back(self, link: Link, preferred: tuple[Endpoint, ...], why: _WhyLeft) -> None:
         """While on a less preferred endpoint, move back once a preferred one is healthy."""
         while link.connected:
             # Jitter: clients that failed over together do not all come back at once.
@@ -322,7 +337,7 @@ class _WhyLeft:
     move_to: int | None = None  # a more preferred endpoint is healthy again
 
 
-async def _nothing_to_prepare(_link: MqttLink, _present: bool) -> None:  # noqa: FBT001
+async def _nothing_to_prepare(_link: Link, _present: bool) -> None:  # noqa: FBT001
     return
 
 

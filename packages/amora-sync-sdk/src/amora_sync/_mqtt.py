@@ -1,9 +1,11 @@
-"""The SDK's one adapter over gmqtt: one MQTT 5 link, gmqtt's own reconnect switched off.
+"""The SDK's adapter over gmqtt (``mqtts://``): one MQTT 5 link, gmqtt's reconnect switched off.
 
 Every use of gmqtt in the SDK is in this module. gmqtt reconnects on a fixed delay to the
 same endpoint, never fails over and never resubscribes, so the SDK owns reconnection
 (`_connection.ConnectionLoop`; docs/decisions/0003-packages-own-reconnection.md) and this
-adapter turns "the connection is gone" into an `asyncio.Event` the owner waits on.
+adapter turns "the connection is gone" into an `asyncio.Event` the owner waits on. It is
+one of the two implementations of `_link.Link`; gmqtt has no websocket transport, so
+``wss://`` endpoints go through `_websocket.WebSocketLink` (paho-mqtt).
 
 gmqtt's public API covers nearly all of it: `Client` and its callbacks, `connect`,
 `subscribe`, `publish`, `disconnect`, the `reconnect_retries` setting, the
@@ -20,29 +22,20 @@ import asyncio
 import inspect
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gmqtt
 from gmqtt.storage import PersistentStorage
 
+from amora_sync._link import CLOSE_LIMIT, PROBE_TOPIC, Answers, LinkError, quiet_by_default, untrusted_error
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from amora_sync._link import AckingHandler, MessageHandler
     from amora_sync._session import Endpoint
 
-__all__ = [
-    "CREDENTIAL_REFUSED",
-    "NO_RECONNECT",
-    "TESTED_GMQTT",
-    "AckingHandler",
-    "LinkError",
-    "MessageHandler",
-    "MqttLink",
-    "gmqtt_version",
-]
-
-MessageHandler = Callable[[str, bytes, Mapping[str, Any]], None]
-AckingHandler = Callable[[str, bytes, Mapping[str, Any]], Awaitable[None]]
-"""An asynchronous handler: a QoS 1 message is acknowledged (PUBACK) only once it returns."""
+__all__ = ["NO_RECONNECT", "TESTED_GMQTT", "MqttLink", "gmqtt_version"]
 
 TESTED_GMQTT = ((0, 8), (0, 9))
 """gmqtt versions this adapter is tested with: at least the first, below the second."""
@@ -56,17 +49,6 @@ below -1 allows none. Set with ``client.set_config({"reconnect_retries": NO_RECO
 the one way the project switches gmqtt's reconnect off (docs/decisions/0003).
 """
 
-# CONNACK reason codes that mean "this credential will not do" (MQTT 5 §3.2.2.2),
-# plus the MQTT 3.1.1 equivalents: the SDK then exchanges the token again.
-CREDENTIAL_REFUSED = frozenset({4, 5, 133, 134, 135, 138})
-
-_CLOSE_LIMIT = 1.0  # seconds a clean DISCONNECT may take before the socket is cut
-
-# The liveness probe unsubscribes from a topic nobody subscribes to: the broker answers every
-# UNSUBSCRIBE (success, "no subscription existed" or "not authorized" alike) from its own
-# loop, so an answer proves the broker is working, and nothing changes.
-_PROBE_TOPIC = "amora-sdk/liveness-probe"
-
 
 class _QuietRefusedReconnect(logging.Filter):
     """Drop gmqtt's error that its reconnect is refused: with it switched off, that is the point."""
@@ -75,40 +57,9 @@ class _QuietRefusedReconnect(logging.Filter):
         return not str(record.msg).startswith("[Client] max number of failed connection attempts")
 
 
-def quiet_by_default(logger: logging.Logger) -> None:
-    """Give `logger` the level WARNING unless the application has set one.
-
-    gmqtt logs every connection, SUBSCRIBE and SUBACK at INFO and every packet at DEBUG: noise
-    for an application logging at INFO. A library must not configure logging (no handlers, no
-    ``basicConfig``); it only picks a default level for loggers nobody configured, so an
-    application that sets one (``logging.getLogger("gmqtt").setLevel(logging.DEBUG)``) wins.
-    """
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.WARNING)
-
-
 def gmqtt_version() -> tuple[int, ...]:
     """Return the installed gmqtt's version as numbers (``(0, 8, 0)``)."""
     return tuple(int(part) for part in str(gmqtt.__version__).split(".")[:3] if part.isdigit())
-
-
-class LinkError(Exception):
-    """Internal: a connection attempt or subscription failed (translated by the owner).
-
-    Attributes:
-        reason_code: The CONNACK/SUBACK reason code, when the broker sent one.
-    """
-
-    def __init__(self, message: str, *, reason_code: int | None = None, untrusted: bool = False) -> None:
-        """Build the error (`untrusted`: the broker's certificate failed verification)."""
-        super().__init__(message)
-        self.reason_code = reason_code
-        self.untrusted = untrusted
-
-    @property
-    def credential_refused(self) -> bool:
-        """Whether the broker refused the user name, password or client id."""
-        return self.reason_code in CREDENTIAL_REFUSED
 
 
 def _refusal_code(exc: gmqtt.MQTTConnectError) -> int | None:
@@ -166,8 +117,7 @@ class MqttLink:
         self._inflight, self._client = self._new_client()
         self._session_present = False
         self._keepalive = keepalive
-        self._suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
-        self._unsuback: dict[int, asyncio.Future[None]] = {}
+        self._answers = Answers()
         self.last_inbound = 0.0
         """Loop time of the last packet seen from the broker (message, CONNACK, SUBACK, UNSUBACK)."""
         self.lost = asyncio.Event()
@@ -253,30 +203,19 @@ class MqttLink:
 
     def _mark_lost(self) -> None:
         self.lost.set()
-        for fut in self._suback.values():
-            if not fut.done():
-                fut.set_exception(LinkError("connection lost before SUBACK"))
-        self._suback.clear()
-        for waiter in self._unsuback.values():
-            if not waiter.done():
-                waiter.set_exception(LinkError("connection lost before UNSUBACK"))
-        self._unsuback.clear()
+        self._answers.fail_all()
 
     def _handle_unsuback(self, client: object, mid: int, _codes: object) -> None:
         if client is not self._client:
             return
         self._heard()
-        waiter = self._unsuback.pop(mid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._answers.unsuback(mid)
 
     def _handle_suback(self, client: object, mid: int, granted: tuple[int, ...], _properties: object) -> None:
         if client is not self._client:
             return
         self._heard()
-        fut = self._suback.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(tuple(granted))
+        self._answers.suback(mid, tuple(granted))
 
     async def connect(self, endpoint: Endpoint, *, ssl_context: ssl.SSLContext, limit: float) -> bool:
         """Connect to `endpoint`; return whether the broker still had our session.
@@ -302,11 +241,7 @@ class MqttLink:
             raise LinkError(f"broker {endpoint} refused the connection: {exc}", reason_code=code) from exc
         except ssl.SSLCertVerificationError as exc:
             self.abort()
-            message = (
-                f"the certificate of broker {endpoint} failed verification ({exc.verify_message}); "
-                "check that ca_file is the CA that signed the broker's certificate"
-            )
-            raise LinkError(message, untrusted=True) from exc
+            raise untrusted_error(endpoint, exc) from exc
         except (OSError, TimeoutError) as exc:
             self.abort()
             raise LinkError(f"cannot connect to {endpoint}: {exc!r}") from exc
@@ -325,18 +260,11 @@ class MqttLink:
         if not self.connected:
             raise LinkError("not connected")
         subs = [gmqtt.Subscription(topic, qos=qos) for topic in topics]
-        fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         try:
             mid = self._client.subscribe(subs)
         except OverflowError as exc:  # every packet id is in flight
             raise LinkError("no packet id free for SUBSCRIBE") from exc
-        self._suback[mid] = fut
-        try:
-            async with asyncio.timeout(limit):
-                return await fut
-        except TimeoutError as exc:
-            self._suback.pop(mid, None)
-            raise LinkError("no SUBACK in time") from exc
+        return await self._answers.wait_suback(mid, limit=limit)
 
     async def probe(self, *, limit: float) -> bool:
         """Ask the broker for an answer (an UNSUBSCRIBE round trip); return whether it came.
@@ -349,20 +277,10 @@ class MqttLink:
         if not self.connected:
             return False
         try:
-            mid = self._client.unsubscribe(_PROBE_TOPIC)
+            mid = self._client.unsubscribe(PROBE_TOPIC)
         except OverflowError:
             return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unsuback[mid] = waiter
-        try:
-            async with asyncio.timeout(limit):
-                await waiter
-        except TimeoutError:
-            self._unsuback.pop(mid, None)
-            return False
-        except LinkError:
-            return False
-        return True
+        return await self._answers.answered(mid, limit=limit)
 
     def publish(self, topic: str, payload: bytes, *, qos: int, **properties: object) -> bool:
         """Publish (QoS 1/2 are kept until acknowledged, across reconnects to the same session).
@@ -402,7 +320,7 @@ class MqttLink:
         if was_up:
             properties = {"session_expiry_interval": 0} if end_session else {}
             try:
-                async with asyncio.timeout(_CLOSE_LIMIT):
+                async with asyncio.timeout(CLOSE_LIMIT):
                     await self._client.disconnect(**properties)
             except Exception:  # noqa: BLE001 - closing: nothing useful to report
                 self._logger.debug("amora-sync: ignored error while disconnecting")

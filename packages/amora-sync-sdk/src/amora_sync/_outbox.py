@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from amora_protocol import Action, Codec, Sender
-    from amora_sync._mqtt import MqttLink
+    from amora_sync._link import Link
     from amora_sync._session import DeviceInfo, Session
     from amora_sync._stats import ClientStats
     from amora_sync._telemetry import CommandTracer
@@ -125,7 +125,7 @@ class Outbox:
         self._tracer = tracer if tracer is not None and tracer.enabled else None
         self._pending: dict[str, _Pending] = {}
         self._by_digest: dict[str, _Pending] = {}  # unauthenticated_id(payload) -> its command
-        self._link: MqttLink | None = None
+        self._link: Link | None = None
         self._wakeup = asyncio.Event()
 
     def __len__(self) -> int:
@@ -134,7 +134,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ link changes
 
-    def attach(self, link: MqttLink) -> None:
+    def attach(self, link: Link) -> None:
         """Use `link` from now on and flush the outbox.
 
         What was never sent goes out, and so does everything still waiting for its answer
@@ -158,7 +158,7 @@ class Outbox:
             return
         self._resend_unanswered(link, device_id=device_id, sent_before=math.inf)
 
-    def _resend_unanswered(self, link: MqttLink, *, device_id: str | None, sent_before: float) -> None:
+    def _resend_unanswered(self, link: Link, *, device_id: str | None, sent_before: float) -> None:
         # Only commands with no answer at all: one the device acknowledged (``accepted``) is
         # in its hands, and a repeat of a command still running may be answered with a bare
         # ``duplicate`` before its real outcome.
@@ -315,7 +315,7 @@ class Outbox:
                 due = loop.time() - self._resend_interval
                 self._resend_unanswered(link, device_id=None, sent_before=due)
 
-    def _flush(self, link: MqttLink, *, resend: bool) -> None:
+    def _flush(self, link: Link, *, resend: bool) -> None:
         loop = asyncio.get_running_loop()
         for pending in list(self._pending.values()):
             if pending.final.done() or loop.time() >= pending.deadline:
@@ -323,7 +323,7 @@ class Outbox:
             if (not pending.published or resend) and not self._publish(link, pending):
                 return  # the broker's receive maximum is reached; run() resumes
 
-    def _publish(self, link: MqttLink, pending: _Pending) -> bool:
+    def _publish(self, link: Link, pending: _Pending) -> bool:
         session = self._session()
         device_id = pending.device.device_id
         topic = commands_topic(device_id)

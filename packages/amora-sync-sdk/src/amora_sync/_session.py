@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,6 +28,10 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 """Returns the user's current JWT; may be a plain function or a coroutine function."""
 
 _DEFAULT_MQTTS_PORT = 8883
+_DEFAULT_WSS_PORT = 443
+
+Transport = Literal["mqtts", "wss"]
+"""How an endpoint is reached: MQTT over TLS, or MQTT over TLS websockets."""
 _TOO_MANY_REQUESTS = 429
 _NO_RETRY_AFTER_S = 1.0  # a 429 without Retry-After: try again after this
 _HALF_SECOND_MS = 500  # an HTTP Date is whole seconds: the service's time is on average .5 s later
@@ -35,18 +39,24 @@ _HALF_SECOND_MS = 500  # an HTTP Date is whole seconds: the service's time is on
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
-    """A broker endpoint (TLS over TCP).
+    """A broker endpoint: MQTT over TLS (``mqtts://``) or over TLS websockets (``wss://``).
 
     Attributes:
         host: Host name or address.
         port: TCP port.
+        transport: ``"mqtts"`` or ``"wss"``.
+        path: The HTTP path of a ``wss`` endpoint (``/mqtt``); empty for ``mqtts``.
     """
 
     host: str
     port: int
+    transport: Transport = "mqtts"
+    path: str = ""
 
     def __str__(self) -> str:
-        """Return ``host:port``."""
+        """Return ``host:port`` (``mqtts``) or the ``wss://`` URL."""
+        if self.transport == "wss":
+            return f"wss://{self.host}:{self.port}{self.path}"
         return f"{self.host}:{self.port}"
 
 
@@ -120,15 +130,30 @@ def _b64(text: str) -> bytes:
 
 
 def parse_endpoint(raw: str) -> Endpoint | None:
-    """Parse one endpoint: ``mqtts://host:port`` (or ``host:port``).
+    """Parse one endpoint: ``mqtts://host:port`` (or ``host:port``), or ``wss://host:port/path``.
 
-    Returns None for transports the SDK does not speak (websockets, for web apps).
+    Returns None for transports the SDK does not speak (``ws://``: websockets without TLS).
     """
     text = raw if "://" in raw else f"mqtts://{raw}"
     parts = urlsplit(text)
-    if parts.scheme.startswith("ws") or parts.hostname is None:
+    if parts.hostname is None or parts.scheme == "ws":
         return None
+    if parts.scheme == "wss":
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return Endpoint(host=parts.hostname, port=parts.port or _DEFAULT_WSS_PORT, transport="wss", path=path)
     return Endpoint(host=parts.hostname, port=parts.port or _DEFAULT_MQTTS_PORT)
+
+
+def select_endpoints(endpoints: tuple[Endpoint, ...], transport: str) -> tuple[Endpoint, ...]:
+    """The endpoints a client with this `transport` setting uses, in the session's order.
+
+    ``"mqtts"`` and ``"wss"`` take only that kind; ``"auto"`` takes the ``mqtts`` ones, or
+    the ``wss`` ones when the session lists no ``mqtts`` endpoint.
+    """
+    if transport == "auto":
+        tcp = tuple(e for e in endpoints if e.transport == "mqtts")
+        return tcp or tuple(e for e in endpoints if e.transport == "wss")
+    return tuple(e for e in endpoints if e.transport == transport)
 
 
 def decode_session(body: bytes) -> Session:
@@ -143,7 +168,7 @@ def decode_session(body: bytes) -> Session:
         raise SessionError(f"the authz service sent an unexpected session: {exc}") from exc
     endpoints = tuple(e for e in map(parse_endpoint, wire.broker.endpoints) if e is not None)
     if not endpoints:
-        raise SessionError("the session lists no TLS endpoint this SDK can use (mqtts://host:port)")
+        raise SessionError("the session lists no endpoint this SDK can use (mqtts://host:port or wss://host:port/path)")
     try:
         devices = {
             d.device_id: DeviceInfo(

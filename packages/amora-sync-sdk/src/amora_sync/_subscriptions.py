@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from amora_protocol import connection_topic, responses_topic, state_topic
-from amora_sync._mqtt import LinkError
+from amora_sync._link import LinkError
 
 if TYPE_CHECKING:
     import logging
     from collections.abc import Iterable
 
-    from amora_sync._mqtt import MqttLink
+    from amora_sync._link import Link
 
 __all__ = ["Subscriber", "device_topics"]
 
@@ -39,7 +39,7 @@ class Subscriber:
         self._limit = limit
         self._log = logger
 
-    async def subscribe(self, link: MqttLink, device_ids: Iterable[str]) -> None:
+    async def subscribe(self, link: Link, device_ids: Iterable[str]) -> None:
         """Subscribe `link` to every topic of `device_ids` in one SUBSCRIBE.
 
         Raises:
@@ -53,7 +53,7 @@ class Subscriber:
         if refused:
             self._log.warning("amora-sync: broker refused subscriptions: %s", refused)
 
-    async def subscribe_added(self, link: MqttLink, device_ids: list[str]) -> None:
+    async def subscribe_added(self, link: Link, device_ids: list[str]) -> None:
         """Subscribe to devices that joined the session while connected (best effort)."""
         try:
             await self.subscribe(link, device_ids)
