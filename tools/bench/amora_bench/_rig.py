@@ -10,7 +10,7 @@ import base64
 import multiprocessing
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -143,8 +143,13 @@ def mock_session_client(  # noqa: PLR0913 - a session's plain values
     signing_raw: bytes,
     encryption_raw: bytes,
     reconnect: ReconnectPolicy | None = None,
+    transport: Literal["auto", "mqtts", "wss"] = "auto",
 ) -> tuple[AmoraClient, httpx.AsyncClient]:
-    """An `AmoraClient` whose session exchange answers in-process with this session (not entered yet)."""
+    """An `AmoraClient` whose session exchange answers in-process with this session (not entered yet).
+
+    The session lists the broker's ``mqtts://`` and ``wss://`` endpoints, as the authz
+    service does; `transport` picks which the client uses.
+    """
     import httpx  # noqa: PLC0415
 
     from amora_protocol import SigningKey  # noqa: PLC0415
@@ -154,7 +159,7 @@ def mock_session_client(  # noqa: PLR0913 - a session's plain values
         "session_id": session_id,
         "expires_at": time.time_ns() // 1_000_000 + 3_600_000,
         "broker": {
-            "endpoints": [f"mqtts://{broker.host}:{broker.app_port}"],
+            "endpoints": [f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"],
             "username": session_id,
             "password": password,
             "client_id": session_id,
@@ -182,5 +187,6 @@ def mock_session_client(  # noqa: PLR0913 - a session's plain values
         ssl_context=broker.client_context(),
         http_client=http,
         reconnect=reconnect,
+        transport=transport,
     )
     return client, http

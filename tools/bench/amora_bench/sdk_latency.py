@@ -6,7 +6,10 @@ security), with two bare subscribers that do no verification at all:
 * ``gmqtt``: a bare gmqtt client (the SDK's own transport), time taken in ``on_message``;
 * ``paho``: a bare paho-mqtt client (network loop in its own thread), time taken in ``on_message``;
 * ``sdk``: `amora_sync.AmoraClient` — verify the Ed25519 envelope, order by version, fan out
-  to a watcher's bounded queue — time taken when ``async for`` hands the state to the app.
+  to a watcher's bounded queue — time taken when ``async for`` hands the state to the app;
+* ``paho-wss`` and ``sdk-wss``: the same two over the broker's ``wss://`` listener (MQTT over
+  TLS websockets; the SDK with ``transport="wss"``, paho-mqtt underneath), so the cost of
+  the transport reads off against the TCP rows of the same run.
 
 A device in a separate process (mTLS on the device listener) publishes signed, retained QoS 1
 states at a fixed rate; each subscriber runs alone in its phase. Send and receive instants are
@@ -119,10 +122,10 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
     async def __aenter__(self) -> None:
         if self.kind == "gmqtt":
             await self._gmqtt()
-        elif self.kind == "paho":
-            await self._paho()
+        elif self.kind in {"paho", "paho-wss"}:
+            await self._paho(wss=self.kind == "paho-wss")
         else:
-            await self._sdk()
+            await self._sdk(wss=self.kind == "sdk-wss")
 
     async def __aexit__(self, *_exc: object) -> None:
         await self._stop()
@@ -157,7 +160,7 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
 
         self._stop = stop
 
-    async def _paho(self) -> None:
+    async def _paho(self, *, wss: bool) -> None:
         import paho.mqtt.client as paho  # noqa: PLC0415
 
         from amora_protocol import state_topic  # noqa: PLC0415
@@ -170,12 +173,16 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
             count += 1
             self.arrived(count)
 
-        client = paho.Client(client_id=self.session_id, protocol=paho.MQTTv5)
+        client = paho.Client(client_id=self.session_id, protocol=paho.MQTTv5, transport="websockets" if wss else "tcp")
         client.tls_set_context(self.broker.client_context())
         client.username_pw_set(self.session_id, self.password)
         client.on_message = on_message
         client.on_subscribe = lambda *_a: subscribed.set()
-        client.connect(self.broker.host, self.broker.app_port)
+        if wss:
+            client.ws_set_options(path="/mqtt")
+            client.connect("localhost", self.broker.ws_port)  # the certificate's name
+        else:
+            client.connect(self.broker.host, self.broker.app_port)
         client.loop_start()
         client.subscribe(state_topic(self.device_id), qos=1)
         if not await asyncio.to_thread(subscribed.wait, 10):
@@ -187,7 +194,7 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
 
         self._stop = stop
 
-    async def _sdk(self) -> None:
+    async def _sdk(self, *, wss: bool) -> None:
         from amora_protocol import DeviceState  # noqa: PLC0415
 
         client, http = mock_session_client(
@@ -197,6 +204,7 @@ class _subscriber:  # noqa: N801 - reads as a context-manager function
             password=self.password,
             signing_raw=self.signing_raw,
             encryption_raw=self.encryption_raw,
+            transport="wss" if wss else "mqtts",
         )
         await client.__aenter__()
         watch = client.watch(self.device_id, include_connection=False)
@@ -235,11 +243,17 @@ async def _measure(*, rate: float, seconds: float, kinds: tuple[str, ...]) -> di
         result["target_p50_within_2x"] = result["sdk_p50_over_gmqtt_p50"] <= 2.0
     if sdk:
         result["target_p99_under_10ms"] = sdk["p99_ms"] < 10.0
+    sdk_wss = phases.get("sdk-wss")
+    if sdk and sdk_wss and sdk["p50_ms"] > 0:
+        result["sdk_wss_p50_over_sdk_p50"] = round(sdk_wss["p50_ms"] / sdk["p50_ms"], 2)
     return result
 
 
 def run(
-    *, rate: float = 1000.0, seconds: float = 5.0, kinds: tuple[str, ...] = ("gmqtt", "paho", "sdk")
+    *,
+    rate: float = 1000.0,
+    seconds: float = 5.0,
+    kinds: tuple[str, ...] = ("gmqtt", "paho", "sdk", "paho-wss", "sdk-wss"),
 ) -> dict[str, Any]:
     """Measure and return the figures (the `amora_bench` scenario entry point)."""
     return asyncio.run(_measure(rate=rate, seconds=seconds, kinds=kinds))
