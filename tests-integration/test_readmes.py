@@ -7,10 +7,12 @@ Each fenced block must say what it is in its info string (the first word is the 
   ``amora_devtools`` fixtures), against the stack that ``hatch run stack:up --state-dir
   /tmp/amora-stack`` starts on its documented fixed ports;
 - ``sh``: run with ``bash -euo pipefail`` from the repository root, against the same stack;
+- ``js``: an ES module (the web SDK's README), syntax-checked with ``node --check``; when it
+  runs, it runs with Node as an application that installed ``@amora/sync-web`` would (the
+  package, built, as ``node_modules/@amora/sync-web``), with the same stack's ``stack.json``
+  as its one argument; a block that says it is ``examples/NAME.mjs`` must be that file;
 - ``toml`` / ``json``: parsed;
 - ``text``: not code (wire formats, topic tables, command synopses);
-- ``packages/amora-sync-web/README.md`` is left to that npm package's own Node tests (its
-  examples are JavaScript for browsers, its commands npm's);
 - any language followed by ``no-run: <reason>``: not run, and the reason says why (it installs
   into the environment, needs root, runs for minutes or until Ctrl-C, ...).
 
@@ -25,6 +27,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,8 +45,9 @@ STATE_DIR = Path("/tmp/amora-stack")  # noqa: S108 - the path the READMEs docume
 _RUN_TIMEOUT_S = 60
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _NO_RUN = re.compile(r"^no-run:\s*(?P<reason>\S.{9,})$")
-_CODE = frozenset({"python", "sh", "toml", "json"})
-_WEB_README = "packages/amora-sync-web/README.md"
+_CODE = frozenset({"python", "sh", "js", "toml", "json"})
+WEB = ROOT / "packages" / "amora-sync-web"
+_EXAMPLE = re.compile(r"\bexamples/[\w.-]+\.mjs\b")
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -73,7 +77,7 @@ class Block:
 
     @property
     def runs(self) -> bool:
-        return self.language in {"python", "sh"} and self.no_run_reason is None
+        return self.language in {"python", "sh", "js"} and self.no_run_reason is None
 
 
 def _readmes() -> list[str]:
@@ -84,7 +88,7 @@ def _readmes() -> list[str]:
         text=True,
         check=True,
     ).stdout.split()
-    return sorted(p for p in listed if "node_modules" not in p and p != _WEB_README and (ROOT / p).is_file())
+    return sorted(p for p in listed if "node_modules" not in p and (ROOT / p).is_file())
 
 
 def _blocks(readme: str) -> list[Block]:
@@ -116,11 +120,11 @@ def _problem(block: Block) -> str | None:
     """Why this block's info string is not acceptable, or None."""
     language, rest = block.language, block.info[len(block.language) :].strip()
     if not language:
-        return "no info string: say what it is (python, sh, toml, json, text) or `<lang> no-run: <reason>`"
+        return "no info string: say what it is (python, sh, js, toml, json, text) or `<lang> no-run: <reason>`"
     if rest and block.no_run_reason is None:
         return f"after {language!r} only `no-run: <reason of at least 10 characters>` may follow, not {rest!r}"
     if language not in {*_CODE, "text"} and block.no_run_reason is None:
-        return f"unknown language {language!r}: use python, sh, toml, json or text, or add `no-run: <reason>`"
+        return f"unknown language {language!r}: use python, sh, js, toml, json or text, or add `no-run: <reason>`"
     return None
 
 
@@ -250,3 +254,60 @@ def test_python_block(block: Block, python_dir: Path, mypy_errors: dict[str, lis
 def test_sh_block(block: Block, readme_stack: Stack) -> None:
     assert readme_stack.authz_url == f"http://127.0.0.1:{DEFAULT_AUTHZ_PORT}"
     _run(["bash", "-euo", "pipefail", "-c", block.code], block)
+
+
+# -- the web SDK's JavaScript -----------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is missing: run tools/dev test (it installs Node.js and npm)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def node_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out as an application that installed ``@amora/sync-web``: the package,
+    installed from its lockfile and built, linked as ``node_modules/@amora/sync-web``."""
+    env = {**os.environ, "CI": "1"}
+    if not (WEB / "node_modules" / ".package-lock.json").exists():
+        installed = subprocess.run(  # noqa: S603 - fixed argv
+            [_tool("npm"), "ci", "--no-audit", "--no-fund"],
+            cwd=WEB,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+    built = subprocess.run(  # noqa: S603 - fixed argv
+        [_tool("npm"), "run", "build"], cwd=WEB, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    app = tmp_path_factory.mktemp("node-app")
+    (app / "node_modules" / "@amora").mkdir(parents=True)
+    (app / "node_modules" / "@amora" / "sync-web").symlink_to(WEB, target_is_directory=True)
+    return app
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.language == "js"], ids=lambda b: b.id)
+def test_js_block_parses(block: Block, tmp_path: Path) -> None:
+    module = tmp_path / "block.mjs"
+    module.write_text(block.code)
+    checked = subprocess.run(  # noqa: S603 - node from PATH, a syntax check only
+        [_tool("node"), "--check", str(module)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, f"{block.id} is not valid JavaScript:\n{checked.stderr}"
+
+
+@pytest.mark.parametrize("block", [b for b in RUNNABLE if b.language == "js"], ids=lambda b: b.id)
+def test_js_block(block: Block, node_app: Path, readme_stack: Stack) -> None:
+    named = _EXAMPLE.search("\n".join(block.code.splitlines()[:3]))
+    if named is not None:  # the README says this block is that file: it must be
+        example = (ROOT / block.readme).parent / named[0]
+        assert example.read_text() == block.code, f"{block.id} differs from {example.relative_to(ROOT)}"
+    module = node_app / _file_name(block).replace(".py", ".mjs")
+    module.write_text(block.code)
+    _run([_tool("node"), str(module), str(readme_stack.state_dir / "stack.json")], block)
