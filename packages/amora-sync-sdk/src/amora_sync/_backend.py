@@ -224,6 +224,9 @@ class BackendConsumer:
         remember: Acknowledged message identities kept for dropping duplicates.
         on_invalid: Called with the topic and the reason of each message dropped as
             unverifiable (for an alert or a metric); it must not block.
+        http_client: The client for the authz service's backend endpoints (its base URL the
+            service, its auth the backend's Basic credential); by default one is made from
+            ``authz_url``, the credential and the CA. The caller closes its own.
         logger: Where to log (``amora_sync.backend`` by default).
     """
 
@@ -241,6 +244,7 @@ class BackendConsumer:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         remember: int = 100_000,
         on_invalid: Callable[[str, str], None] | None = None,
+        http_client: httpx.AsyncClient | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         """Prepare; nothing connects before ``async with``.
@@ -271,6 +275,7 @@ class BackendConsumer:
         self._presence: dict[int, bool] = {}
         self._loops: dict[int, ConnectionLoop] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._given_http = http_client
         self._http: httpx.AsyncClient | None = None
         self._keys: DeviceKeyCache | None = None
         self._open = False
@@ -301,11 +306,12 @@ class BackendConsumer:
                 error names the last cause, e.g. a refused credential).
         """
         account = backend_replica_account(self._creds.name, self.replica)
-        self._http = httpx.AsyncClient(
+        http = self._given_http or httpx.AsyncClient(
             base_url=self._authz_url, auth=(account, self._creds.password), verify=self._tls(), timeout=10.0
         )
+        self._http = None if self._given_http is not None else http
         try:
-            self._keys = DeviceKeyCache(self._http)
+            self._keys = DeviceKeyCache(http)
             await self._keys.load()
             self._open = True
             loop = self._start_slot(self.replica)
