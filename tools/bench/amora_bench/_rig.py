@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
     from multiprocessing.context import SpawnProcess
 
@@ -86,12 +87,17 @@ def start_publisher(  # noqa: PLR0913 - the publisher's plain values
     signing_raw: bytes,
     rate: float,
     count: int,
+    target: Callable[..., None] | None = None,
 ) -> tuple[SpawnProcess, Connection]:
-    """Start `publisher` in a process of its own; return it and the pipe end to talk to it."""
+    """Start `publisher` (or ``target``, which takes the same arguments) in a process of its own.
+
+    Returns:
+        The process and the pipe end to talk to it.
+    """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
-        target=publisher,
+        target=target or publisher,
         kwargs={
             "conn": child,
             "host": broker.host,

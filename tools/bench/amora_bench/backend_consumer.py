@@ -29,7 +29,7 @@ import asyncio
 import base64
 import contextlib
 import json
-import multiprocessing
+import math
 import secrets
 import sys
 import time
@@ -41,7 +41,7 @@ import httpx
 import msgspec
 
 from amora_bench._common import broker_for_bench
-from amora_bench._rig import device_identity
+from amora_bench._rig import device_identity, start_publisher
 from amora_devtools._gmqtt import NO_RECONNECT
 from amora_devtools._mqtt import client_ssl_context
 from amora_devtools.dynsec import dynsec
@@ -63,7 +63,6 @@ from amora_sync.backend import BackendConsumer, BackendCredentials
 if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.connection import Connection
-    from multiprocessing.context import SpawnProcess
 
     from amora_devtools.broker import BrokerProcess
 
@@ -78,15 +77,20 @@ def _publisher(  # noqa: PLR0913 - a process entry point takes plain values
     ca_file: str,
     cert: tuple[str, str],
     device_id: str,
-    signing_raw: bytes,
+    signing_key_raw: bytes,
+    rate: float,
     count: int,
 ) -> None:
-    """Publish ``count`` signed QoS 1 states as fast as the broker acknowledges them; send back (first, last) ns."""
+    """Publish ``count`` signed QoS 1 states as fast as the broker acknowledges them; send back (first, last) ns.
+
+    ``rate`` is not used (`_rig.start_publisher` passes it): this publisher is not paced.
+    """
+    del rate
 
     async def publish() -> tuple[int, int]:
         device = FakeDevice(
             device_id=device_id,
-            signing_key=SigningKey.from_raw(signing_raw),
+            signing_key=SigningKey.from_raw(signing_key_raw),
             cert_file=Path(cert[0]),
             key_file=Path(cert[1]),
             ca_file=Path(ca_file),
@@ -104,29 +108,6 @@ def _publisher(  # noqa: PLR0913 - a process entry point takes plain values
 
     conn.send(asyncio.run(publish()))
     conn.close()
-
-
-def _start_publisher(
-    broker: BrokerProcess, *, cert: tuple[str, str], device_id: str, signing_raw: bytes, count: int
-) -> tuple[SpawnProcess, Connection]:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(
-        target=_publisher,
-        kwargs={
-            "conn": child,
-            "host": broker.host,
-            "port": broker.device_port,
-            "ca_file": str(broker.ca_file),
-            "cert": cert,
-            "device_id": device_id,
-            "signing_raw": signing_raw,
-            "count": count,
-        },
-        name=f"amora-bench-device-{device_id}",
-    )
-    process.start()
-    return process, parent
 
 
 def _backend(broker: BrokerProcess, name: str) -> BackendCredentials:
@@ -235,7 +216,9 @@ async def _phase(  # noqa: C901 - one phase: set-up, publish, drain, figures
             task = asyncio.create_task(consume(), name="bench-consumer")
             stack.callback(task.cancel)
         publishers = [
-            _start_publisher(broker, cert=cert, device_id=device_id, signing_raw=raw, count=count)
+            start_publisher(
+                broker, cert=cert, device_id=device_id, signing_raw=raw, rate=math.inf, count=count, target=_publisher
+            )
             for device_id, (cert, raw, _enc) in identities.items()
         ]
         try:
