@@ -67,6 +67,12 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
         None,  # full only: quick mode stays under two minutes (python -m amora_bench.fleet --held 1000,2700 to try it)
         {"players": 200, "sessions": 800, "seconds": 10.0, "held": [2700, 6400, 10_000, 20_000], "held_seconds": 10.0},
     ),
+    # Restart storm, first logins, reconcile cost (issue #15 items 3 and 4; amora_bench.logins).
+    "logins": (
+        "amora_bench.logins",
+        {"apps": 200, "known": 500, "live": 500, "seconds": 2.0, "sessions": [500], "options": False},
+        {"apps": 5000, "known": 5000, "live": 10_000, "seconds": 10.0, "sessions": [5000, 10_000]},
+    ),
 }
 
 

@@ -334,7 +334,7 @@ class AuthzService:
         if expired:
             await self.fleet.apply(Scope(clients=frozenset(expired)))
             # The devices of those users drop the sessions from their lists now, not at the
-            # next full pass (which no longer runs every interval: docs/decisions/0012).
+            # next full pass (which no longer runs every interval: docs/decisions/0013).
             await self._sessions_changed(users=sorted(set(expired.values())))
             self._log.info("session.expired", count=len(expired), sessions=sorted(expired)[:20])
             if self._on_sessions_expired is not None:

@@ -3,7 +3,7 @@
 An app that restarts (an update, a crash, a regional outage) can resume its session instead
 of logging in afresh: it connects at once with the stored broker credential, so a restart
 writes nothing to the broker (mosquitto 2.0 rewrites its whole account file per change;
-``docs/decisions/0012-resumed-sessions.md``). The record holds the session's private keys,
+``docs/decisions/0013-logins-resume-and-reconcile-cost.md``). The record holds the session's private keys,
 so it is written with mode 0600 from the first byte, in a 0700 directory, and refused when
 group or others can read it. Each record carries an HMAC keyed from the session's own
 signing key: a record edited or damaged by anyone who cannot read it is refused (someone

@@ -1,0 +1,673 @@
+"""Logins at scale: a restart storm of stored sessions, first logins, and the periodic reconcile's cost.
+
+Three scenarios against a real mosquitto (TLS, dynamic security) whose account file holds as
+many session accounts as the scenario says (written into the file before the broker starts:
+creating them one command at a time is the very cost measured here):
+
+- ``login_storm``: ``apps`` apps restart at once and resume their stored sessions
+  (``docs/decisions/0013-logins-resume-and-reconcile-cost.md``): each connects with its
+  stored credential (TLS, username and password), subscribes to its device's state and
+  waits for the retained state. Figure: seconds until every app has it, and that the
+  broker's account file was not written. Baseline in the same run: what fresh logins would
+  cost the broker alone (its measured ``createClient`` rate at this file size).
+- ``first_login``: new installs logging in through the real authz service
+  (``POST /v1/sessions``, ``clients`` at once, each a user with a device) while the broker
+  holds ``live`` other session accounts. Baseline in the same run: the broker's bare
+  ``createClient`` rate at that size (the ceiling, one file rewrite per login).
+- ``reconcile_cost``: the authz service's periodic pass at each of ``sessions``: a full
+  pass and the cheap check that replaced it in steady state, each with the broker's longest
+  stall meanwhile (a probe in its own process publishing to itself every millisecond).
+
+Run alone: ``python -m amora_bench.logins --apps 300 --live 1000 --sessions 1000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amora_bench._common import broker_for_bench, latency_summary, raise_fd_limit
+from amora_bench._rawmqtt import RawMqtt, RawMqttError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from multiprocessing.connection import Connection
+
+    from amora_devtools.broker import BrokerProcess
+
+__all__ = ["dynsec_options", "first_login", "login_storm", "reconcile_cost", "run"]
+
+MANAGED = "managed-by:amora-authz"
+FILLER = "bench-filler"  # accounts the authz service does not own: it leaves them alone
+STATE_TOPIC = "amora/devices/bench-1/state"
+HANDSHAKE_CONCURRENCY = 512  # the load generator's own bound: 5,000 real apps have none
+PROBE_TOPIC = "amora/harness/bench-probe"
+
+
+def _hashed(password: str) -> dict[str, Any]:
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, dklen=64)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": 101,
+    }
+
+
+def _session_account(name: str, password: str, *, textname: str = MANAGED) -> dict[str, Any]:
+    """A dynsec client as the authz service creates one for a session (same fields, same size).
+
+    Group membership lives in the group's ``clients`` list in mosquitto's file (`_group`).
+    """
+    return {"username": name, "clientid": name, "textname": textname, "roles": [], **_hashed(password)}
+
+
+def _group(name: str, members: Iterable[str], roles: Iterable[str] = ()) -> dict[str, Any]:
+    return {
+        "groupname": name,
+        "textname": MANAGED,
+        "roles": [{"rolename": r, "priority": -1} for r in roles],
+        "clients": [{"username": m, "priority": -1} for m in members],
+    }
+
+
+def _preload(
+    broker: BrokerProcess,
+    *,
+    clients: Iterable[dict[str, Any]] = (),
+    groups: Iterable[dict[str, Any]] = (),
+    roles: Iterable[dict[str, Any]] = (),
+) -> None:
+    """Add objects to the broker's dynsec file while it is stopped, then start it again."""
+    broker.stop()
+    document = json.loads(broker.dynsec_file.read_text())
+    document["clients"].extend(clients)
+    document["groups"].extend(groups)
+    document["roles"].extend(roles)
+    # Written in place: the file keeps its owner (the broker's user) and mode.
+    broker.dynsec_file.write_text(json.dumps(document))
+    broker.restart()
+
+
+def _dynsec_rate(broker: BrokerProcess, *, count: int = 30, group: str | None = None) -> float:
+    """``createClient`` commands per second, one per message on one connection, at the broker's size."""
+    from amora_devtools.dynsec import DYNSEC_TOPIC  # noqa: PLC0415 - only scenarios with a broker need it
+
+    prefix = secrets.token_hex(4)
+    names = [f"sess.rate{prefix}{i:020d}" for i in range(count)]
+    with broker.admin_client(timeout=60) as admin:
+        admin.subscribe(f"{DYNSEC_TOPIC}/response")
+
+        def send(command: dict[str, Any]) -> None:
+            admin.publish(DYNSEC_TOPIC, json.dumps({"commands": [command]}).encode(), qos=1)
+            if admin.receive(timeout=60) is None:
+                msg = "no dynsec answer within 60 s"
+                raise RuntimeError(msg)
+
+        start = time.perf_counter()
+        for name in names:
+            command: dict[str, Any] = {"command": "createClient", "username": name, "password": "x"}
+            command["textname"] = MANAGED
+            if group is not None:
+                command["groups"] = [{"groupname": group}]
+            send(command)
+        rate = count / (time.perf_counter() - start)
+        for name in names:
+            send({"command": "deleteClient", "username": name})
+    return round(rate, 1)
+
+
+def dynsec_options(*, live: int = 10_000) -> dict[str, Any]:
+    """What each way of giving logins broker accounts costs the broker, at ``live`` accounts.
+
+    One connection, each message awaited: ``createClient`` alone (a login today), twenty in
+    one message (batching), ``addGroupClient`` of a pre-created account (a pool), and a new
+    user's group with five roles inline against ``createGroup`` plus five ``addGroupRole``.
+    """
+    from amora_devtools.dynsec import DYNSEC_TOPIC  # noqa: PLC0415
+
+    with broker_for_bench() as broker:
+        names = [f"sess.{i:032x}" for i in range(live)]
+        _preload(
+            broker,
+            clients=[_session_account(n, "p") for n in names],
+            groups=[_group("user:bench", names[: live // 2])],
+            roles=[{"rolename": f"user-device:bench-{i}", "textname": MANAGED, "acls": []} for i in range(5)],
+        )
+        tag = secrets.token_hex(4)
+        with broker.admin_client(timeout=120) as admin:
+            admin.subscribe(f"{DYNSEC_TOPIC}/response")
+
+            def timed(*messages: list[dict[str, Any]]) -> float:
+                began = time.perf_counter()
+                for commands in messages:
+                    admin.publish(DYNSEC_TOPIC, json.dumps({"commands": commands}).encode(), qos=1)
+                    if admin.receive(timeout=120) is None:
+                        msg = "no dynsec answer within 120 s"
+                        raise RuntimeError(msg)
+                return time.perf_counter() - began
+
+            def create(i: int, kind: str) -> dict[str, Any]:
+                name = f"sess.{kind}{tag}{i:016d}"
+                return {"command": "createClient", "username": name, "password": "x", "textname": MANAGED}
+
+            single = timed(*[[create(i, "a")] for i in range(20)])
+            batch = timed([create(i, "b") for i in range(20)])
+            pool = timed(
+                *[[{"command": "addGroupClient", "groupname": "user:bench", "username": n}] for n in names[-20:]]
+            )
+            roles = [{"rolename": f"user-device:bench-{i}"} for i in range(5)]
+            inline = timed(
+                *[[{"command": "createGroup", "groupname": f"user:in{tag}{i}", "roles": roles}] for i in range(4)]
+            )
+            separate = timed(
+                *[
+                    [{"command": "createGroup", "groupname": f"user:sep{tag}{i}"}]
+                    + [{"command": "addGroupRole", "groupname": f"user:sep{tag}{i}", **r} for r in roles]
+                    for i in range(4)
+                ]
+            )
+        return {
+            "live_sessions": live,
+            "dynsec_file_mb": round(broker.dynsec_file.stat().st_size / 1e6, 2),
+            "createClient_per_s": round(20 / single, 1),
+            "createClient_20_in_one_message_per_s": round(20 / batch, 1),
+            "pool_addGroupClient_per_s": round(20 / pool, 1),
+            "new_user_group_5_roles_inline_ms": round(inline / 4 * 1000, 1),
+            "new_user_group_5_roles_separate_ms": round(separate / 4 * 1000, 1),
+        }
+
+
+# ---------------------------------------------------------------- restart storm
+
+
+async def _storm(broker: BrokerProcess, accounts: list[tuple[str, str]]) -> dict[str, Any]:
+    context = broker.client_context()
+    gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
+    done_at: list[float] = []
+    failures: list[str] = []
+    links: list[RawMqtt] = []
+    start = time.perf_counter()
+
+    async def app(name: str, password: str) -> None:
+        for attempt in range(5):
+            try:
+                async with gate:
+                    link = await RawMqtt.connect(
+                        broker.host,
+                        broker.app_port,
+                        ssl_context=context,
+                        client_id=name,
+                        username=name,
+                        password=password,
+                    )
+                links.append(link)
+                await link.subscribe(STATE_TOPIC)
+                await link.next_payload()
+                done_at.append(time.perf_counter() - start)
+            except (OSError, RawMqttError, asyncio.IncompleteReadError) as exc:
+                if attempt == 4:
+                    failures.append(repr(exc))
+                await asyncio.sleep(0.05 * 2**attempt)
+            else:
+                return
+
+    await asyncio.gather(*(app(n, p) for n, p in accounts))
+    total = time.perf_counter() - start
+    for link in links:
+        link.close()
+    return {
+        "all_received_s": round(total, 2),
+        "per_app_ms": latency_summary([t * 1000 for t in done_at]),
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+    }
+
+
+def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
+    """``apps`` of ``known`` stored sessions restart at once and resume (see the module doc)."""
+    from amora_devtools.broker import dynsec  # noqa: PLC0415
+
+    raise_fd_limit()
+    with broker_for_bench() as broker:
+        passwords = {f"sess.{i:032x}": secrets.token_urlsafe(32) for i in range(known)}
+        _preload(
+            broker,
+            clients=[_session_account(n, p) for n, p in passwords.items()]
+            + [
+                {
+                    "username": "bench-device",
+                    "textname": "bench",
+                    "roles": [{"rolename": "bench-device"}],
+                    **_hashed("d"),
+                }
+            ],
+            groups=[_group("user:bench", passwords, roles=["bench-watch"])],
+            roles=[
+                {
+                    "rolename": "bench-watch",
+                    "textname": MANAGED,
+                    "acls": [
+                        {"acltype": "subscribePattern", "topic": STATE_TOPIC, "priority": 0, "allow": True},
+                        {"acltype": "publishClientReceive", "topic": STATE_TOPIC, "priority": 0, "allow": True},
+                    ],
+                },
+                {
+                    "rolename": "bench-device",
+                    "acls": [{"acltype": "publishClientSend", "topic": STATE_TOPIC, "priority": 0, "allow": True}],
+                },
+            ],
+        )
+        size_mb = round(broker.dynsec_file.stat().st_size / 1e6, 2)
+        rate = _dynsec_rate(broker, group="user:bench")
+
+        async def publish_state() -> None:
+            device = await RawMqtt.connect(
+                broker.host,
+                broker.app_port,
+                ssl_context=broker.client_context(),
+                client_id="bench-device",
+                username="bench-device",
+                password="d",  # noqa: S106 - a throwaway account on a throwaway broker
+            )
+            # Retained, QoS 0: the flag is the PUBLISH packet's bit 0.
+            topic = STATE_TOPIC.encode()
+            body = len(topic).to_bytes(2, "big") + topic + b"\x00" + b"signed-state"
+            device.writer.write(bytes([0x31, len(body)]) + body)
+            await device.writer.drain()
+            await asyncio.sleep(0.2)
+            device.close()
+
+        asyncio.run(publish_state())
+        dynsec(broker, [{"command": "listClients", "count": 1}])
+        mtime = broker.dynsec_file.stat().st_mtime_ns
+        chosen = list(passwords.items())[:apps]
+        figures = asyncio.run(_storm(broker, chosen))
+        fresh_s = round(apps / rate, 1) if rate else None
+        return {
+            "apps": apps,
+            "known_sessions": known,
+            "dynsec_file_mb": size_mb,
+            "resume": figures,
+            "broker_file_written": broker.dynsec_file.stat().st_mtime_ns != mtime,
+            "baseline_createClient_per_s": rate,
+            "baseline_fresh_logins_s": fresh_s,
+            "ratio_resume_vs_fresh": round(figures["all_received_s"] / fresh_s, 3) if fresh_s else None,
+            "target_s": 30,
+        }
+
+
+# ---------------------------------------------------------------- first logins
+
+
+def _authz_config(folder: Path, broker: BrokerProcess, users: list[str], port: int) -> Path:
+    listed = ", ".join(f'"{u}"' for u in [*users, "admin"])
+    text = f"""
+database_url = "sqlite://{folder / "authz.db"}"
+listen_host = "127.0.0.1"
+listen_port = {port}
+state_dir = "{folder / "state"}"
+log_level = "error"
+max_sessions_per_user = 1000000
+reconcile_interval_s = 3600
+
+[rate_limits]
+enabled = false
+
+[dev_issuer]
+enabled = true
+users = [{listed}]
+admins = ["admin"]
+
+[[brokers]]
+name = "{broker.name}"
+host = "{broker.host}"
+port = {broker.app_port}
+username = "{broker.admin_username}"
+password = "{broker.admin_password}"
+ca_file = "{broker.ca_file}"
+"""
+    path = folder / "authz.toml"
+    path.write_text(text)
+    return path
+
+
+async def _logins(url: str, users: list[str], seconds: float) -> dict[str, Any]:
+    import httpx  # noqa: PLC0415 - only this scenario speaks HTTP
+
+    from amora_authz.testing import session_body  # noqa: PLC0415
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.2)
+        tokens = {}
+        for user in [*users, "admin"]:
+            answer = await http.post("/dev-issuer/token", json={"username": user})
+            answer.raise_for_status()
+            tokens[user] = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        admin = tokens["admin"]
+        keys = session_body()
+        (await http.post("/v1/admin/devices", json={"device_id": "bench-1", **keys}, headers=admin)).raise_for_status()
+        for user in users:
+            (await http.put(f"/v1/admin/users/{user}/devices/bench-1", headers=admin)).raise_for_status()
+        latencies: list[float] = []
+        first: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def install(user: str) -> int:
+            done = 0
+            while (began := time.perf_counter()) < stop_at:
+                answer = await http.post("/v1/sessions", json=session_body(), headers=tokens[user])
+                if answer.status_code != 201:
+                    msg = f"POST /v1/sessions answered {answer.status_code}: {answer.text[:200]}"
+                    raise RuntimeError(msg)
+                (first if done == 0 else latencies).append((time.perf_counter() - began) * 1000)
+                done += 1
+            return done
+
+        counts = await asyncio.gather(*(install(u) for u in users))
+    return {
+        "logins": sum(counts),
+        "logins_per_s": round(sum(counts) / seconds, 1),
+        "latency_ms": latency_summary(latencies),
+        "users_first_login_ms": latency_summary(first),
+    }
+
+
+def first_login(*, live: int = 10_000, clients: int = 8, seconds: float = 10.0) -> dict[str, Any]:
+    """New installs through the real authz service with ``live`` other sessions on the broker."""
+    raise_fd_limit()
+    with broker_for_bench() as broker, tempfile.TemporaryDirectory(prefix="amora-bench-logins-") as tmp:
+        _preload(broker, clients=[_session_account(f"sess.{i:032x}", "p", textname=FILLER) for i in range(live)])
+        size_mb = round(broker.dynsec_file.stat().st_size / 1e6, 2)
+        ceiling = _dynsec_rate(broker)
+        users = [f"install{i}" for i in range(clients)]
+        from amora_devtools._proc import free_port  # noqa: PLC0415
+
+        port = free_port()
+        config = _authz_config(Path(tmp), broker, users, port)
+        command = shutil.which("amora-authz") or str(Path(sys.executable).parent / "amora-authz")
+        env = {**os.environ, "AMORA_AUTHZ_LOG_JSON": "false"}
+        process = subprocess.Popen(  # noqa: S603 - our own service, arguments we built
+            [command, "--config", str(config), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            figures = asyncio.run(_logins(f"http://127.0.0.1:{port}", users, seconds))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return {
+            "live_sessions": live,
+            "clients": clients,
+            "dynsec_file_mb": size_mb,
+            **figures,
+            "baseline_createClient_per_s": ceiling,
+            "ratio_vs_broker_ceiling": round(figures["logins_per_s"] / ceiling, 3) if ceiling else None,
+            "target_per_s": 100,
+        }
+
+
+# ---------------------------------------------------------------- reconcile cost
+
+
+def _probe_main(conn: Connection, spec: dict[str, Any]) -> None:
+    """Child process: publish to itself back to back; report the longest round trip per window."""
+    asyncio.run(_probe(conn, spec))
+
+
+async def _probe(conn: Connection, spec: dict[str, Any]) -> None:
+    from amora_devtools._mqtt import client_ssl_context  # noqa: PLC0415
+
+    link = await RawMqtt.connect(
+        spec["host"],
+        spec["port"],
+        ssl_context=client_ssl_context(Path(spec["ca_file"])),
+        client_id=f"bench-probe-{os.getpid()}",
+        username=spec["username"],
+        password=spec["password"],
+    )
+    await link.subscribe(PROBE_TOPIC)
+    conn.send("ready")
+    longest = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        if await loop.run_in_executor(None, conn.poll, 0):
+            message = conn.recv()
+            if message == "stop":
+                break
+            conn.send(round(longest * 1000, 1))  # "mark": report and restart the window
+            longest = 0.0
+        began = time.perf_counter()
+        link.publish(PROBE_TOPIC, b"p")
+        await link.next_payload()
+        longest = max(longest, time.perf_counter() - began)
+        await asyncio.sleep(0.001)
+    link.close()
+
+
+async def _reconcile_at(
+    broker: BrokerProcess, sessions: int, folder: Path, probe: Connection, start_probe: Callable[[], None]
+) -> dict[str, Any]:
+    import structlog  # noqa: PLC0415
+
+    from amora_authz._fleet import BrokerFleet  # noqa: PLC0415
+    from amora_authz._service import session_password  # noqa: PLC0415
+    from amora_authz._store import Session, open_store  # noqa: PLC0415
+    from amora_authz.testing import broker_endpoint  # noqa: PLC0415
+
+    store = await open_store(f"sqlite://{folder / f'authz-{sessions}.db'}")
+    await store.migrate()
+    now = int(time.time() * 1000)
+    for i in range(sessions):
+        await store.add_session(
+            Session(
+                session_id=f"sess.{i:032x}",
+                user_sub=f"user{i % 2000}",
+                client_name=None,
+                signing_key=bytes(32),
+                encryption_key=bytes(32),
+                created_at_ms=now,
+                expires_at_ms=now + 3_600_000,
+            )
+        )
+    secret = secrets.token_bytes(32)
+    fleet = BrokerFleet(
+        [broker_endpoint(broker)],
+        store,
+        password_for=functools.partial(session_password, secret),
+        logger=structlog.get_logger("bench"),
+    )
+    desired = await fleet.desired()
+    accounts = [c for c in desired.clients.values() if c.username.startswith("sess.")]
+    members: dict[str, list[str]] = {}
+    for account in accounts:
+        for group in account.groups:
+            members.setdefault(group, []).append(account.username)
+    _preload(
+        broker,
+        clients=[_session_account(c.username, c.password or "") for c in accounts],
+        groups=[_group(g.name, members.get(g.name, ())) for g in desired.groups.values()],
+    )
+    start_probe()
+    first = await fleet.reconcile_all()  # creates the few service objects the file lacks
+
+    def measured() -> float:
+        probe.send("mark")
+        return float(probe.recv())
+
+    measured()
+    began = time.perf_counter()
+    commands = await fleet.reconcile_all()
+    full_s = time.perf_counter() - began
+    full_stall = measured()
+    checks: list[float] = []
+    stalls: list[float] = []
+    for _ in range(5):
+        began = time.perf_counter()
+        reports = await fleet.check_all()
+        checks.append((time.perf_counter() - began) * 1000)
+        stalls.append(measured())
+        if any(r.full for r in reports):
+            msg = f"the cheap check ran a full pass in steady state: {reports}"
+            raise RuntimeError(msg)
+    await fleet.close()
+    await store.close()
+    return {
+        "sessions": sessions,
+        "setup_commands": sum(first.values()),
+        "full_pass_ms": round(full_s * 1000, 1),
+        "full_pass_commands": sum(commands.values()),
+        "full_pass_broker_longest_stall_ms": full_stall,
+        "check_ms": latency_summary(checks),
+        "check_broker_longest_stall_ms": max(stalls),
+        "ratio_check_vs_full": round(max(checks) / (full_s * 1000), 4),
+    }
+
+
+def reconcile_cost(*, sessions: list[int] | None = None) -> dict[str, Any]:
+    """The periodic pass's cost at each number of sessions (see the module doc)."""
+    results = []
+    for count in sessions or [5000, 10_000]:
+        with broker_for_bench() as broker, tempfile.TemporaryDirectory(prefix="amora-bench-reconcile-") as tmp:
+            parent, child = multiprocessing.Pipe()
+            spec = {
+                "host": broker.host,
+                "port": broker.app_port,
+                "ca_file": str(broker.ca_file),
+                "username": broker.admin_username,
+                "password": broker.admin_password,
+            }
+            process = multiprocessing.get_context("spawn").Process(target=_probe_main, args=(child, spec), daemon=True)
+
+            def start_probe(
+                process: multiprocessing.process.BaseProcess = process, parent: Connection = parent
+            ) -> None:
+                # Once the broker holds its final file: the preload restarts it.
+                process.start()
+                if not parent.poll(30) or parent.recv() != "ready":
+                    msg = "the stall probe did not start"
+                    raise RuntimeError(msg)
+
+            try:
+                results.append(asyncio.run(_reconcile_at(broker, count, Path(tmp), parent, start_probe)))
+            finally:
+                if process.is_alive():
+                    with contextlib.suppress(OSError, BrokenPipeError):
+                        parent.send("stop")
+                    process.join(10)
+                if process.is_alive():
+                    process.kill()
+    return {"points": results}
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """The key figures as Markdown, each target marked met or missed."""
+    storm, first, cost = figures["login_storm"], figures["first_login"], figures["reconcile_cost"]
+    options = figures.get("dynsec_options")
+    took = storm["resume"]["all_received_s"]
+    met = "met" if took <= storm["target_s"] and not storm["resume"]["failures"] else "MISSED"
+    rate = first["logins_per_s"]
+    lines = [
+        "| figure | value | baseline (same run) | ratio | target |",
+        "|---|---|---|---|---|",
+        (
+            f"| restart storm: {storm['apps']:,} apps resume ({storm['known_sessions']:,} sessions known), "
+            f"all holding their state | {took} s, {storm['resume']['failures']} failed, broker file written: "
+            f"{storm['broker_file_written']} | fresh logins at the broker's createClient rate "
+            f"({storm['baseline_createClient_per_s']}/s): {storm['baseline_fresh_logins_s']} s "
+            f"| {storm['ratio_resume_vs_fresh']} | <= 30 s: {met} |"
+        ),
+        (
+            f"| first logins, {first['live_sessions']:,} live sessions, {first['clients']} at once "
+            f"| {rate}/s (p50 {first['latency_ms']['p50_ms']} ms) | broker createClient ceiling "
+            f"{first['baseline_createClient_per_s']}/s | {first['ratio_vs_broker_ceiling']} "
+            f"| >= 100/s: {'met' if rate >= first['target_per_s'] else 'MISSED'} |"
+        ),
+    ]
+    lines += [
+        (
+            f"| periodic pass, {p['sessions']:,} sessions: cheap check (max of 5) | {p['check_ms']['max_ms']} ms, "
+            f"broker stall {p['check_broker_longest_stall_ms']} ms | full pass {p['full_pass_ms']} ms, broker "
+            f"stall {p['full_pass_broker_longest_stall_ms']} ms | {p['ratio_check_vs_full']} | no stall |"
+        )
+        for p in cost["points"]
+    ]
+    if options:
+        lines.append(
+            f"| broker, {options['live_sessions']:,} accounts: createClient alone / 20 in one message / pool "
+            f"addGroupClient | {options['createClient_per_s']}/s / {options['createClient_20_in_one_message_per_s']}/s"
+            f" / {options['pool_addGroupClient_per_s']}/s | new user's group, 5 roles inline "
+            f"{options['new_user_group_5_roles_inline_ms']} ms vs separate "
+            f"{options['new_user_group_5_roles_separate_ms']} ms | | |"
+        )
+    return "\n".join(lines)
+
+
+def run(  # noqa: PLR0913 - each scenario's size, all keyword-only
+    *,
+    apps: int = 5000,
+    known: int = 5000,
+    live: int = 10_000,
+    seconds: float = 10.0,
+    sessions: list[int] | None = None,
+    options: bool = True,
+) -> dict[str, Any]:
+    """The scenarios (the runner's entry point); ``options`` adds `dynsec_options`."""
+    figures: dict[str, Any] = {
+        "dynsec_options": dynsec_options(live=live) if options else None,
+        "login_storm": login_storm(apps=apps, known=known),
+        "first_login": first_login(live=live, seconds=seconds),
+        "reconcile_cost": reconcile_cost(sessions=sessions),
+    }
+    figures["summary"] = summary(figures)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print their figures as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--apps", type=int, default=300, help="apps restarting at once")
+    parser.add_argument("--known", type=int, default=None, help="stored sessions the broker holds (default: --apps)")
+    parser.add_argument("--live", type=int, default=1000, help="other sessions the broker holds during first logins")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long first logins run")
+    parser.add_argument("--sessions", default="1000", help="comma-separated session counts for the reconcile cost")
+    parser.add_argument("--only", choices=["login_storm", "first_login", "reconcile_cost", "dynsec_options"])
+    args = parser.parse_args(argv)
+    sessions = [int(n) for n in args.sessions.split(",")]
+    known = args.known or args.apps
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {
+        "login_storm": lambda: login_storm(apps=args.apps, known=max(known, args.apps)),
+        "first_login": lambda: first_login(live=args.live, seconds=args.seconds),
+        "reconcile_cost": lambda: reconcile_cost(sessions=sessions),
+        "dynsec_options": lambda: dynsec_options(live=args.live),
+    }
+    figures = {name: job() for name, job in jobs.items() if args.only in (None, name)}
+    sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
