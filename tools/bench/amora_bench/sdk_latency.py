@@ -69,8 +69,10 @@ async def _run_phase(kind: str, broker: BrokerProcess, *, rate: float, count: in
         proc, parent = start_publisher(
             broker, cert=cert, device_id=device_id, signing_raw=signing_raw, rate=rate, count=count
         )
+        cpu_start = 0.0
         try:
             if await asyncio.to_thread(parent.poll, 30) and await asyncio.to_thread(parent.recv) == "ready":
+                cpu_start = time.process_time()
                 parent.send("go")
             if not await asyncio.to_thread(parent.poll, count / rate + 30):
                 raise RuntimeError(f"{kind}: the device process sent no results")
@@ -80,6 +82,10 @@ async def _run_phase(kind: str, broker: BrokerProcess, *, rate: float, count: in
                     await done.wait()
             except TimeoutError:
                 pass  # measured as lost below
+            # This process's CPU time per message received (the subscriber is all it runs):
+            # the receive path's cost, which the machine's load does not inflate as it does
+            # the latencies.
+            cpu_us = (time.process_time() - cpu_start) / count * 1e6
         finally:
             await asyncio.to_thread(proc.join, 10)
             if proc.is_alive():
@@ -88,6 +94,7 @@ async def _run_phase(kind: str, broker: BrokerProcess, *, rate: float, count: in
     figures: dict[str, Any] = latency_summary(latencies)
     figures["expected"] = count - WARMUP
     figures["missing"] = figures["expected"] - len(latencies)
+    figures["cpu_us_per_message"] = round(cpu_us, 1)
     figures.update(subscriber.extra)
     figures["samples_ms"] = [round(x, 3) for x in latencies]
     return figures
