@@ -245,7 +245,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
     broker_env = {
         "AMORA_BROKER_BIND_ADDRESS": "127.0.0.1",
         "AMORA_BROKER_WS_BIND": "lo",  # an interface name: libwebsockets binds all for 127.0.0.1
-        "AMORA_BROKER_BRIDGEUSERNAME": "svc.bridge-standby",
+        "AMORA_BROKER_BRIDGE_USERNAME": "svc.bridge-standby",
         "AMORA_BROKER_BRIDGE_PASSWORD_FILE": "/run/secrets/amora/bridge-password",
     }
     mounts = [f"{secrets_dir}:/run/secrets/amora:ro"]
