@@ -60,7 +60,7 @@ from amora_sync._connection import ConnectionLoop
 from amora_sync._errors import AmoraSyncError, AuthzUnavailableError, ClientClosedError, ConnectError
 from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._link import LinkError
-from amora_sync._session import BrokerCredentials, Endpoint, Session, parse_endpoint
+from amora_sync._session import BrokerCredentials, Endpoint, Session, parse_endpoint, select_endpoints
 from amora_sync._stats import ClientStats
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class BackendCredentials:
             msg = f"a backend has at least one replica slot, not {self.replicas}"
             raise ValueError(msg)
         if not self.endpoints:
-            msg = "no broker endpoint: pass the endpoints from the admin answer (mqtts://host:port)"
+            msg = "no MQTT-over-TLS broker endpoint: pass the mqtts://host:port endpoints from the admin answer"
             raise ValueError(msg)
 
     @classmethod
@@ -121,7 +121,9 @@ class BackendCredentials:
         """
         try:
             backend = answer["backend"]
-            endpoints = tuple(e for e in map(parse_endpoint, answer["endpoints"]) if e is not None)
+            parsed = tuple(e for e in map(parse_endpoint, answer["endpoints"]) if e is not None)
+            # MQTT over TLS only: acknowledging after processing needs the gmqtt link.
+            endpoints = select_endpoints(parsed, "mqtts")
             return cls(
                 name=backend["name"],
                 password=answer["password"],
@@ -269,7 +271,9 @@ class BackendConsumer:
         self.stats = BackendStats()
         self._remember = remember
         self._acked: collections.OrderedDict[tuple[str, str, object], None] = collections.OrderedDict()
-        self._queue: asyncio.Queue[tuple[FleetMessage, asyncio.Future[None]]] = asyncio.Queue()
+        # None wakes an iterator waiting when the consumer closes.
+        self._queue: asyncio.Queue[tuple[FleetMessage, asyncio.Future[None]] | None] = asyncio.Queue()
+        self._releases: set[asyncio.Task[None]] = set()
         self._previous: tuple[FleetMessage, asyncio.Future[None]] | None = None
         self._kinds = backend_kinds(credentials.role)
         self._presence: dict[int, bool] = {}
@@ -351,8 +355,10 @@ class BackendConsumer:
         for slot in list(self._tasks):
             await self._stop_slot(slot)
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            future.cancel()  # not acknowledged: the broker delivers it again
+            item = self._queue.get_nowait()
+            if item is not None:
+                item[1].cancel()  # not acknowledged: the broker delivers it again
+        self._queue.put_nowait(None)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -368,6 +374,7 @@ class BackendConsumer:
 
         Raises:
             ClientClosedError: The consumer is not open.
+            StopAsyncIteration: It closed while waiting (its ``async with`` block ended).
         """
         if not self._open:
             raise ClientClosedError("the backend consumer is not open: use `async with BackendConsumer(...)`")
@@ -375,6 +382,8 @@ class BackendConsumer:
             self._ack(self._previous)
             self._previous = None
         item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
         self._previous = item
         return item[0]
 
@@ -424,6 +433,7 @@ class BackendConsumer:
             stats=ClientStats(),
             logger=self._log,
             will=(presence, b"", self._takeover_delay) if own else None,
+            transport="mqtts",  # acknowledging after processing needs the gmqtt link
         )
         loop.prepare = functools.partial(self._subscribe, own=own)
         if own:
@@ -442,7 +452,9 @@ class BackendConsumer:
         asyncio.get_running_loop().call_later(self._takeover_delay, self._rebalance)
 
     async def _stop_slot(self, slot: int) -> None:
-        task, loop = self._tasks.pop(slot), self._loops.pop(slot)
+        task, loop = self._tasks.pop(slot, None), self._loops.pop(slot, None)
+        if task is None or loop is None:
+            return  # already let go (a release and the close met)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -478,7 +490,11 @@ class BackendConsumer:
                 self._start_slot(slot)
             elif not wanted and slot in self._tasks:
                 self._log.info("amora-backend: slot %s is served by its owner again; %s lets it go", slot, self.replica)
-                asyncio.get_running_loop().create_task(self._stop_slot(slot), name=f"amora-backend.release-{slot}")
+                release = asyncio.get_running_loop().create_task(
+                    self._stop_slot(slot), name=f"amora-backend.release-{slot}"
+                )
+                self._releases.add(release)  # held until done: the loop keeps weak references only
+                release.add_done_callback(self._releases.discard)
 
     # ------------------------------------------------------------------ messages
 
