@@ -6,7 +6,12 @@
    bundled schema: reported, not failed);
 3. ``checkov`` runs its security checks on the Bicep templates (``infra/azure``) and on each
    rendered overlay. Skipped checks are only those skipped inline, each with its reason
-   (``checkov:skip=`` in Bicep, ``checkov.io/skip*`` annotations in Kubernetes).
+   (``checkov:skip=`` in Bicep, ``checkov.io/skip*`` annotations in Kubernetes);
+4. the monitoring (``infra/azure/modules/monitoring.bicep``, ``monitoring-workbook.json``): the
+   workbook is a workbook (``Notebook/1.0``, every item a query or text), every alert the
+   operators were promised is there, and every metric and span name the queries use is one
+   that docs/observability.md lists (a renamed instrument would otherwise leave an alert
+   that never fires).
 
 No Azure account and no cluster are needed. Exit status 0 when everything passes.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +105,45 @@ def checkov(label: str, args: list[str]) -> bool:
     return ok
 
 
+MONITORING = ROOT / "infra/azure/modules/monitoring.bicep"
+WORKBOOK = ROOT / "infra/azure/monitoring-workbook.json"
+OBSERVABILITY = ROOT / "docs/observability.md"
+ALERTS = (
+    "broker-down",
+    "standby-lag",
+    "agent-disconnect-rate",
+    "command-failure-rate",
+    "command-latency-p99",
+    "session-refusal-spike",
+)
+_NAME = re.compile(r"amora_[a-z0-9_]+|amora\.[a-z]+ [a-z]+")
+
+
+def check_monitoring() -> bool:
+    """The workbook's shape, the promised alerts, and only documented names in the queries."""
+    problems: list[str] = []
+    workbook = json.loads(WORKBOOK.read_text())
+    if workbook.get("version") != "Notebook/1.0":
+        problems.append(f"{WORKBOOK.name}: version is {workbook.get('version')!r}, not 'Notebook/1.0'")
+    queries = [item["content"]["query"] for item in workbook.get("items", []) if item.get("type") == 3]
+    if any(item.get("type") not in {1, 3} for item in workbook.get("items", [])) or not queries:
+        problems.append(f"{WORKBOOK.name}: items must be text (1) or queries (3), with at least one query")
+    bicep = MONITORING.read_text()
+    problems += [f"{MONITORING.name}: no alert {name!r}" for name in ALERTS if f"name: '{name}'" not in bicep]
+    documented = set(re.findall(r"`(amora[._][a-z0-9_. ]+?)`", OBSERVABILITY.read_text()))
+    used = set(_NAME.findall(bicep)) | {name for query in queries for name in _NAME.findall(query)}
+    problems += [
+        f"{name!r} is used by the monitoring but not in {OBSERVABILITY.name}" for name in sorted(used - documented)
+    ]
+    for problem in problems:
+        sys.stdout.write(f"  FAILED {problem}\n")
+    sys.stdout.write(
+        f"monitoring: {len(queries)} workbook queries, {len(ALERTS)} alerts, {len(used)} metric and span names: "
+        + ("ok\n" if not problems else "FAILED\n")
+    )
+    return not problems
+
+
 def main() -> int:
     """Run every check; return 0 when all pass."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,6 +156,7 @@ def main() -> int:
         ok = validate(files)
         ok &= checkov("infra/azure", ["--framework", "bicep", "-d", "infra/azure"])
         ok &= checkov("infra/k8s", ["--framework", "kubernetes", *[arg for f in files for arg in ("-f", str(f))]])
+        ok &= check_monitoring()
     sys.stdout.write("deploy-check: " + ("all passed\n" if ok else "FAILED\n"))
     return 0 if ok else 1
 

@@ -79,6 +79,9 @@ param operatorObjectId string
 
 param tags object = {}
 
+@description('E-mail addresses the alerts go to (modules/monitoring.bicep); empty: alerts fire without notifying.')
+param alertEmails array = []
+
 @description('Expiry of the secrets this template writes (default: a year from the deployment).')
 param secretExpiry string = dateTimeAdd(utcNow(), 'P1Y')
 
@@ -91,6 +94,7 @@ var allTags = union(tags, { application: 'amora', environment: env })
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var acrPull = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 // ---- network ------------------------------------------------------------------------------
 
@@ -175,6 +179,19 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
     Application_Type: 'web'
     WorkspaceResourceId: logs.id
     DisableLocalAuth: true
+  }
+}
+
+// Alerts (broker down, standby lag, agent disconnects, command failures and latency, session
+// refusals), the workbook, and the players' Application Insights (docs/observability.md).
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    name: name
+    location: location
+    tags: allTags
+    workspaceId: logs.id
+    alertEmails: alertEmails
   }
 }
 
@@ -272,6 +289,17 @@ resource authzReadsVault 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     principalId: authzIdentity.properties.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+  }
+}
+
+// The authz service publishes its telemetry to Application Insights with its identity.
+resource authzPublishesTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: insights
+  name: guid(insights.id, authzIdentity.id, monitoringMetricsPublisher)
+  properties: {
+    principalId: authzIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
   }
 }
 
@@ -628,6 +656,12 @@ resource authz 'Microsoft.App/containerApps@2024-03-01' = if (deployApps) {
           image: authzImage
           args: ['--config', '/run/secrets/amora/authz.toml', 'serve']
           resources: { cpu: json('0.5'), memory: '1Gi' }
+          // OpenTelemetry to Application Insights through the Azure Monitor distro, signed in
+          // with the app's managed identity (the component refuses its instrumentation key).
+          env: [
+            { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: insights.properties.ConnectionString }
+            { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD;ClientId=${authzIdentity.properties.clientId}' }
+          ]
           probes: [
             { type: 'Startup', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 2, failureThreshold: 30 }
             { type: 'Liveness', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 20 }
@@ -662,7 +696,7 @@ resource authz 'Microsoft.App/containerApps@2024-03-01' = if (deployApps) {
       ]
     }
   }
-  dependsOn: [envShares, authzReadsVault, authzPullsImages, authzConfigSecret]
+  dependsOn: [envShares, authzReadsVault, authzPullsImages, authzConfigSecret, authzPublishesTelemetry]
 }
 
 // Application Insights checks the service from outside every 5 minutes from three regions
@@ -717,6 +751,9 @@ output sdkAuthzUrl string = 'https://${authzFqdn}'
 
 @description('The environment\'s public IP (DNS records for custom names point here).')
 output publicIp string = brokerHost
+
+@description('The agents\' APPLICATIONINSIGHTS_CONNECTION_STRING (players\' telemetry, docs/observability.md).')
+output agentTelemetryConnectionString string = monitoring.outputs.fleetConnectionString
 
 @description('The vault to put the certificates and keys into (README.md).')
 output keyVaultName string = vault.name
