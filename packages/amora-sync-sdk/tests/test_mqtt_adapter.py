@@ -12,32 +12,13 @@ import os
 import signal
 
 import pytest
+from sdk_links import adapter_account
 from sdk_waits import stopped
 
-from amora_devtools.broker import dynsec
 from amora_sync._mqtt import TESTED_GMQTT, MqttLink, _abort_transport, gmqtt_version
 from amora_sync._session import Endpoint
 
 WAIT = 15.0
-
-
-def _account(broker) -> None:
-    acls = [
-        {"acltype": kind, "topic": "amora/adapter/#", "priority": 0, "allow": True}
-        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
-    ]
-    dynsec(
-        broker,
-        [
-            {"command": "createRole", "rolename": "adapter-test", "acls": acls},
-            {
-                "command": "createClient",
-                "username": "adapter-test",
-                "password": "pw",
-                "roles": [{"rolename": "adapter-test"}],
-            },
-        ],
-    )
 
 
 def _link(received: list[str], arrived: asyncio.Event | None = None) -> MqttLink:
@@ -68,7 +49,7 @@ def test_installed_gmqtt_is_in_the_tested_range():
 @pytest.mark.services
 async def test_link_round_trip_and_abort_reaches_gmqtts_transport(stack):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     received: list[str] = []
     arrived = asyncio.Event()
     link = _link(received, arrived)
@@ -91,7 +72,7 @@ async def test_link_round_trip_and_abort_reaches_gmqtts_transport(stack):
 @pytest.mark.services
 async def test_closing_a_link_to_a_stopped_broker_does_not_block(stack):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     link = _link([])
     await link.connect(
         Endpoint(host=broker.host, port=broker.app_port), ssl_context=broker.client_context(), limit=WAIT
@@ -110,7 +91,7 @@ async def test_closing_a_link_to_a_stopped_broker_does_not_block(stack):
 async def test_publishes_lost_with_a_broker_session_do_not_use_up_packet_ids(pair_stack):
     primary, standby = pair_stack.brokers
     for broker in (primary, standby):
-        _account(broker)
+        adapter_account(broker)
     link = _link([])
     await link.connect(
         Endpoint(host=primary.host, port=primary.app_port), ssl_context=primary.client_context(), limit=WAIT

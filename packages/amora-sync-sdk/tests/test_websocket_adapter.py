@@ -9,17 +9,16 @@ this file again in a child interpreter with paho-mqtt 2.x first on its path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
-import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sdk_links import adapter_account
+from sdk_waits import stopped
 
 from amora_devtools.broker import dynsec
 from amora_devtools.pki import DevPKI
@@ -33,25 +32,6 @@ ROOT = Path(__file__).resolve().parents[3]
 PAHO2_DIR = ROOT / ".cache" / "paho-mqtt-2"  # tools/dev installs paho-mqtt 2.x here
 _PAHO2_ENV = "AMORA_TEST_PAHO2"
 TOPIC = "amora/adapter/test"
-
-
-def _account(broker, password: str = "pw") -> None:  # noqa: S107 - a test account
-    acls = [
-        {"acltype": kind, "topic": "amora/adapter/#", "priority": 0, "allow": True}
-        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
-    ]
-    dynsec(
-        broker,
-        [
-            {"command": "createRole", "rolename": "adapter-test", "acls": acls},
-            {
-                "command": "createClient",
-                "username": "adapter-test",
-                "password": password,
-                "roles": [{"rolename": "adapter-test"}],
-            },
-        ],
-    )
 
 
 def _wss(broker) -> Endpoint:
@@ -95,7 +75,7 @@ def test_installed_paho_is_in_the_tested_range():
 @pytest.mark.services
 async def test_round_trip_with_mqtt5_properties_in_gmqtts_shape(stack):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     received: list[tuple[str, bytes, dict[str, Any]]] = []
     arrived = asyncio.Event()
     link = _link(WebSocketLink, received, arrived=arrived)
@@ -134,7 +114,7 @@ async def test_round_trip_with_mqtt5_properties_in_gmqtts_shape(stack):
 @pytest.mark.services
 async def test_a_dropped_connection_sets_lost(stack):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     link = _link(WebSocketLink)
     await link.connect(_wss(broker), ssl_context=broker.client_context(), limit=WAIT)
     # The broker kicks the client (dynsec disconnects a deleted client at once).
@@ -150,10 +130,10 @@ async def test_a_dropped_connection_sets_lost(stack):
 @pytest.mark.services
 async def test_closing_a_link_to_a_stopped_broker_does_not_block(stack):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     link = _link(WebSocketLink)
     await link.connect(_wss(broker), ssl_context=broker.client_context(), limit=WAIT)
-    with _stopped(broker):
+    with stopped(broker):
         assert await link.probe(limit=0.5) is False  # hung: no UNSUBACK
         async with asyncio.timeout(WAIT):
             await link.close(end_session=True)
@@ -164,10 +144,10 @@ async def test_closing_a_link_to_a_stopped_broker_does_not_block(stack):
 async def test_a_hung_broker_costs_one_time_limit_and_the_window_frees_on_failover(pair_stack):
     primary, standby = pair_stack.brokers
     for broker in (primary, standby):
-        _account(broker)
+        adapter_account(broker)
     link = _link(WebSocketLink)
     await link.connect(_wss(primary), ssl_context=primary.client_context(), limit=WAIT)
-    with _stopped(primary):
+    with stopped(primary):
         # Unacknowledged QoS 1 publishes fill the broker's receive maximum (20): then refused.
         sent = 0
         while link.publish("amora/adapter/lost", b"x", qos=1):
@@ -188,7 +168,7 @@ async def test_a_hung_broker_costs_one_time_limit_and_the_window_frees_on_failov
 @pytest.mark.parametrize("kind", [MqttLink, WebSocketLink])
 async def test_a_certificate_from_another_ca_is_untrusted_with_the_same_message(stack, tmp_path, kind):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     other = DevPKI.create(tmp_path / "other-pki")
     endpoint = _wss(broker) if kind is WebSocketLink else _mqtts(broker)
     with pytest.raises(LinkError) as caught:
@@ -204,7 +184,7 @@ async def test_a_certificate_from_another_ca_is_untrusted_with_the_same_message(
 @pytest.mark.parametrize("kind", [MqttLink, WebSocketLink])
 async def test_a_wrong_password_is_a_credential_refusal(stack, kind):
     broker = stack.broker
-    _account(broker)
+    adapter_account(broker)
     endpoint = _wss(broker) if kind is WebSocketLink else _mqtts(broker)
     with pytest.raises(LinkError) as caught:
         await _link(kind, password="wrong").connect(endpoint, ssl_context=broker.client_context(), limit=WAIT)
@@ -258,40 +238,3 @@ def test_the_adapter_works_with_paho_2():
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert " passed" in result.stdout.splitlines()[-1]
-
-
-@contextlib.contextmanager
-def _stopped(broker):
-    os.kill(broker.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
-
-
-@pytest.mark.services
-async def test_the_last_will_is_published_when_the_link_is_cut(stack):
-    broker = stack.broker
-    _account(broker)
-    received: list[tuple[str, bytes, dict[str, Any]]] = []
-    arrived = asyncio.Event()
-    watcher = _link(MqttLink, received, arrived=arrived, client_id="adapter-watcher")
-    await watcher.connect(_mqtts(broker), ssl_context=broker.client_context(), limit=WAIT)
-    await watcher.subscribe(["amora/adapter/will"], qos=1, limit=WAIT)
-    link = _link(WebSocketLink, will=("amora/adapter/will", b"gone", 0))
-    await link.connect(_wss(broker), ssl_context=broker.client_context(), limit=WAIT)
-    link.abort()  # no DISCONNECT: the broker publishes the will
-    async with asyncio.timeout(WAIT):
-        await arrived.wait()
-    assert received[0][:2] == ("amora/adapter/will", b"gone")
-    await watcher.close(end_session=True)
-
-
-async def test_an_acknowledge_after_handling_handler_needs_mqtts():
-    async def handler(_topic: str, _payload: bytes, _props: object) -> None:
-        return None
-
-    link = _link(WebSocketLink, on_message=handler)
-    endpoint = Endpoint(host="localhost", port=1, transport="wss", path="/mqtt")
-    with pytest.raises(LinkError, match="needs an mqtts:// endpoint"):
-        await link.connect(endpoint, ssl_context=ssl.create_default_context(), limit=WAIT)
