@@ -9,8 +9,9 @@ must come out the same.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from amora_devtools.broker import dynsec
 from amora_devtools.pki import DevPKI
 from amora_devtools.stack import Stack
 from amora_protocol import PlaybackStatus
-from amora_sync import AmoraClient, ConnectError, ConnectionState, DeviceState, Pause, Play
+from amora_sync import AmoraClient, ConnectError, ConnectionInfo, ConnectionState, DeviceState, Pause, Play
 
 WAIT_S = 15.0
 Transport = Literal["mqtts", "wss"]
@@ -41,6 +42,14 @@ async def _state(client: AmoraClient, device: str, predicate: Any) -> DeviceStat
             if isinstance(event, DeviceState) and predicate(event):
                 return event
     raise AssertionError("the watch ended")
+
+
+async def _connected_to(changes: AsyncIterator[ConnectionInfo], *, port: int) -> None:
+    async with asyncio.timeout(WAIT_S):
+        async for info in changes:
+            if info.state is ConnectionState.CONNECTED and info.endpoint is not None and info.endpoint.port == port:
+                return
+    raise AssertionError(f"the connection changes ended before the client was connected to port {port}")
 
 
 async def test_watch_and_command_a_real_agent_over_wss(ws_stack: Stack, sdk_client: Any) -> None:
@@ -100,6 +109,23 @@ async def test_a_refused_credential_is_exchanged_again_on_both_transports(
         assert response.status.value == "succeeded"
 
 
+async def test_a_hung_primary_is_left_for_the_standby_over_wss(ws_stack: Stack, sdk_client: Any) -> None:
+    """SIGSTOP: the TCP connection stays open, only the SDK's probe (an UNSUBSCRIBE over wss) notices."""
+    primary, standby = ws_stack.brokers
+    async with sdk_client(ws_stack, "alice", transport="wss") as client:
+        assert client.connection.endpoint is not None
+        assert client.connection.endpoint.port == primary.ws_port
+        changes = client.connection_changes()
+        primary.signal(signal.SIGSTOP)
+        try:
+            await _connected_to(changes, port=standby.ws_port)
+            # The agents leave the hung primary too; a command reaches player-2 through the standby.
+            response = await client.command("player-2", Pause(), timeout=WAIT_S)
+            assert response.status.value == "succeeded"
+        finally:
+            primary.signal(signal.SIGCONT)
+
+
 async def test_failover_to_the_standby_over_wss_and_back(ws_stack: Stack, sdk_client: Any) -> None:
     """Last in the module: it kills the primary, and leaves it running again."""
     primary, standby = ws_stack.brokers
@@ -110,11 +136,7 @@ async def test_failover_to_the_standby_over_wss_and_back(ws_stack: Stack, sdk_cl
         changes = client.connection_changes()
         primary.kill()
         try:
-            async with asyncio.timeout(WAIT_S):
-                async for info in changes:
-                    on_standby = info.endpoint is not None and info.endpoint.port == standby.ws_port
-                    if info.state is ConnectionState.CONNECTED and on_standby:
-                        break
+            await _connected_to(changes, port=standby.ws_port)
             assert client.connection.endpoint is not None
             assert client.connection.endpoint.transport == "wss"
             # The agents failed over too; a command reaches player-2 through the standby.
