@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import functools
-import hashlib
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
@@ -42,94 +38,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amora_bench._common import broker_for_bench, latency_summary, raise_fd_limit
+from amora_bench._dynsec_files import FILLER, MANAGED, dynsec_rate, group, hashed, preload, session_account
 from amora_bench._rawmqtt import RawMqtt, RawMqttError
+from amora_bench.reconcile_cost import reconcile_cost
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from multiprocessing.connection import Connection
+    from collections.abc import Callable
 
     from amora_devtools.broker import BrokerProcess
 
 __all__ = ["dynsec_options", "first_login", "login_storm", "reconcile_cost", "run"]
 
-MANAGED = "managed-by:amora-authz"
-FILLER = "bench-filler"  # accounts the authz service does not own: it leaves them alone
 STATE_TOPIC = "amora/devices/bench-1/state"
 HANDSHAKE_CONCURRENCY = 512  # the load generator's own bound: 5,000 real apps have none
-PROBE_TOPIC = "amora/harness/bench-probe"
-
-
-def _hashed(password: str) -> dict[str, Any]:
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, dklen=64)
-    return {
-        "password": base64.b64encode(digest).decode(),
-        "salt": base64.b64encode(salt).decode(),
-        "iterations": 101,
-    }
-
-
-def _session_account(name: str, password: str, *, textname: str = MANAGED) -> dict[str, Any]:
-    """A dynsec client as the authz service creates one for a session (same fields, same size).
-
-    Group membership lives in the group's ``clients`` list in mosquitto's file (`_group`).
-    """
-    return {"username": name, "clientid": name, "textname": textname, "roles": [], **_hashed(password)}
-
-
-def _group(name: str, members: Iterable[str], roles: Iterable[str] = ()) -> dict[str, Any]:
-    return {
-        "groupname": name,
-        "textname": MANAGED,
-        "roles": [{"rolename": r, "priority": -1} for r in roles],
-        "clients": [{"username": m, "priority": -1} for m in members],
-    }
-
-
-def _preload(
-    broker: BrokerProcess,
-    *,
-    clients: Iterable[dict[str, Any]] = (),
-    groups: Iterable[dict[str, Any]] = (),
-    roles: Iterable[dict[str, Any]] = (),
-) -> None:
-    """Add objects to the broker's dynsec file while it is stopped, then start it again."""
-    broker.stop()
-    document = json.loads(broker.dynsec_file.read_text())
-    document["clients"].extend(clients)
-    document["groups"].extend(groups)
-    document["roles"].extend(roles)
-    # Written in place: the file keeps its owner (the broker's user) and mode.
-    broker.dynsec_file.write_text(json.dumps(document))
-    broker.restart()
-
-
-def _dynsec_rate(broker: BrokerProcess, *, count: int = 30, group: str | None = None) -> float:
-    """``createClient`` commands per second, one per message on one connection, at the broker's size."""
-    from amora_devtools.dynsec import DYNSEC_TOPIC  # noqa: PLC0415 - only scenarios with a broker need it
-
-    prefix = secrets.token_hex(4)
-    names = [f"sess.rate{prefix}{i:020d}" for i in range(count)]
-    with broker.admin_client(timeout=60) as admin:
-        admin.subscribe(f"{DYNSEC_TOPIC}/response")
-
-        def send(command: dict[str, Any]) -> None:
-            admin.publish(DYNSEC_TOPIC, json.dumps({"commands": [command]}).encode(), qos=1)
-            if admin.receive(timeout=60) is None:
-                msg = "no dynsec answer within 60 s"
-                raise RuntimeError(msg)
-
-        start = time.perf_counter()
-        for name in names:
-            command: dict[str, Any] = {"command": "createClient", "username": name, "password": "x"}
-            command["textname"] = MANAGED
-            if group is not None:
-                command["groups"] = [{"groupname": group}]
-            send(command)
-        rate = count / (time.perf_counter() - start)
-        for name in names:
-            send({"command": "deleteClient", "username": name})
-    return round(rate, 1)
 
 
 def dynsec_options(*, live: int = 10_000) -> dict[str, Any]:
@@ -143,10 +64,10 @@ def dynsec_options(*, live: int = 10_000) -> dict[str, Any]:
 
     with broker_for_bench() as broker:
         names = [f"sess.{i:032x}" for i in range(live)]
-        _preload(
+        preload(
             broker,
-            clients=[_session_account(n, "p") for n in names],
-            groups=[_group("user:bench", names[: live // 2])],
+            clients=[session_account(n, "p") for n in names],
+            groups=[group("user:bench", names[: live // 2])],
             roles=[{"rolename": f"user-device:bench-{i}", "textname": MANAGED, "acls": []} for i in range(5)],
         )
         tag = secrets.token_hex(4)
@@ -246,18 +167,18 @@ def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
     raise_fd_limit()
     with broker_for_bench() as broker:
         passwords = {f"sess.{i:032x}": secrets.token_urlsafe(32) for i in range(known)}
-        _preload(
+        preload(
             broker,
-            clients=[_session_account(n, p) for n, p in passwords.items()]
+            clients=[session_account(n, p) for n, p in passwords.items()]
             + [
                 {
                     "username": "bench-device",
                     "textname": "bench",
                     "roles": [{"rolename": "bench-device"}],
-                    **_hashed("d"),
+                    **hashed("d"),
                 }
             ],
-            groups=[_group("user:bench", passwords, roles=["bench-watch"])],
+            groups=[group("user:bench", passwords, roles=["bench-watch"])],
             roles=[
                 {
                     "rolename": "bench-watch",
@@ -274,7 +195,7 @@ def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
             ],
         )
         size_mb = round(broker.dynsec_file.stat().st_size / 1e6, 2)
-        rate = _dynsec_rate(broker, group="user:bench")
+        rate = dynsec_rate(broker, group="user:bench")
 
         async def publish_state() -> None:
             device = await RawMqtt.connect(
@@ -397,9 +318,9 @@ def first_login(*, live: int = 10_000, clients: int = 8, seconds: float = 10.0) 
     """New installs through the real authz service with ``live`` other sessions on the broker."""
     raise_fd_limit()
     with broker_for_bench() as broker, tempfile.TemporaryDirectory(prefix="amora-bench-logins-") as tmp:
-        _preload(broker, clients=[_session_account(f"sess.{i:032x}", "p", textname=FILLER) for i in range(live)])
+        preload(broker, clients=[session_account(f"sess.{i:032x}", "p", textname=FILLER) for i in range(live)])
         size_mb = round(broker.dynsec_file.stat().st_size / 1e6, 2)
-        ceiling = _dynsec_rate(broker)
+        ceiling = dynsec_rate(broker)
         users = [f"install{i}" for i in range(clients)]
         from amora_devtools._proc import free_port  # noqa: PLC0415
 
@@ -428,159 +349,6 @@ def first_login(*, live: int = 10_000, clients: int = 8, seconds: float = 10.0) 
             "ratio_vs_broker_ceiling": round(figures["logins_per_s"] / ceiling, 3) if ceiling else None,
             "target_per_s": 100,
         }
-
-
-# ---------------------------------------------------------------- reconcile cost
-
-
-def _probe_main(conn: Connection, spec: dict[str, Any]) -> None:
-    """Child process: publish to itself back to back; report the longest round trip per window."""
-    asyncio.run(_probe(conn, spec))
-
-
-async def _probe(conn: Connection, spec: dict[str, Any]) -> None:
-    from amora_devtools._mqtt import client_ssl_context  # noqa: PLC0415
-
-    link = await RawMqtt.connect(
-        spec["host"],
-        spec["port"],
-        ssl_context=client_ssl_context(Path(spec["ca_file"])),
-        client_id=f"bench-probe-{os.getpid()}",
-        username=spec["username"],
-        password=spec["password"],
-    )
-    await link.subscribe(PROBE_TOPIC)
-    conn.send("ready")
-    longest = 0.0
-    loop = asyncio.get_running_loop()
-    while True:
-        if await loop.run_in_executor(None, conn.poll, 0):
-            message = conn.recv()
-            if message == "stop":
-                break
-            conn.send(round(longest * 1000, 1))  # "mark": report and restart the window
-            longest = 0.0
-        began = time.perf_counter()
-        link.publish(PROBE_TOPIC, b"p")
-        await link.next_payload()
-        longest = max(longest, time.perf_counter() - began)
-        await asyncio.sleep(0.001)
-    link.close()
-
-
-async def _reconcile_at(
-    broker: BrokerProcess, sessions: int, folder: Path, probe: Connection, start_probe: Callable[[], None]
-) -> dict[str, Any]:
-    import structlog  # noqa: PLC0415
-
-    from amora_authz._fleet import BrokerFleet  # noqa: PLC0415
-    from amora_authz._service import session_password  # noqa: PLC0415
-    from amora_authz._store import Session, open_store  # noqa: PLC0415
-    from amora_authz.testing import broker_endpoint  # noqa: PLC0415
-
-    store = await open_store(f"sqlite://{folder / f'authz-{sessions}.db'}")
-    await store.migrate()
-    now = int(time.time() * 1000)
-    for i in range(sessions):
-        await store.add_session(
-            Session(
-                session_id=f"sess.{i:032x}",
-                user_sub=f"user{i % 2000}",
-                client_name=None,
-                signing_key=bytes(32),
-                encryption_key=bytes(32),
-                created_at_ms=now,
-                expires_at_ms=now + 3_600_000,
-            )
-        )
-    secret = secrets.token_bytes(32)
-    fleet = BrokerFleet(
-        [broker_endpoint(broker)],
-        store,
-        password_for=functools.partial(session_password, secret),
-        logger=structlog.get_logger("bench"),
-    )
-    desired = await fleet.desired()
-    accounts = [c for c in desired.clients.values() if c.username.startswith("sess.")]
-    members: dict[str, list[str]] = {}
-    for account in accounts:
-        for group in account.groups:
-            members.setdefault(group, []).append(account.username)
-    _preload(
-        broker,
-        clients=[_session_account(c.username, c.password or "") for c in accounts],
-        groups=[_group(g.name, members.get(g.name, ())) for g in desired.groups.values()],
-    )
-    start_probe()
-    first = await fleet.reconcile_all()  # creates the few service objects the file lacks
-
-    def measured() -> float:
-        probe.send("mark")
-        return float(probe.recv())
-
-    measured()
-    began = time.perf_counter()
-    commands = await fleet.reconcile_all()
-    full_s = time.perf_counter() - began
-    full_stall = measured()
-    checks: list[float] = []
-    stalls: list[float] = []
-    for _ in range(5):
-        began = time.perf_counter()
-        reports = await fleet.check_all()
-        checks.append((time.perf_counter() - began) * 1000)
-        stalls.append(measured())
-        if any(r.full for r in reports):
-            msg = f"the cheap check ran a full pass in steady state: {reports}"
-            raise RuntimeError(msg)
-    await fleet.close()
-    await store.close()
-    return {
-        "sessions": sessions,
-        "setup_commands": sum(first.values()),
-        "full_pass_ms": round(full_s * 1000, 1),
-        "full_pass_commands": sum(commands.values()),
-        "full_pass_broker_longest_stall_ms": full_stall,
-        "check_ms": latency_summary(checks),
-        "check_broker_longest_stall_ms": max(stalls),
-        "ratio_check_vs_full": round(max(checks) / (full_s * 1000), 4),
-    }
-
-
-def reconcile_cost(*, sessions: list[int] | None = None) -> dict[str, Any]:
-    """The periodic pass's cost at each number of sessions (see the module doc)."""
-    results = []
-    for count in sessions or [5000, 10_000]:
-        with broker_for_bench() as broker, tempfile.TemporaryDirectory(prefix="amora-bench-reconcile-") as tmp:
-            parent, child = multiprocessing.Pipe()
-            spec = {
-                "host": broker.host,
-                "port": broker.app_port,
-                "ca_file": str(broker.ca_file),
-                "username": broker.admin_username,
-                "password": broker.admin_password,
-            }
-            process = multiprocessing.get_context("spawn").Process(target=_probe_main, args=(child, spec), daemon=True)
-
-            def start_probe(
-                process: multiprocessing.process.BaseProcess = process, parent: Connection = parent
-            ) -> None:
-                # Once the broker holds its final file: the preload restarts it.
-                process.start()
-                if not parent.poll(30) or parent.recv() != "ready":
-                    msg = "the stall probe did not start"
-                    raise RuntimeError(msg)
-
-            try:
-                results.append(asyncio.run(_reconcile_at(broker, count, Path(tmp), parent, start_probe)))
-            finally:
-                if process.is_alive():
-                    with contextlib.suppress(OSError, BrokenPipeError):
-                        parent.send("stop")
-                    process.join(10)
-                if process.is_alive():
-                    process.kill()
-    return {"points": results}
 
 
 def summary(figures: dict[str, Any]) -> str:

@@ -24,6 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from amora_authz._database import configure_sqlite, current_revision, engine_url, upgrade
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
+from amora_authz._queries import (
+    evict_beyond,
+    live_count,
+    managed_counts_statement,
+    open_session_statement,
+    session_lists_statement,
+)
 from amora_authz._records import Certificate, Device, Link, Session, b64_text, device_of_row, session_of_row
 from amora_authz._schema import certificates, devices, links, sessions
 
@@ -478,7 +485,7 @@ class Store:
 
         What a login needs from the database in as few round trips as it can: on PostgreSQL
         one statement (the insert and the eviction as data-modifying CTEs, atomic on their
-        own), on SQLite three on one connection (in-process: no round trips to save).
+        own), on SQLite three on one connection (four when the user is over the cap).
 
         Returns:
             The ids of the sessions ended to make room, and the user's active devices.
@@ -486,68 +493,29 @@ class Store:
         Raises:
             ConflictError: the session id is taken (never in practice: ids are random).
         """
-        now = session.created_at_ms
-        others = (
-            sa.select(sessions.c.session_id)
-            .where(
-                sessions.c.user_sub == session.user_sub,
-                sessions.c.expires_at_ms > now,
-                sessions.c.session_id != session.session_id,
-            )
-            .order_by(sessions.c.created_at_ms.desc(), sessions.c.session_id.desc())
-            .offset(max(0, max_per_user - 1))  # the newest others stay, besides the new one
-        )
-        evict = sa.delete(sessions).where(sessions.c.session_id.in_(others)).returning(sessions.c.session_id)
+        evict = evict_beyond(session, max_per_user)
         if self._engine.dialect.name == "postgresql" and _current.get() is None:
             return await self._open_session_in_one_statement(session, evict)
-        # SQLite: three statements on one connection, each committing on its own. A
-        # transaction would hold the database's single write lock across the three, and
-        # concurrent logins would then wait out busy retries (measured: a p99 of 1.5-2 s
-        # with 8 clients). Nothing needs them atomic: the row goes first, and an eviction
-        # that races another login of the same user ends a session either way.
+        # SQLite: statements on one connection, each committing on its own. A transaction
+        # would hold the database's single write lock across them, and concurrent logins
+        # would then wait out busy retries (measured: a p99 of 1.5-2 s with 8 clients); so
+        # would an eviction statement run on every login, hence the count (a read) first.
+        # Nothing needs them atomic: the row goes first, and an eviction that races another
+        # login of the same user ends a session either way.
         async with self._connection() as conn:
             token = _current.set(conn)
             try:
                 await self.add_session(session)
-                ended = sorted(r.session_id for r in await self._rows(evict))
+                ended: list[str] = []
+                if int(await self._scalar(live_count(session)) or 0) > max_per_user:
+                    ended = sorted(r.session_id for r in await self._rows(evict))
                 found = await self.active_devices_of_users([session.user_sub])
             finally:
                 _current.reset(token)
         return ended, found.get(session.user_sub, [])
 
     async def _open_session_in_one_statement(self, session: Session, evict: Any) -> tuple[list[str], list[Device]]:  # noqa: ANN401
-        inserted = self._session_insert(session).cte("inserted")
-        # Only when the insert happened: a clash must not end anyone's session.
-        ended = evict.where(sa.exists(sa.select(inserted.c.session_id))).cte("ended")
-        text, number = sa.Text(), sa.BigInteger()
-        statement = sa.union_all(
-            sa.select(
-                sa.literal("inserted").label("kind"),
-                inserted.c.session_id.label("device_id"),
-                sa.null().cast(text).label("signing_key"),
-                sa.null().cast(text).label("encryption_key"),
-                sa.null().cast(number).label("created_at_ms"),
-                sa.null().cast(number).label("revoked_at_ms"),
-            ),
-            sa.select(
-                sa.literal("ended"),
-                ended.c.session_id,
-                sa.null().cast(text),
-                sa.null().cast(text),
-                sa.null().cast(number),
-                sa.null().cast(number),
-            ),
-            sa.select(
-                sa.literal("device"),
-                devices.c.device_id,
-                devices.c.signing_key,
-                devices.c.encryption_key,
-                devices.c.created_at_ms,
-                devices.c.revoked_at_ms,
-            )
-            .join(links, links.c.device_id == devices.c.device_id)
-            .where(links.c.user_sub == session.user_sub, devices.c.revoked_at_ms.is_(None)),
-        )
+        statement = open_session_statement(self._session_insert(session), evict, session.user_sub)
         rows = await self._rows(statement)
         if not any(r.kind == "inserted" for r in rows):
             raise ConflictError(f"session {session.session_id!r} exists", code="session_exists")
@@ -607,16 +575,7 @@ class Store:
         client and role. One statement: aggregates the database computes, for the periodic
         cheap comparison with a broker's counts (`amora_authz._fleet`).
         """
-        active = devices.c.revoked_at_ms.is_(None)
-        users = sa.union(
-            sa.select(links.c.user_sub).join(devices, devices.c.device_id == links.c.device_id).where(active),
-            sa.select(sessions.c.user_sub),
-        ).subquery()
-        statement = sa.select(
-            sa.select(sa.func.count()).select_from(devices).where(active).scalar_subquery(),
-            sa.select(sa.func.count()).select_from(sessions).scalar_subquery(),
-            sa.select(sa.func.count()).select_from(users).scalar_subquery(),
-        )
+        statement = managed_counts_statement()
         row: tuple[Any, ...] = tuple((await self._rows(statement))[0])
         device_count, session_count, user_count = (int(value) for value in row)
         return device_count + session_count + 1, user_count, 2 * device_count + 1
@@ -634,12 +593,7 @@ class Store:
             One entry per asked device (per active device when None); a revoked or unknown
             device, or one without a live session, maps to ``()``.
         """
-        statement = (
-            sa.select(links.c.device_id, sessions.c.session_id)
-            .join(devices, devices.c.device_id == links.c.device_id)
-            .join(sessions, sessions.c.user_sub == links.c.user_sub)
-            .where(devices.c.revoked_at_ms.is_(None), sessions.c.expires_at_ms > now_ms)
-        )
+        statement = session_lists_statement(now_ms)
         if device_ids is not None:
             statement = statement.where(links.c.device_id.in_(sorted(device_ids)))
             wanted = set(device_ids)
