@@ -43,15 +43,13 @@ async def run(  # noqa: PLR0913 - one replica's whole configuration, keyword-onl
         progress: Where to write one JSON line per stored message (None: nothing).
 
     Raises:
+        ValueError: ``replica`` is not one of the backend's slots.
         AnalyticsError: The database cannot be reached or failed.
         amora_sync.AmoraSyncError: The backend credential was refused, or no broker answered.
     """
-    async with (
-        StateStore(database_url) as store,
-        BackendConsumer(
-            authz_url, credentials, replica=replica, ca_file=ca_file, takeover_delay=takeover_delay
-        ) as consumer,
-    ):
+    # Built first: a replica outside the backend's slots is refused before anything connects.
+    consumer = BackendConsumer(authz_url, credentials, replica=replica, ca_file=ca_file, takeover_delay=takeover_delay)
+    async with StateStore(database_url) as store, consumer:
         _say(progress, "ready", replica=replica, devices=consumer.cached_keys)
         async for item in consumer:
             await _store(store, item, replica=replica, progress=progress)
