@@ -341,6 +341,9 @@ class BackendRegistry:
     async def desired(self, scope: Scope | None) -> DynsecState:
         """The broker objects of every backend (``scope`` None), or of those ``scope`` names."""
         state = DynsecState()
+        prefix = backend_account("x")[:-1]  # "svc.backend."
+        if scope is not None and not any(n.startswith(prefix) for n in (*scope.roles, *scope.clients)):
+            return state  # a session, link or device change: no query (logins stay one statement)
         for backend in await self.list():
             if scope is not None and not _touches(backend, scope):
                 continue
