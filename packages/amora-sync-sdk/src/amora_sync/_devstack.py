@@ -87,8 +87,9 @@ def read_dev_stack(path: Path) -> DevStack:
     supported = ", ".join(str(v) for v in SUPPORTED_FORMATS)
     if found is None:
         raise DevStackError(
-            f'{path} has no "format" field (written by a harness older than stack.json format 1, '
-            f"or not by the harness); this amora CLI reads format {supported}: {_FIX}"
+            f'{path} has no "format" field: it is not a stack:up stack.json of format 1 or later (an '
+            "older harness wrote it, or `hatch run services`, which runs no authz service); "
+            f"this amora CLI reads format {supported}: {_FIX}"
         )
     if type(found) is not int or found not in SUPPORTED_FORMATS:
         raise DevStackError(
