@@ -13,8 +13,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
 from amora_devtools.stack import Stack
 from amora_protocol import BackendRole, DeviceState, SigningKey
 from amora_sync import ReconnectPolicy
@@ -135,15 +133,3 @@ async def test_a_device_registered_after_start_is_verified_with_its_fetched_key(
             state = await newcomer.publish_state(playing=True)
         await _until(changed, lambda: state.version in _versions(seen, newcomer.device_id))
         assert consumer._keys.refreshes >= 1
-
-
-@pytest.mark.parametrize("bad", ["replica"])
-def test_a_replica_outside_the_backends_slots_is_refused(bad: str) -> None:
-    from amora_sync import Endpoint
-
-    credentials = BackendCredentials(
-        name="x", password="p", role=BackendRole.ANALYTICS, replicas=2, endpoints=(Endpoint(host="h", port=1),)
-    )
-    with pytest.raises(ValueError, match=r"replica must be 1\.\.2"):
-        BackendConsumer("https://authz", credentials, replica=3)
-    assert bad == "replica"
