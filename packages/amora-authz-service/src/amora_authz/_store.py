@@ -485,7 +485,7 @@ class Store:
 
         What a login needs from the database in as few round trips as it can: on PostgreSQL
         one statement (the insert and the eviction as data-modifying CTEs, atomic on their
-        own), on SQLite three on one connection (four when the user is over the cap).
+        own), on SQLite three single statements (four when the user is over the cap).
 
         Returns:
             The ids of the sessions ended to make room, and the user's active devices.
@@ -496,22 +496,18 @@ class Store:
         evict = evict_beyond(session, max_per_user)
         if self._engine.dialect.name == "postgresql" and _current.get() is None:
             return await self._open_session_in_one_statement(session, evict)
-        # SQLite: statements on one connection, each committing on its own. A transaction
-        # would hold the database's single write lock across them, and concurrent logins
-        # would then wait out busy retries (measured: a p99 of 1.5-2 s with 8 clients); so
-        # would an eviction statement run on every login, hence the count (a read) first.
+        # SQLite: single statements, each committing on its own (in-process: no round trips
+        # to save). A transaction would hold the database's single write lock across them,
+        # and concurrent logins would then wait out busy retries (measured: a p99 of 1.5-2 s
+        # with 8 clients); so would an eviction statement run on every login, hence the
+        # count (a read) first.
         # Nothing needs them atomic: the row goes first, and an eviction that races another
         # login of the same user ends a session either way.
-        async with self._connection() as conn:
-            token = _current.set(conn)
-            try:
-                await self.add_session(session)
-                ended: list[str] = []
-                if int(await self._scalar(live_count(session)) or 0) > max_per_user:
-                    ended = sorted(r.session_id for r in await self._rows(evict))
-                found = await self.active_devices_of_users([session.user_sub])
-            finally:
-                _current.reset(token)
+        await self.add_session(session)
+        ended: list[str] = []
+        if int(await self._scalar(live_count(session)) or 0) > max_per_user:
+            ended = sorted(r.session_id for r in await self._rows(evict))
+        found = await self.active_devices_of_users([session.user_sub])
         return ended, found.get(session.user_sub, [])
 
     async def _open_session_in_one_statement(self, session: Session, evict: Any) -> tuple[list[str], list[Device]]:  # noqa: ANN401
