@@ -37,6 +37,7 @@ from mpd.asyncio import MPDClient
 
 import amora_protocol as ap
 from amora_devtools import NO_RECONNECT
+from amora_devtools._files import write_private
 from amora_devtools.broker import (
     BrokerProcess,
     create_device_client,
@@ -68,7 +69,8 @@ def _summary(values_ms: list[float]) -> dict[str, float]:
 def _write_config(work: Path, pki: DevPKI, broker: BrokerProcess, mpd: MpdProcess) -> tuple[Path, ap.VerifyKey]:
     cert = pki.issue_client_cert(DEVICE)
     key = ap.SigningKey.generate()
-    (work / "signing.pem").write_bytes(key.to_pem())
+    # 0600: the agent refuses a private key others may read.
+    write_private(work / "signing.pem", key.to_pem())
     authz = ap.SigningKey.generate().public_key
     config = work / "agent.toml"
     config.write_text(
