@@ -8,6 +8,7 @@ agent's spans land in one in-memory exporter. Nothing is exported anywhere else.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -183,6 +184,25 @@ def test_metrics_are_the_exporters_text_with_help_units_and_types(stack: Stack) 
     assert [(s.labels["broker"], s.value) for s in reachable.samples] == [("primary", 1.0)]
     passes = families["amora_authz_broker_reconcile_passes"]
     assert any(s.labels["ok"] == "true" and s.value >= 1 for s in passes.samples)
+
+
+def test_each_agent_process_serves_its_metrics_on_loopback(stack: Stack) -> None:
+    # The stack gives each agent a free port (OTEL_EXPORTER_PROMETHEUS_PORT=0); the agent names
+    # it in its `telemetry configured` log line.
+    player = stack.player(DEVICE)
+    lines = [json.loads(line) for line in player.log_file.read_text().splitlines() if line.startswith("{")]
+    endpoint = next(line["metrics_endpoint"] for line in lines if line.get("event") == "telemetry configured")
+    assert endpoint.startswith("http://127.0.0.1:")
+    # The stack is up once the agent's online status is out; its first state follows it.
+    deadline = time.monotonic() + WAIT_S
+    families = _scrape(endpoint)
+    while "amora_agent_states_published" not in families and time.monotonic() < deadline:
+        time.sleep(0.2)
+        families = _scrape(endpoint)
+    published = families["amora_agent_states_published"]
+    assert published.type == "counter"
+    assert [s.value >= 1 for s in published.samples if s.name == "amora_agent_states_published_total"] == [True]
+    assert [s.value for s in families["amora_agent_mqtt_connected"].samples] == [1.0]
 
 
 def _scrape(url: str) -> dict[str, Any]:

@@ -369,7 +369,9 @@ class Stack:
                     str(player.config_file),
                 ],
                 log_file=player.log_file,
-                env=None if player.env is None else {**os.environ, **player.env},
+                # Several agents on one machine: each serves its metrics on a free loopback
+                # port (its log line `telemetry configured` names it), not all on 9464.
+                env={**os.environ, "OTEL_EXPORTER_PROMETHEUS_PORT": "0", **(player.env or {})},
             )
 
     def _supervise(self) -> None:
