@@ -103,10 +103,14 @@ _azure_configured = False
 
 
 def _configure_azure(resource: Resource, reader: MetricReader, connection_string: str) -> None:
-    """Set up the Azure Monitor distro once per process (it installs the global providers)."""
+    """Set up the Azure Monitor distro once per process (it installs the global providers).
+
+    A second `Telemetry` in the same process (tests) shares the first one's providers: its
+    instruments go to Azure, and ``/metrics`` is the first one's.
+    """
     global _azure_configured  # noqa: PLW0603 - the distro itself is process-global
     try:
-        from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415 - optional extra
+        from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415 - heavy, used on demand
     except ImportError as exc:
         raise ConfigError(
             f"{AZURE_ENV} is set but the Azure Monitor distro is not installed: "
@@ -155,7 +159,8 @@ class Telemetry:
         self.exporter = exporter or exporter_from_env(env)
         self.registry = CollectorRegistry(auto_describe=True)
         prometheus = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=self.registry)
-        resource = Resource.create({"service.name": "amora-authz"})
+        # OTEL_SERVICE_NAME, when set, names the service (Resource.create lets ours win otherwise).
+        resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {"service.name": "amora-authz"})
         self._owned: list[MeterProvider | TracerProvider] = []
         readers: list[MetricReader] = [prometheus, *metric_readers]
         provider: metrics.MeterProvider

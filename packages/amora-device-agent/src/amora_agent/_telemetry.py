@@ -185,9 +185,10 @@ def configure_process(
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
 
     env = dict(os.environ if environ is None else environ)
-    resource = Resource.create(
-        {"service.name": "amora-agent", "service.version": version, "service.instance.id": device_id}
-    )
+    attributes = {"service.version": version, "service.instance.id": device_id}
+    if not env.get("OTEL_SERVICE_NAME"):  # it names the service when set; ours would win over it
+        attributes["service.name"] = "amora-agent"
+    resource = Resource.create(attributes)
     readers: list[MetricReader] = []
     result = ProcessTelemetry(exporter="prometheus")
     # OpenTelemetry's own variables for the Prometheus exporter win over the file.
