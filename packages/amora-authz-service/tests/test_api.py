@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 
 from amora_authz.testing import RunningService as Running
 from amora_authz.testing import dev_settings, serve, session_body
@@ -137,6 +138,15 @@ async def test_expired_wrong_audience_and_forged_tokens_are_401(running: Running
         assert response.json()["code"] == code
     metrics = (await running.http.get("/metrics")).text
     assert 'amora_authz_token_rejected_total{code="expired_token"} 1.0' in metrics
+    # The same refusals, as session refusals by the code answered.
+    refused = {
+        (s.labels["operation"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "amora_authz_sessions_refused"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert refused == {("create", code): 1.0 for code in ("expired_token", "invalid_audience", "bad_signature")}
 
 
 async def test_admin_api_needs_the_admin_role(running: Running) -> None:
