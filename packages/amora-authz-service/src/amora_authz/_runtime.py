@@ -32,6 +32,7 @@ from amora_authz._limits import RateLimiter
 from amora_authz._service import AuthzService, session_password
 from amora_authz._sessionlists import PUBLISHER_ACCOUNT, SessionListPublisher
 from amora_authz._store import Store, open_store
+from amora_authz._tasks import cancel_and_wait
 from amora_authz._telemetry import Metrics, Telemetry
 from amora_protocol import ProtocolError, SigningKey
 
@@ -286,9 +287,7 @@ class AuthzRuntime:
         try:
             await self._stop.wait()
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            await cancel_and_wait(following)
 
     def _count_pass(self, broker: str, *, full: bool, ok: bool) -> None:
         kind = "full" if full else "scoped"

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import gmqtt
 import structlog
 
+from amora_agent._tasks import cancel_and_wait
 from amora_protocol import Backoff
 
 if TYPE_CHECKING:
@@ -455,9 +456,7 @@ class MqttLink:
         finally:
             lost.cancel()
             if not connecting.done():
-                connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connecting
+                await cancel_and_wait(connecting, quiet=True)
         if connecting.cancelled() or not connecting.done():
             raise BrokerClosedError(connection.lost_reason or "connection closed")
         connecting.result()

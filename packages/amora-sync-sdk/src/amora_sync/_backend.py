@@ -62,6 +62,7 @@ from amora_sync._flow import DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy
 from amora_sync._link import LinkError
 from amora_sync._session import BrokerCredentials, Endpoint, Session, parse_endpoint, select_endpoints
 from amora_sync._stats import ClientStats
+from amora_sync._tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -455,9 +456,7 @@ class BackendConsumer:
         task, loop = self._tasks.pop(slot, None), self._loops.pop(slot, None)
         if task is None or loop is None:
             return  # already let go (a release and the close met)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await loop.close(end_session=False)
 
     async def _subscribe(self, link: Link, present: bool, *, own: bool) -> None:  # noqa: FBT001

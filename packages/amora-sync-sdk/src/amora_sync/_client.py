@@ -34,6 +34,7 @@ from amora_sync._session_keeper import SessionKeeper
 from amora_sync._session_store import FileSessionStore, SessionStore
 from amora_sync._stats import ClientStats
 from amora_sync._subscriptions import Subscriber
+from amora_sync._tasks import cancel_and_wait
 from amora_sync._telemetry import CommandTracer
 
 if TYPE_CHECKING:
@@ -305,9 +306,7 @@ class AmoraClient:
             return
         self._closing = True
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel_and_wait(self._runner)
             self._runner = None
         # This client's keys die with it: nothing can resume the broker session.
         await self._conn.close(end_session=True)
