@@ -6,7 +6,8 @@ HELP, TYPE, units and label escaping). Where else the data goes is chosen from t
 environment, as the OpenTelemetry conventions name it:
 
 - ``APPLICATIONINSIGHTS_CONNECTION_STRING``: the Azure Monitor OpenTelemetry distro
-  (metrics, traces and logs to Application Insights);
+  (metrics and traces to Application Insights; the JSON log lines stay on stderr, which the
+  container platform ships, with ``trace_id`` and ``span_id`` to join them to the spans);
 - else ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP over HTTP (metrics and traces);
 - else ``/metrics`` only, and traces are not recorded.
 
@@ -123,7 +124,8 @@ def _configure_azure(resource: Resource, reader: MetricReader, connection_string
             connection_string=connection_string,
             resource=resource,
             metric_readers=[reader],
-            # Our own loggers only (structlog goes through the stdlib root handler).
+            # structlog writes to stderr itself: only standard-library records under this name
+            # would be exported, and the service's lines reach Azure through the platform.
             logger_name="amora_authz",
             # Live metrics open a second channel to Azure; not needed for alerts.
             enable_live_metrics=False,
