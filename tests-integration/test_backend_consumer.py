@@ -13,6 +13,8 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
+
 from amora_devtools.stack import Stack
 from amora_protocol import BackendRole, DeviceState, SigningKey
 from amora_sync import ReconnectPolicy
@@ -133,3 +135,44 @@ async def test_a_device_registered_after_start_is_verified_with_its_fetched_key(
             state = await newcomer.publish_state(playing=True)
         await _until(changed, lambda: state.version in _versions(seen, newcomer.device_id))
         assert consumer._keys.refreshes >= 1
+
+
+class _CrashError(Exception):
+    """The application failing while it processes a message."""
+
+
+async def test_a_message_whose_processing_failed_is_delivered_again(
+    security_stack: Stack, authz_http: Any, fake_device: Any
+) -> None:
+    """At least once: no acknowledgement unless the loop moved on, so the broker sends it again."""
+    stack = security_stack
+    assert stack.pki is not None
+    credentials = _create_backend(stack, authz_http, BackendRole.ANALYTICS, replicas=1)
+    device = fake_device(stack, "again")
+    options: dict[str, Any] = {"replica": 1, "ca_file": str(stack.pki.ca_file), "reconnect": POLICY}
+    async with device:
+        tried: list[FleetMessage] = []
+        published: list[DeviceState] = []
+
+        async def crash_while_storing() -> None:
+            async with BackendConsumer(stack.authz_url, credentials, **options) as consumer, asyncio.timeout(WAIT_S):
+                published.append(await device.publish_state(playing=True))
+                async for item in consumer:
+                    if item.device_id == device.device_id and not item.retained:
+                        tried.append(item)
+                        raise _CrashError  # dies while "storing" it: never acknowledged
+
+        with pytest.raises(_CrashError):
+            await crash_while_storing()
+        (first_try,), (state,) = tried, published
+        assert isinstance(first_try.message, DeviceState)
+        assert first_try.message.version == state.version
+        # The same slot again (a restarted replica): the broker resends it from the session.
+        async with BackendConsumer(stack.authz_url, credentials, **options) as consumer:
+            async with asyncio.timeout(WAIT_S):
+                async for item in consumer:
+                    if item.device_id == device.device_id and not item.retained:
+                        break
+            assert isinstance(item.message, DeviceState)
+            assert item.message.version == state.version
+            assert item.redelivered
