@@ -83,3 +83,14 @@ async def test_an_error_the_child_ends_with_is_raised_unless_quiet(cancel_and_wa
     await asyncio.sleep(0)
     await cancel_and_wait(quiet, quiet=True)
     assert isinstance(quiet.exception(), OSError)
+
+
+def test_the_three_copies_stay_the_same() -> None:
+    import inspect
+
+    import amora_agent._tasks
+    import amora_authz._tasks
+    import amora_sync._tasks
+
+    sources = {inspect.getsource(m) for m in (amora_agent._tasks, amora_authz._tasks, amora_sync._tasks)}
+    assert len(sources) == 1, "the three _tasks.py copies differ: change them together"

@@ -1,4 +1,9 @@
-"""Ending a child task without swallowing a cancellation meant for the caller."""
+"""Ending a child task without swallowing a cancellation meant for the caller.
+
+The agent, the SDK and the authz service each carry this module, word for word: the three
+distributions share only `amora-protocol`, which does no IO and holds no asyncio helpers
+(ADR 0007). `tests-integration/test_cancellation.py` tests every copy and that they stay equal.
+"""
 
 from __future__ import annotations
 
