@@ -11,6 +11,8 @@ without a watchdog, the supervisor leaves it alone, which is what the clients' o
 probes are for. Like the agent's unit (``infra/systemd``: ``Restart=always`` with
 ``RestartPreventExitStatus=2``), a unit that exits with a status it names as final (a
 configuration error) is not restarted. A unit can be held (a test that wants it to stay down).
+The clock is injectable and ``polls`` counts finished rounds, so tests wait for counted rounds
+and move time themselves instead of sleeping and measuring.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ class Supervisor:
         maximum_s: Largest delay between restarts.
         stable_s: Time up after which the delay goes back to ``initial_s``.
         poll_s: How often units are checked.
+        clock: Monotonic seconds, for the delays (tests pass one they advance).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - all but the log file are keyword-only tunables
         self,
         log_file: Path,
         *,
@@ -61,6 +64,7 @@ class Supervisor:
         maximum_s: float = 10.0,
         stable_s: float = 10.0,
         poll_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create a supervisor that watches nothing yet; `start` begins watching."""
         self._log_file = log_file
@@ -68,11 +72,13 @@ class Supervisor:
         self._maximum_s = maximum_s
         self._stable_s = stable_s
         self._poll_s = poll_s
+        self._clock = clock
         self._units: dict[str, _Unit] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.restarts: Counter[str] = Counter()
+        self.polls = 0  # finished rounds over every unit (what tests wait for)
 
     @property
     def lock(self) -> threading.RLock:
@@ -93,7 +99,7 @@ class Supervisor:
         ``RestartPreventExitStatus``); it stays down until restarted by hand.
         """
         with self._lock:
-            unit = _Unit(alive, restart, self._initial_s, up_since=time.monotonic())
+            unit = _Unit(alive, restart, self._initial_s, up_since=self._clock())
             if final is not None:
                 unit.final = final
             self._units[name] = unit
@@ -131,9 +137,10 @@ class Supervisor:
                 for name, unit in self._units.items():
                     if not unit.held and not self._stopping.is_set():
                         self._check(name, unit)
+                self.polls += 1
 
     def _check(self, name: str, unit: _Unit) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if unit.alive():
             if unit.up_since is None:
                 unit.up_since = now

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from amora_devtools import start_postgres
+from amora_protocol import now_ms
 from amora_sync import CommandStatus, DeviceState, FileSessionStore, Pause
 
 pytestmark = pytest.mark.services
@@ -94,10 +95,12 @@ async def test_a_logged_out_stored_session_is_refused_and_replaced(real_stack, t
 
 
 @pytest.mark.parametrize("real_stack", [{"session_ttl_s": 31}], indirect=True)
-async def test_an_expired_stored_session_is_not_resumed(real_stack, tmp_path):
+async def test_an_expired_stored_session_is_not_resumed(real_stack, tmp_path, monkeypatch):
     store = tmp_path / "session.json"
     old = await start_and_keep(real_stack, store)
-    await asyncio.sleep(1.5)  # the 31 s session is now within the SDK's 30 s margin of its end
+    # The SDK's clock moves 2 s on instead of the test waiting: the 31 s session is then within
+    # the SDK's 30 s margin of its end (the authz service keeps its own, real clock).
+    monkeypatch.setattr("amora_sync._session_keeper.now_ms", lambda: now_ms() + 2_000)
     async with real_stack.client("alice", session_store=store) as client:
         assert client.session_id != old
         assert client.resume_error == "the stored session cannot be resumed: it has expired"
