@@ -125,15 +125,15 @@ def test_the_cli_creates_lists_rotates_and_deletes_backends(tmp_path: Path, caps
     assert main(["--config", config, "backend", "rotate", "stats"]) == 0
     second = capsys.readouterr().out.strip()
     assert second not in {"", first}
-    # Bad input names the rule broken; nothing is created.
-    assert main(["--config", config, "backend", "create", "Bad.Name", "--role", "analytics"]) == 1
+    # Bad input names the rule broken, exits 2 (a usage error: retrying will not help); nothing is created.
+    assert main(["--config", config, "backend", "create", "Bad.Name", "--role", "analytics"]) == 2
     assert "invalid backend name" in capsys.readouterr().err
-    assert main(["--config", config, "backend", "create", "stats", "--role", "ingest"]) == 1
+    assert main(["--config", config, "backend", "create", "stats", "--role", "ingest"]) == 2
     assert "backend_exists" in capsys.readouterr().err
     assert main(["--config", config, "backend", "delete", "stats"]) == 0
     assert main(["--config", config, "backend", "list"]) == 0
     assert capsys.readouterr().out.strip() == ""
-    assert main(["--config", config, "backend", "delete", "stats"]) == 1
+    assert main(["--config", config, "backend", "delete", "stats"]) == 2
     assert "no backend 'stats'" in capsys.readouterr().err
 
 

@@ -112,8 +112,9 @@ def test_cli_database_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str
     path = write_config(tmp_path)
     assert main(["--config", str(path), "migrate"]) == 0
     assert "schema version 3" in capsys.readouterr().out
-    # Linking needs a registered device (done through the API).
-    assert main(["--config", str(path), "link", "alice", "player-1"]) == 1
+    # Linking needs a registered device (done through the API): an unknown one is an input error.
+    assert main(["--config", str(path), "link", "alice", "player-1"]) == 2
+    assert "player-1" in capsys.readouterr().err
     assert main(["--config", str(path), "devices", "alice"]) == 0
     assert capsys.readouterr().out.strip() == ""
     assert main(["--config", str(path), "keys"]) == 0
@@ -123,3 +124,12 @@ def test_cli_database_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.strip() == kid  # generated once, then reused
     assert main(["--config", str(path), "dev-token", "alice"]) == 0
     assert capsys.readouterr().out.count(".") == 2
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "amora-authz: serve, migrate" in out
+    assert "``" not in out  # the module docstring's markup is not shown to operators

@@ -1,4 +1,4 @@
-"""``amora-authz``: serve, migrate, and admin helpers that work on the database directly."""
+"""amora-authz: serve, migrate, and admin helpers that work on the database directly."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from amora_authz._config import load_settings
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
 from amora_authz._enrolment import DEFAULT_TTL_S, issue_claim
-from amora_authz._errors import AuthzError, ConfigError
+from amora_authz._errors import AuthzError, ConfigError, ConflictError, InvalidInputError, NotFoundError
 from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
 from amora_authz._runtime import AuthzRuntime, load_signing_keys
@@ -39,6 +39,9 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "main"]
 
 EXIT_FAILURE = 1  # may heal: a database or broker that is down
 EXIT_CONFIG = 2  # will not heal by restarting (systemd's RestartPreventExitStatus=2)
+# What the command asked for cannot be done as asked (a bad name, a backend that exists or is
+# not there): a usage error like a bad configuration, so it exits 2 too, as the other CLIs do.
+_INPUT_ERRORS = (InvalidInputError, NotFoundError, ConflictError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status.
 
     Exit statuses, as the agent's: 0 done; 1 a failure that may heal (database or broker
-    unreachable); 2 unusable configuration or command line (restarting will not help).
+    unreachable); 2 unusable configuration or command line, including input the command
+    cannot act on (a bad name, a backend or device that exists or is missing): restarting
+    will not help.
     One line on stderr says why.
     """
     args = _parser().parse_args(argv)
@@ -234,5 +239,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except AuthzError as exc:
         print(f"amora-authz: {exc.message} ({exc.code})", file=sys.stderr)  # noqa: T201
-        return EXIT_FAILURE
+        return EXIT_CONFIG if isinstance(exc, _INPUT_ERRORS) else EXIT_FAILURE
     return 0
