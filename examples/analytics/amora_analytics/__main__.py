@@ -1,4 +1,4 @@
-"""``amora-analytics``: run one replica of the analytics backend."""
+"""amora-analytics: run one replica of the analytics backend."""
 
 from __future__ import annotations
 
