@@ -30,6 +30,9 @@ __all__ = ["DEVICE_FMT", "USER_FMT", "device_index", "holder_main", "player_main
 DEVICE_FMT = "fleet-{:05d}"
 USER_FMT = "u{:05d}"
 SETUP_TIMEOUT_S = 1800.0
+# Thousands of sessions log in at once here, 32 at a time, on a machine that may be busy: far
+# longer than an app would wait (the SDK's 15 s default) before calling a login failed.
+SETUP_CONNECT_TIMEOUT_S = 180.0
 DRAIN_S = 3.0
 _DEVICE_PREFIX = len("fleet-")
 
@@ -191,7 +194,14 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
             async with contextlib.AsyncExitStack() as stack:
                 async with gate:
                     client = await stack.enter_async_context(
-                        AmoraClient(authz, provider(user), ca_file=spec["ca_file"], reconnect=policy, http_client=http)
+                        AmoraClient(
+                            authz,
+                            provider(user),
+                            ca_file=spec["ca_file"],
+                            reconnect=policy,
+                            http_client=http,
+                            connect_timeout=SETUP_CONNECT_TIMEOUT_S,
+                        )
                     )
                     events = await stack.enter_async_context(client.watch(include_connection=False))
                 opened.append((client, events))

@@ -194,5 +194,6 @@ def mock_session_client(  # noqa: PLR0913 - a session's plain values
         http_client=http,
         reconnect=reconnect,
         transport=transport,
+        connect_timeout=120.0,  # many clients connect at once in these benchmarks
     )
     return client, http

@@ -135,7 +135,10 @@ def _expect(conn: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
         dead = [c for c in _CHILDREN if c.exitcode not in (None, 0)]
         if dead:
             raise RuntimeError(f"child process {dead[0].name} died (exit {dead[0].exitcode}) before {kind!r}")
-    message = conn.recv()
+    try:
+        message = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"a child process ended before sending {kind!r} (its error is above)") from None
     if message[0] != kind:
         raise RuntimeError(f"expected {kind!r}, got {message[0]!r}")
     return tuple(message[1:])
