@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import time
 from array import array
@@ -91,7 +92,7 @@ async def _players(conn: Connection, spec: dict[str, Any]) -> None:
     async with asyncio.timeout(SETUP_TIMEOUT_S):
         await asyncio.gather(*(a.wait_online() for a in agents))
     recorder = GcRecorder()
-    window_policy(spec["gc"])
+    window_policy(spec["gc"], collect=False)
     recorder.start()
     conn.send(("ready", len(agents)))
     n, k = len(sims), 0  # k counts every change of the run: volumes never repeat back to back
@@ -167,10 +168,18 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
     records = _Records()
     ready: list[int] = []
     gate = asyncio.Semaphore(32)
-    policy = ReconnectPolicy(initial_delay=0.2, max_delay=5.0, connect_timeout=60.0)
+    # A process holding thousands of sessions on a shared machine can stall for seconds (its
+    # own full collection takes one or two): longer than an app's liveness timeout (2 s), and
+    # every session whose probe was in flight would leave the broker and come back mid-window.
+    policy = ReconnectPolicy(
+        initial_delay=0.2, max_delay=5.0, connect_timeout=60.0, liveness_interval=5.0, liveness_timeout=10.0
+    )
     opened: list[tuple[Any, Any]] = []
 
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as http:
+    # Idle pooled connections expire before the service's keep-alive timeout (5 s): otherwise
+    # a request races the server closing its connection and fails with a ReadError.
+    limits = httpx.Limits(max_connections=32, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
 
         def provider(user: str) -> Any:  # noqa: ANN401
             async def token() -> str:
@@ -217,13 +226,12 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
                 if failed:
                     raise RuntimeError(f"session failed: {failed[0].exception()!r}")
                 await asyncio.sleep(0.1)
-        pause = full_collection()  # every session open: the longest pause this process can have
         recorder = GcRecorder()
-        window_policy(spec["gc"])
+        window_policy(spec["gc"], collect=False)  # no collection now: it would stall every session
         recorder.start()
-        conn.send(("ready", len(ready), rss_mb(), pause))
+        conn.send(("ready", len(ready), rss_mb()))
         cpu0, since = cpu_seconds(), time.perf_counter_ns()
-        while (message := await asyncio.to_thread(conn.recv)) == "mark":
+        while await asyncio.to_thread(conn.recv) == "mark":
             done, records = records, _Records()
             stats: dict[str, Any] = defaultdict(int)
             for client, events in opened:
@@ -243,17 +251,17 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
             cpu0, since = now_cpu, time.perf_counter_ns()
             conn.send(("records", *done.columns(), figures))
         recorder.stop()
-        gc_off = spec["gc"] == "off"
         unreachable = None
-        if gc_off:
-            import gc  # noqa: PLC0415
-
+        if spec["gc"] == "off":  # what the windows left for the collector, collected now
             gc.enable()
             unreachable = gc.collect()
+        # Every session still open: the longest pause this process can have (unfrozen first).
+        gc.unfreeze()
+        pause = full_collection()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    conn.send(("stopped", {"unreachable_after_window": unreachable, "message": message}))
+    conn.send(("stopped", {"unreachable_after_window": unreachable, "full_collection": pause}))
 
 
 # -- idle connections ---------------------------------------------------------------------------

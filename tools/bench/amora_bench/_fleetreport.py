@@ -39,7 +39,7 @@ def fleet_section(name: str, fleet: dict[str, Any]) -> list[str]:
     marks.append(f"zero loss: {_mark(fleet['lost'] == 0)}")
     late = fleet["over_10ms"]
     sdk_gc = "; ".join(_gc_line(f"SDK process {i}", p["gc"]) for i, p in enumerate(procs["sdk"]))
-    full = ", ".join(f"{c['ms']} ms ({c['tracked_objects']:,} objects)" for c in fleet["sdk_full_collection_at_ready"])
+    full = ", ".join(f"{c['ms']} ms ({c['tracked_objects']:,} objects)" for c in fleet.get("sdk_full_collection", []))
     passes = fleet["reconcile_passes"]
     reconcile = (
         "; ".join(
@@ -73,7 +73,7 @@ def fleet_section(name: str, fleet: dict[str, Any]) -> list[str]:
             f"({late['during_an_sdk_process_gc_pause']:,} during an SDK process's pause, "
             f"{late['during_the_players_gc_pause']:,} during the players'; every watcher of a change late: "
             f"{late['changes_with_every_watcher_late']:,} changes). A full collection in each SDK process with "
-            f"all its sessions open, before freezing: {full}."
+            f"all its sessions open (timed after the windows, unfrozen): {full}."
         ),
         "",
         f"Reconcile passes (authz): {reconcile}.",

@@ -96,11 +96,16 @@ def full_collection() -> dict[str, Any]:
     }
 
 
-def window_policy(policy: GcPolicy) -> None:
-    """Apply ``policy`` at the start of a timed window (after set-up)."""
+def window_policy(policy: GcPolicy, *, collect: bool = True) -> None:
+    """Apply ``policy`` at the start of a timed window (after set-up).
+
+    ``collect=False`` freezes without collecting first (the garbage of set-up is frozen too):
+    for processes that a long collection would disturb.
+    """
     if policy == "enabled":
         return
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.freeze()
     if policy == "off":
         gc.disable()

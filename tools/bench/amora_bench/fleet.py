@@ -168,6 +168,10 @@ class _Fleet:
 
     def window(self, rate: float, seconds: float, *, timeline: bool = False) -> dict[str, Any]:
         """Run one window of changes at ``rate``/s for ``seconds`` and analyse it."""
+        for c in self.session_conns:  # start the SDK processes' counts (records, pauses, CPU) here
+            c.send("mark")
+        for c in self.session_conns:
+            _expect(c, "records", 300)
         t0 = time.perf_counter_ns()
         self.player_conn.send(("window", rate, seconds))
         players, volumes, stamps, player_figures = _expect(self.player_conn, "changes", seconds + 300)
@@ -369,7 +373,6 @@ def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
                 ready = [_expect(c, "ready", SETUP_TIMEOUT_S) for c in session_conns]
                 figures["setup_sessions_s"] = round(time.perf_counter() - t, 1)
                 figures["sessions_per_sdk_process"] = [r[0] for r in ready]
-                figures["sdk_full_collection_at_ready"] = [r[2] for r in ready]
                 figures["broker_rss_mb_idle"] = rss_mb(broker.pid)
 
                 monitor = Monitor(pids, authz_url=url)
@@ -412,7 +415,8 @@ def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
                     holder_conn.send(("stop",))
                 for c in session_conns:
                     c.send("stop")
-                figures["sdk_after"] = [_expect(c, "stopped", 120)[0] for c in session_conns]
+                figures["sdk_after"] = [_expect(c, "stopped", 300)[0] for c in session_conns]
+                figures["sdk_full_collection"] = [a["full_collection"] for a in figures["sdk_after"]]
                 player_conn.send(("stop",))
                 for proc in children:
                     proc.join(60)
