@@ -157,3 +157,39 @@ async def test_wait_session_list_returns_once_the_list_holds(make_offline_agent,
     await asyncio.wait_for(waiter, 5)
     assert agent.session_list is not None
     assert agent.session_list.allows(app.session_id)
+
+
+async def test_a_grant_newer_than_the_list_waits_for_the_list_that_names_it(
+    make_offline_agent, make_app, authz_key
+) -> None:
+    # A command can overtake, through another connection, the list the authz service
+    # published for its brand-new session: it waits for that list instead of being refused.
+    import asyncio  # noqa: PLC0415
+
+    from amora_protocol import now_ms  # noqa: PLC0415
+
+    agent = make_offline_agent()
+    old, new, gone = make_app(("player-1",)), make_app(("player-1",)), make_app(("player-1",))
+    agent._on_message(
+        inbound(sessions_topic("player-1"), session_list(authz_key, old.session_id, issued_at_ms=now_ms() - 60_000))
+    )
+    _, payload = new.command("player-1", ChangeVolume(delta=1))
+    handling = asyncio.create_task(agent._handle_command(inbound(commands_topic("player-1"), payload)))
+    await asyncio.sleep(0)
+    assert not handling.done()  # held for the newer list, not refused
+    latest = now_ms() + 1_000
+    agent._on_message(
+        inbound(
+            sessions_topic("player-1"), session_list(authz_key, old.session_id, new.session_id, issued_at_ms=latest)
+        )
+    )
+    assert (await asyncio.wait_for(handling, 5)).status is CommandStatus.SUCCEEDED
+
+    # A grant older than the list in force and missing from it was ended: refused at once.
+    command, payload = gone.command("player-1", ChangeVolume(delta=1))
+    answer = await agent._handle_command(inbound(commands_topic("player-1"), payload))
+    assert (answer.command_id, answer.status, answer.reason) == (
+        command.id,
+        CommandStatus.REJECTED,
+        RejectReason.UNAUTHORIZED,
+    )

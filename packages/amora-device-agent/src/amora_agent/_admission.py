@@ -74,6 +74,19 @@ class SessionGate:
         self._current = received
         return Offer(applied=True)
 
+    def awaits_newer_list(self, grant: Grant) -> bool:
+        """Whether ``grant``'s session is missing only because its list has not arrived yet.
+
+        The authz service publishes the list naming a new session before it hands out the
+        grant, but a command sent through another connection can still overtake that list on
+        its way to the device. A grant issued after the list in force cannot be on it; one
+        issued before it and missing from it was ended (logout, unlink, revocation).
+        """
+        current = self._current
+        return (
+            current is not None and not current.allows(grant.session_id) and grant.issued_at_ms > current.issued_at_ms
+        )
+
     def refusal(self, grant: Grant) -> str | None:
         """Why a command under ``grant`` must be refused now, or ``None`` when it may run."""
         current = self._current

@@ -459,11 +459,6 @@ class Agent(CommandHandling, ManagementHandling):
         """The authz session list in force (``None``: none received yet)."""
         return self._sessions.current
 
-    async def wait_session_list(self, predicate: Callable[[SessionList | None], bool]) -> None:
-        """Return once ``predicate`` holds for the session list in force (tools, benchmarks)."""
-        while not predicate(self._sessions.current):
-            await self._session_list_applied.wait()
-
     def _check_own_status(self, message: InboundMessage) -> None:
         """Correct a stale offline status (an old connection's Last Will, delivered late)."""
         if self._stopping or not self._online.is_set():

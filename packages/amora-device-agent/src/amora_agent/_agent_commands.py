@@ -6,9 +6,10 @@ kept apart so the agent module holds the lifecycle and the state side.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from opentelemetry import trace
@@ -35,7 +36,6 @@ from amora_protocol import (
 )
 
 if TYPE_CHECKING:
-    import asyncio
     from collections import Counter
     from collections.abc import Callable, Mapping
 
@@ -46,9 +46,13 @@ if TYPE_CHECKING:
     from amora_agent._commands import CommandBook
     from amora_agent._mqtt import InboundMessage, MqttLink
     from amora_agent._player import Player
-    from amora_protocol import Action, DeviceState, EncryptionKey, Message, VerifyKey
+    from amora_protocol import Action, DeviceState, EncryptionKey, Grant, Message, SessionList, VerifyKey
 
 __all__ = ["CommandHandling", "claimed_sender"]
+
+# How long a command under a grant newer than the session list in force waits for the list
+# naming its session (it is on its way: see `SessionGate.awaits_newer_list`).
+_NEWER_LIST_WAIT_S: Final = 2.0
 
 
 def _reject_reason(exc: ProtocolError) -> RejectReason:
@@ -95,6 +99,7 @@ class CommandHandling:
     _online: asyncio.Event
     _refusals: RefusalBudget
     _sessions: SessionGate
+    _session_list_applied: asyncio.Event
     _encode: Callable[[str, Message], bytes]
     _telemetry: AgentTelemetry
     _state_cause: trace.SpanContext | None
@@ -244,7 +249,7 @@ class CommandHandling:
             message=f"refused before authentication: {type(exc).__name__}",
         )
 
-    def _verify(
+    async def _verify(
         self, message: InboundMessage, now: int
     ) -> tuple[VerifiedCommand, int | None, int] | CommandResponse | None:
         """The verified command with its measured and judged clock offsets, or the refusal.
@@ -275,16 +280,31 @@ class CommandHandling:
                 message=str(exc),
                 clock_offset_ms=measured if reason is RejectReason.CLOCK_SKEW else None,
             )
-        revoked = self._sessions.refusal(verified.grant)
+        revoked = await self._refusal_once_listed(verified.grant)
         if revoked is not None:
             command_id = verified.command.id
             return self._answer(command_id, CommandStatus.REJECTED, reason=RejectReason.UNAUTHORIZED, message=revoked)
         return verified, measured, offset
 
+    async def wait_session_list(self, predicate: Callable[[SessionList | None], bool]) -> None:
+        """Return once ``predicate`` holds for the session list in force."""
+        while not predicate(self._sessions.current):
+            await self._session_list_applied.wait()
+
+    async def _refusal_once_listed(self, grant: Grant) -> str | None:
+        """Why ``grant`` is refused by the session list, waiting (bounded) for one as new as it if need be."""
+        if not self._sessions.awaits_newer_list(grant):
+            return self._sessions.refusal(grant)
+        issued = grant.issued_at_ms
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_NEWER_LIST_WAIT_S):
+                await self.wait_session_list(lambda current: current is not None and current.issued_at_ms >= issued)
+        return self._sessions.refusal(grant)
+
     async def _handle_command(self, message: InboundMessage) -> CommandResponse | None:  # noqa: PLR0911 - one answer per outcome
         now = now_ms()
         book = self._book
-        checked = self._verify(message, now)
+        checked = await self._verify(message, now)
         if checked is None or isinstance(checked, CommandResponse):
             return checked
         verified, measured, offset = checked
