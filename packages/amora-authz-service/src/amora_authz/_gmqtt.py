@@ -10,11 +10,13 @@ account, and for the dynsec client (one client id per link) kick the fresh one.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 import gmqtt
+from gmqtt.storage import PersistentStorage
 
-__all__ = ["NO_RECONNECT", "new_client"]
+__all__ = ["NO_RECONNECT", "PublishWindow", "new_client"]
 
 NO_RECONNECT: Final = -2
 """gmqtt's ``reconnect_retries`` value that switches its reconnect off.
@@ -25,8 +27,50 @@ value below -1 allows none.
 """
 
 
-def new_client(client_id: str) -> gmqtt.Client:
+class PublishWindow(PersistentStorage):  # type: ignore[misc]  # gmqtt ships no types
+    """gmqtt's store of unacknowledged QoS 1 publishes, counted, so a publisher can wait for room.
+
+    gmqtt hands out packet ids only up to the broker's receive maximum (mosquitto's
+    ``max_inflight_messages``, 20 in the shipped configuration) and raises ``OverflowError``
+    past it: a loop of publishes with no await between them (a session list for every device)
+    must wait for acknowledgements once ``limit`` are outstanding.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """Allow ``limit`` unacknowledged publishes (below the broker's receive maximum)."""
+        super().__init__()
+        self._limit = limit
+        self._outstanding: set[int] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        """gmqtt: a QoS 1 publish went out (or was replaced by its next packet)."""
+        super().push_message(mid, raw_package)
+        self._outstanding.add(mid)
+        if len(self._outstanding) >= self._limit:
+            self._room.clear()
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        """gmqtt: the broker acknowledged ``mid``."""
+        super().remove_message_by_mid(mid)
+        self._outstanding.discard(mid)
+        if len(self._outstanding) < self._limit:
+            self._room.set()
+
+    def clear(self) -> None:
+        """gmqtt: the connection's store was wiped."""
+        super().clear()
+        self._outstanding.clear()
+        self._room.set()
+
+    async def room(self) -> None:
+        """Return once fewer than ``limit`` publishes await their acknowledgement."""
+        await self._room.wait()
+
+
+def new_client(client_id: str, *, window: PublishWindow | None = None) -> gmqtt.Client:
     """A clean-session gmqtt client that never reconnects by itself."""
-    client = gmqtt.Client(client_id, clean_session=True)
+    client = gmqtt.Client(client_id, clean_session=True, persistent_storage=window)
     client.set_config({"reconnect_retries": NO_RECONNECT})
     return client

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 from gmqtt.mqtt.constants import MQTTv50
 
 from amora_authz._control import client_tls
-from amora_authz._gmqtt import new_client
+from amora_authz._gmqtt import PublishWindow, new_client
 from amora_protocol import (
     TOPIC_PREFIX,
     SessionList,
@@ -73,6 +73,9 @@ def publisher_acls() -> tuple[TopicAcl, ...]:
 
 
 _RETRY_S: Final = 5.0
+# Unacknowledged session-list publishes per broker: well below the broker's receive maximum
+# (mosquitto's `max_inflight_messages`, 20 as shipped; its default is also 20).
+_MAX_UNACKNOWLEDGED: Final = 10
 
 
 class _BrokerLink:
@@ -89,8 +92,9 @@ class _BrokerLink:
         self.endpoint = endpoint
         self._password = password
         self._log = logger.bind(broker=endpoint.name)
-        self._timeout_s = timeout_s
+        self.timeout_s = self._timeout_s = timeout_s
         self._client: gmqtt.Client | None = None
+        self.window = PublishWindow(_MAX_UNACKNOWLEDGED)
         self._lost = asyncio.Event()
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
@@ -109,7 +113,8 @@ class _BrokerLink:
             await self.close()
             # Several service instances may publish at once: each its own client id.
             # gmqtt's own reconnect off: the next publish connects a fresh client.
-            client = new_client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}")
+            self.window = PublishWindow(_MAX_UNACKNOWLEDGED)
+            client = new_client(f"{PUBLISHER_ACCOUNT}-{uuid.uuid4().hex[:12]}", window=self.window)
             client.set_auth_credentials(PUBLISHER_ACCOUNT, self._password)
             lost = asyncio.Event()
             client.on_disconnect = lambda *_args, **_kwargs: lost.set()
@@ -262,7 +267,11 @@ class SessionListPublisher:
                 try:
                     # An empty retained payload deletes any retained command left there; it
                     # goes first, so whoever sees the new list knows the leftover is gone.
+                    async with asyncio.timeout(link.timeout_s):
+                        await link.window.room()
                     client.publish(commands_topic(device_id), b"", qos=1, retain=True)
+                    async with asyncio.timeout(link.timeout_s):
+                        await link.window.room()
                     client.publish(sessions_topic(device_id), token, qos=1, retain=True)
                 except Exception as exc:  # noqa: BLE001 - gmqtt raises assorted errors on a dead socket
                     self._log.warning("session_lists.publish_failed", broker=link.endpoint.name, error=repr(exc))
