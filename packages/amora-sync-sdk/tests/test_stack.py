@@ -1,6 +1,7 @@
 """The SDK against the real broker (TLS + dynsec), a signing device and the session API."""
 
 import asyncio
+import json
 
 import pytest
 from sdk_waits import next_state
@@ -245,6 +246,43 @@ async def test_session_is_refreshed_before_expiry_without_reconnecting(stack):
         assert client.stats.connects == 1
         # Commands carry the refreshed grant.
         assert (await client.command("player-1", Ping())).status is CommandStatus.SUCCEEDED
+
+
+async def test_a_refreshed_password_is_used_for_every_later_connect_and_stored(stack, tmp_path):
+    # Token mode: a refresh hands out a new password (a token with the new expiry) for the
+    # same account, and the old one stops working once it expires.
+    stack.authz.rotate_passwords = 1
+    device = stack.devices["player-1"]
+    await device.connect(stack.broker)
+    store = tmp_path / "session.json"
+    client = stack.client(refresh_margin=0.9995, session_store=store)  # 600 s sessions: refreshed within 0.3 s
+    async with client, client.watch("player-1") as events:
+        first = device.publish_state()
+        await next_state(events, version=first.version)
+        sessions = client.session_changes()
+        issued = await anext(sessions)
+        async with asyncio.timeout(WAIT):
+            refreshed = await anext(sessions)
+        assert refreshed.session_id == issued.session_id
+        assert refreshed.broker.password != issued.broker.password
+        assert client.stats.connects == 1  # the broker checks a credential at CONNECT: the link stays
+        changes = client.connection_changes()
+        assert (await anext(changes)).state is ConnectionState.CONNECTED  # the state now
+        # Only the refreshed password is accepted now; the broker disconnects the client.
+        await asyncio.to_thread(stack.authz.accept_only_newest_password, issued.session_id)
+        async with asyncio.timeout(WAIT):
+            while (await anext(changes)).state is not ConnectionState.CONNECTED:
+                pass
+        second = device.publish_state()
+        assert await next_state(events, version=second.version) == second
+        # Back with the refreshed password, not through a new exchange after a refusal.
+        assert client.session_id == issued.session_id
+        assert client.stats.session_exchanges == 1
+        assert client.stats.connects == 2
+        assert (await client.command("player-1", Ping())).status is CommandStatus.SUCCEEDED
+    # The stored session carries the newest credential for the next start.
+    stored = json.loads(json.loads(store.read_bytes())["session"])
+    assert stored["broker"]["password"] == refreshed.broker.password
 
 
 async def test_refresh_of_a_forgotten_session_exchanges_again_and_reconnects(stack):

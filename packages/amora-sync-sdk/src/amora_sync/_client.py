@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import ssl
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
@@ -571,7 +572,9 @@ class AmoraClient:
             self._log.warning("amora-sync: %s", self._conn.last_error)
 
     def _session_changed(self, old: Session | None, session: Session) -> None:
-        if old is not None and old.broker != session.broker:
+        # A refresh in token mode brings a new password for the same account: the next
+        # CONNECT takes it (`ConnectionLoop`), the live link stays. Anything else is a new account.
+        if old is not None and replace(old.broker, password=session.broker.password) != session.broker:
             self._conn.credentials_changed()
         elif old is not None and self._tasks is not None:
             added = [d for d in session.devices if d not in old.devices]

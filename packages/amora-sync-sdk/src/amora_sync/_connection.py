@@ -156,7 +156,11 @@ class ConnectionLoop:
             self._watchers.discard(queue)
 
     def credentials_changed(self) -> None:
-        """The session's broker credential changed: drop the link and reconnect with the new one."""
+        """The session's broker account changed (a new exchange): drop the link and reconnect with it.
+
+        A new password alone (a refresh in token mode) does not come here: the broker checks
+        the credential at CONNECT only, so the live link stays and the next CONNECT uses it.
+        """
         self._new_credentials.set()
         if self.link is not None:
             self.link.abort()
@@ -178,7 +182,9 @@ class ConnectionLoop:
             for offset in range(len(endpoints)):
                 index = (start + offset) % len(endpoints)
                 endpoint = endpoints[index]
-                link = await self._link_for(session, endpoint)
+                # The session as it is now: a refresh during this pass may have brought a
+                # new password (token mode), which the older one may no longer match.
+                link = await self._link_for(self._session(), endpoint)
                 if await self._attempt(link, endpoint):
                     backoff.reset()
                     # Come back here first next time, unless the broker hung (try the
@@ -207,11 +213,17 @@ class ConnectionLoop:
             self.link = None
 
     async def _link_for(self, session: Session, endpoint: Endpoint) -> Link:
-        """The link for `endpoint`: the current one if its credential and transport fit."""
+        """The link for `endpoint`: the current one if its client id and transport fit.
+
+        A kept link takes the session's current user name and password for its next
+        CONNECT: a refresh in token mode hands out a new password (a token with the new
+        expiry) for the same client id, and the old one stops working when it expires.
+        """
         kind = WebSocketLink if endpoint.transport == "wss" else MqttLink
         creds = session.broker
         link = self.link
         if link is not None and link.client_id == creds.client_id and type(link) is kind:
+            link.use_credential(username=creds.username, password=creds.password)
             return link
         if link is not None:
             await link.close()

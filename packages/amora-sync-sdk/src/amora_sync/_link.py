@@ -179,6 +179,10 @@ class Link(Protocol):
         """Whether the link is up (CONNACK received, not lost since)."""
         ...
 
+    def use_credential(self, *, username: str, password: str) -> None:
+        """Send this user name and password at the next CONNECT (the live connection is unaffected)."""
+        ...
+
     async def connect(self, endpoint: Endpoint, *, ssl_context: ssl.SSLContext, limit: float) -> bool:
         """Connect to `endpoint`; return whether the broker still had our session.
 

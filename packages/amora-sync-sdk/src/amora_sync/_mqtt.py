@@ -155,6 +155,11 @@ class MqttLink:
         """Whether the link is up (CONNACK received, not lost since)."""
         return not self.lost.is_set()
 
+    def use_credential(self, *, username: str, password: str) -> None:
+        """Send this user name and password at the next CONNECT (the live connection is unaffected)."""
+        self._username = username
+        self._password = password
+
     def _heard(self) -> None:
         self.last_inbound = asyncio.get_running_loop().time()
 

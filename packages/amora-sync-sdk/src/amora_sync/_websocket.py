@@ -194,6 +194,11 @@ class WebSocketLink:
         """Whether the link is up (CONNACK received, not lost since)."""
         return not self.lost.is_set()
 
+    def use_credential(self, *, username: str, password: str) -> None:
+        """Send this user name and password at the next CONNECT (the live connection is unaffected)."""
+        self._username = username
+        self._password = password
+
     # ------------------------------------------------------------------ the client
 
     def _new_client(self, endpoint: Endpoint, tls: _ClosingContext, limit: float) -> Any:  # noqa: ANN401 - paho 1.6 is untyped

@@ -66,6 +66,7 @@ class StandInAuthz:
     rate_limited: int = 0  # answer this many more session requests 429 + Retry-After
     retry_after: str = "1"
     clock_offset_s: float = 0.0  # this service's clock (its HTTP Date) minus the real one
+    rotate_passwords: int = 0  # this many more refreshes hand out a new broker password (token mode: each does)
     exchanged: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -98,6 +99,14 @@ class StandInAuthz:
             self.sessions.pop(session_id, None)
         for broker in self.brokers:
             dynsec(broker, [{"command": "deleteClient", "username": session_id}], check=False)
+
+    def accept_only_newest_password(self, session_id: str) -> None:
+        """Make the brokers refuse every password of the session but its newest (in token mode:
+        the older tokens have expired). The broker disconnects the session's client."""
+        with self._lock:
+            password = self.sessions[session_id].password
+        for broker in self.brokers:
+            dynsec(broker, [{"command": "setClientPassword", "username": session_id, "password": password}])
 
     def _grant(self, record: _SessionRecord) -> bytes:
         now = now_ms()
@@ -182,6 +191,9 @@ class StandInAuthz:
             record = found
             if method == "POST" and parts[3:] == ["refresh"]:
                 record.expires_at_ms = now_ms() + self.session_ttl_ms
+                if self.rotate_passwords > 0:
+                    self.rotate_passwords -= 1
+                    record.password = secrets.token_urlsafe(16)
                 self.refreshed.set()
                 return 200, self._answer(record)
             if method == "DELETE" and len(parts) == 3:
