@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from amora_devtools.broker import BrokerProcess
     from amora_devtools.pki import DevPKI
 
-__all__ = ["ADMIN_USER", "READY_TIMEOUT", "console_script", "start_authz"]
+__all__ = ["ADMIN_USER", "READY_TIMEOUT", "console_script", "make_broker_token_key", "start_authz"]
 
 ADMIN_USER = "admin"
 READY_TIMEOUT = 30.0
@@ -33,6 +34,30 @@ READY_TIMEOUT = 30.0
 def console_script(name: str) -> str:
     """A console script of this environment (installed next to the running interpreter)."""
     return str(Path(sys.executable).with_name(name))
+
+
+def make_broker_token_key(directory: Path) -> tuple[Path, Path]:
+    """Make a broker token key pair with the service's own CLI: (private key, public key PEM).
+
+    Token mode: the brokers' ``amora_auth`` plugin loads the public file
+    (``TokenPlugin(public_keys=...)``), so make the pair before starting them, and pass the
+    private file to `start_authz` as ``broker_token_key``. An existing pair is reused.
+
+    Raises:
+        ServiceStartError: the CLI refused (its one-line reason is in the message).
+    """
+    private_dir(directory)
+    private, public = directory / "broker-token-key.pem", directory / "broker-token-keys.pem"
+    script = console_script("amora-authz")
+    steps = []
+    if not private.exists():
+        steps.append([script, "broker-token-key", "generate", "--out", str(private)])
+    steps.append([script, "broker-token-key", "public", "--key", str(private), "--out", str(public)])
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603 - our own CLI
+        if done.returncode != 0:
+            raise ServiceStartError("amora-authz broker-token-key", done.stderr.strip())
+    return private, public
 
 
 def start_authz(  # noqa: PLR0913 - each is a deployment choice
@@ -46,12 +71,15 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
     session_ttl_s: int = 3600,
     rate_limits: bool = True,
     port: int | None = None,
+    broker_token_key: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
     """Start the authz service (SQLite, development issuer on) for ``brokers``; wait until ready.
 
     ``rate_limits=False`` turns the service's per-user and global rate limits off (for
     benchmarks that create thousands of sessions); the stack keeps the defaults. ``port``
-    fixes the HTTP port (default: a free one).
+    fixes the HTTP port (default: a free one). ``broker_token_key`` (a private key from
+    `make_broker_token_key`) runs the service in token mode (``[broker] credentials = "token"``);
+    the brokers must then load the plugin with its public key.
 
     Returns:
         The process and the service's base URL.
@@ -85,6 +113,13 @@ def start_authz(  # noqa: PLR0913 - each is a deployment choice
         # Benchmarks that measure throughput turn the service's limits off.
         f"enabled = {'true' if rate_limits else 'false'}",
     ]
+    if broker_token_key is not None:
+        lines += [
+            "",
+            "[broker]",
+            'credentials = "token"',
+            f"token_key_file = {toml_value(str(broker_token_key))}",
+        ]
     for broker in brokers:
         endpoints = [f"mqtts://{broker.host}:{broker.app_port}", f"wss://localhost:{broker.ws_port}/mqtt"]
         lines += [

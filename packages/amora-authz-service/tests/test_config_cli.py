@@ -111,7 +111,7 @@ def test_invalid_configuration_is_a_config_error(tmp_path: Path, text: str, env:
 def test_cli_database_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path)
     assert main(["--config", str(path), "migrate"]) == 0
-    assert "schema version 3" in capsys.readouterr().out
+    assert "schema version 4" in capsys.readouterr().out
     # Linking needs a registered device (done through the API): an unknown one is an input error.
     assert main(["--config", str(path), "link", "alice", "player-1"]) == 2
     assert "player-1" in capsys.readouterr().err

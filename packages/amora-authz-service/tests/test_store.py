@@ -36,9 +36,9 @@ def session(session_id: str, user: str, *, expires: int) -> Session:
 
 
 async def test_migrate_is_idempotent(store: Store) -> None:
-    assert await store.schema_version() == 3
-    assert await store.migrate() == 3
-    assert await store.schema_version() == 3
+    assert await store.schema_version() == 4
+    assert await store.migrate() == 4
+    assert await store.schema_version() == 4
 
 
 async def test_device_round_trip_and_conflict(store: Store) -> None:
@@ -277,11 +277,11 @@ async def test_a_database_of_the_earlier_runner_migrates_forward_with_its_data(s
     await _make_legacy_database(store_url)
     async with await open_any_store(store_url) as store:
         assert await store.schema_version() == 0  # not under Alembic yet
-        assert await store.migrate() == 3
+        assert await store.migrate() == 4
         assert await store.get_device("p1") == device("p1")
         assert await store.devices_of_user("alice") == ["p1"]
         await store.add_session(session("sess.new", "alice", expires=10_000))  # the schema works
-        assert await store.migrate() == 3  # and migrating again changes nothing
+        assert await store.migrate() == 4  # and migrating again changes nothing
 
 
 async def test_an_unknown_legacy_version_is_refused_with_the_cause(store_url: str) -> None:

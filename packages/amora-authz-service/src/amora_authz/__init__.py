@@ -8,7 +8,7 @@ database, and runs the device registry (CSRs, revocation, CRL).
 from importlib.metadata import PackageNotFoundError, version
 
 from amora_authz._app import create_app, create_ops_app
-from amora_authz._config import DevIssuerSettings, Settings, load_settings
+from amora_authz._config import BrokerSettings, DevIssuerSettings, Settings, load_settings
 from amora_authz._dynsec import BrokerEndpoint
 from amora_authz._errors import (
     AuthenticationError,
@@ -38,6 +38,7 @@ __all__ = [
     "AuthzRuntime",
     "BrokerEndpoint",
     "BrokerError",
+    "BrokerSettings",
     "ChangePendingError",
     "ConfigError",
     "ConflictError",

@@ -26,6 +26,7 @@ from amora_authz._keyfiles import check_key_files
 from amora_authz._logging import configure_logging
 from amora_authz._runtime import AuthzRuntime, load_signing_keys
 from amora_authz._store import open_store
+from amora_authz._token_cli import add_token_key_parser, run_token_key
 from amora_protocol import now_ms
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ttl", type=int, default=DEFAULT_TTL_S, help=f"seconds it stays valid (default {DEFAULT_TTL_S})"
     )
     add_backend_parser(sub)
+    add_token_key_parser(sub)
     token = sub.add_parser("dev-token", help="mint a development token (dev issuer must be on)")
     token.add_argument("user")
     return parser
@@ -180,6 +182,25 @@ def _check_serve(settings: Settings) -> None:
     check_key_files(settings)
 
 
+def _dev_token(settings: Settings, user: str) -> None:
+    """Print a development token for ``user``.
+
+    Raises:
+        ConfigError: the development issuer is disabled.
+    """
+    if not settings.dev_issuer.enabled:
+        raise ConfigError("the development issuer is disabled: set [dev_issuer] enabled = true")
+    issuer = DevIssuer(
+        key=DevIssuer.load_or_create_key(Path(settings.state_dir) / "dev-issuer-key.json"),
+        issuer=settings.base_url + DEV_ISSUER_PATH,
+        audience=settings.dev_issuer.audience,
+        users=settings.dev_issuer.users,
+        admins=settings.dev_issuer.admins,
+        ttl_s=settings.dev_issuer.token_ttl_s,
+    )
+    print(issuer.issue(user))  # noqa: T201
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status.
 
@@ -191,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
+        if args.command == "broker-token-key":
+            run_token_key(args)  # needs no configuration: it makes part of one
+            return 0
         settings = load_settings(args.config)
         if args.command == "serve" and (args.host is not None or args.port is not None):
             settings = msgspec.structs.replace(
@@ -217,21 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key in load_signing_keys(settings):
                 print(key.kid)  # noqa: T201 - CLI output
         elif args.command == "dev-token":
-            if not settings.dev_issuer.enabled:
-                print(  # noqa: T201
-                    "amora-authz: the development issuer is disabled: set [dev_issuer] enabled = true",
-                    file=sys.stderr,
-                )
-                return EXIT_CONFIG
-            issuer = DevIssuer(
-                key=DevIssuer.load_or_create_key(Path(settings.state_dir) / "dev-issuer-key.json"),
-                issuer=settings.base_url + DEV_ISSUER_PATH,
-                audience=settings.dev_issuer.audience,
-                users=settings.dev_issuer.users,
-                admins=settings.dev_issuer.admins,
-                ttl_s=settings.dev_issuer.token_ttl_s,
-            )
-            print(issuer.issue(args.user))  # noqa: T201
+            _dev_token(settings, args.user)
         else:
             asyncio.run(_database(settings, args))
     except ConfigError as exc:

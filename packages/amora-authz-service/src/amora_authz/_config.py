@@ -26,7 +26,7 @@ from amora_authz._limits import RateLimitSettings
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DevIssuerSettings", "Settings", "load_settings"]
+__all__ = ["BrokerSettings", "DevIssuerSettings", "Settings", "load_settings"]
 
 ENV_PREFIX = "AMORA_AUTHZ_"
 
@@ -47,6 +47,56 @@ class DevIssuerSettings(msgspec.Struct, frozen=True, kw_only=True):
     admins: tuple[str, ...] = ("admin",)
     audience: str = "amora-dev"
     token_ttl_s: int = 3600
+
+
+class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How sessions authenticate to the brokers (the ``[broker]`` table).
+
+    Attributes:
+        credentials: ``dynsec``: each session is a dynamic-security client (a broker write
+            per login); ``token``: a session's password is a short-lived ES256 token that the
+            broker's ``amora_auth`` plugin verifies, and nothing is written at login.
+        token_key_file: the EC P-256 private key (PEM) signing broker tokens; required in
+            token mode, private like the other key files. The brokers load its public key
+            (``amora-authz broker-token-key public``).
+        token_issuer: the tokens' ``iss`` (the plugin's ``plugin_opt_issuer``).
+        token_audience: the tokens' ``aud`` (the plugin's ``plugin_opt_audience``).
+    """
+
+    credentials: str = "dynsec"
+    token_key_file: str | None = None
+    token_issuer: str = "amora-authz"  # noqa: S105 - a name, not a secret
+    token_audience: str = "amora-broker"  # noqa: S105 - a name, not a secret
+
+    @property
+    def tokens(self) -> bool:
+        """Whether sessions get broker tokens (token mode)."""
+        return self.credentials == "token"
+
+    def token_key_path(self) -> Path | None:
+        """The token key file in token mode (None in dynsec mode).
+
+        Raises:
+            ConfigError: token mode without a key file, or with an empty issuer or audience.
+        """
+        self.check()
+        return Path(self.token_key_file) if self.tokens and self.token_key_file else None
+
+    def check(self) -> None:
+        """Refuse an unknown mode, and token mode without a key.
+
+        Raises:
+            ConfigError: an unknown mode, or token mode without a key (naming how to make one).
+        """
+        if self.credentials not in {"dynsec", "token"}:
+            raise ConfigError(f'[broker] credentials must be "dynsec" or "token", not {self.credentials!r}')
+        if self.tokens and not self.token_key_file:
+            raise ConfigError(
+                '[broker] credentials = "token" needs token_key_file: make a key with '
+                "`amora-authz broker-token-key generate --out FILE` and set [broker] token_key_file = FILE"
+            )
+        if self.tokens and not (self.token_issuer and self.token_audience):
+            raise ConfigError("[broker] token_issuer and token_audience must not be empty in token mode")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +138,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             and when the counts differ.
         broker_retry_interval_s: how often changes a broker missed are retried (also
             the ``Retry-After`` of a ``change_pending`` answer).
+        broker: how sessions authenticate to the brokers (dynsec clients or broker tokens).
         rate_limits: per-user and global limits on sessions and the admin API.
         expiry_check_interval_s: period of the session expiry sweep.
         log_level: ``debug``, ``info``, ``warning``, ``error``.
@@ -120,6 +171,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reconcile_interval_s: float = 60.0
     full_reconcile_interval_s: float = 3600.0
     broker_retry_interval_s: float = 1.0
+    broker: BrokerSettings = BrokerSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     expiry_check_interval_s: float = 5.0
     log_level: str = "info"
@@ -185,6 +237,8 @@ def load_settings(path: Path | None = None, *, environ: Mapping[str, str] | None
     apply_nested_env(data, env, ENV_PREFIX)
     read_secret_files(data)
     try:
-        return msgspec.convert(data, Settings)
+        settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
+    settings.broker.check()
+    return settings

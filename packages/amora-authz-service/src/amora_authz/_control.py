@@ -79,7 +79,7 @@ def client_tls(endpoint: BrokerEndpoint) -> ssl.SSLContext | bool:
 
 
 class DynsecClient:
-    """A connection to one broker's ``$CONTROL/dynamic-security/v1`` topic.
+    """A connection to one broker's ``$CONTROL/dynamic-security/v1`` topic (or another plugin's control topic).
 
     Connects lazily and reconnects on the next call after a loss (gmqtt's own
     reconnect is disabled: a fresh client per connection keeps no stale state).
@@ -92,6 +92,7 @@ class DynsecClient:
         *,
         logger: structlog.typing.FilteringBoundLogger,
         timeout_s: float = 10.0,
+        control_topic: str = CONTROL_TOPIC,
     ) -> None:
         """Create the client (nothing is sent until the first call).
 
@@ -99,7 +100,13 @@ class DynsecClient:
             endpoint: where the broker is and the admin credentials.
             logger: structured logger.
             timeout_s: how long to wait for a response or a connection.
+            control_topic: the plugin's control topic: dynamic security's, or the
+                ``amora_auth`` plugin's (``$CONTROL/amora-auth/v1``, token mode), which
+                speaks the same request and response shape.
         """
+        self._control_topic = control_topic
+        self._response_topic = control_topic + "/response"
+        self._what = control_topic.removeprefix("$CONTROL/").split("/")[0]
         self.endpoint = endpoint
         self._log = logger.bind(broker=endpoint.name)
         self._timeout_s = timeout_s
@@ -137,7 +144,7 @@ class DynsecClient:
                         keepalive=30,
                         version=MQTTv50,
                     )
-                    client.subscribe(RESPONSE_TOPIC, qos=1)
+                    client.subscribe(self._response_topic, qos=1)
                     await self._subscribed.wait()
             except Exception as exc:  # gmqtt raises OSError, SSLError and its own errors: all mean unreachable
                 await self._close_client(client)
@@ -150,7 +157,7 @@ class DynsecClient:
             self._client = client
             self._connected.set()
             self.connections += 1
-            self._log.info("dynsec.connected")
+            self._log.info("dynsec.connected", topic=self._control_topic)
 
     @staticmethod
     async def _close_client(client: gmqtt.Client) -> None:
@@ -180,7 +187,7 @@ class DynsecClient:
                 future.set_exception(error)
 
     def _on_message(self, _client: object, topic: str, payload: bytes, _qos: int, _properties: object) -> int:
-        if topic != RESPONSE_TOPIC:
+        if topic != self._response_topic:
             return 0
         try:
             document = json.loads(payload)
@@ -236,13 +243,13 @@ class DynsecClient:
         self._pending.update(zip(ids, futures, strict=True))
         try:
             body = [{**c, "correlationData": i} for c, i in zip(commands, ids, strict=True)]
-            client.publish(CONTROL_TOPIC, json.dumps({"commands": body}).encode(), qos=1)
+            client.publish(self._control_topic, json.dumps({"commands": body}).encode(), qos=1)
             async with asyncio.timeout(self._timeout_s):
                 return list(await asyncio.gather(*futures))
         except TimeoutError as exc:
             await self._drop()
             raise BrokerError(
-                f"broker {self.endpoint.name} did not answer {len(commands)} dynsec commands "
+                f"broker {self.endpoint.name} did not answer {len(commands)} {self._what} commands "
                 f"within {self._timeout_s} s",
                 broker=self.endpoint.name,
                 code="broker_timeout",
@@ -272,9 +279,9 @@ class DynsecClient:
         if failed:
             detail = "; ".join(f"{r.get('command')}: {r.get('error')}" for r in failed[:5])
             raise BrokerError(
-                f"broker {self.endpoint.name} refused {len(failed)} dynsec commands: {detail}",
+                f"broker {self.endpoint.name} refused {len(failed)} {self._what} commands: {detail}",
                 broker=self.endpoint.name,
-                code="dynsec_command_failed",
+                code="dynsec_command_failed" if self._control_topic == CONTROL_TOPIC else "control_command_failed",
             )
         return responses
 

@@ -6,6 +6,11 @@ a role ``device:{id}`` and a role ``user-device:{id}`` per active device, a clie
 ``user-device:{id}`` for each linked device, a client per live session in its user's group,
 and the service's own session-list publisher. A *scope* names the objects one API change
 touches, so that only those are read and reconciled (`amora_authz._fleet`).
+
+In token mode (``[broker] credentials = "token"``) a session is no dynsec client: its broker
+token carries its ACL (`amora_authz._brokertoken`). There are then no session clients, no
+user groups and no ``user-device:`` roles; devices, their roles, the publisher and the
+backends are the same in both modes.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ def desired_state(
     sessions: Sequence[Session],
     *,
     password_for: Callable[[str], str],
+    session_clients: bool = True,
 ) -> DynsecState:
     """Compute what every broker must hold.
 
@@ -79,17 +85,22 @@ def desired_state(
         links: user-device links (links to devices not in ``devices`` are ignored).
         sessions: live sessions.
         password_for: the broker password of a session id.
+        session_clients: False in token mode: ``links`` and ``sessions`` are then ignored
+            (no session clients, user groups or ``user-device:`` roles).
 
     Returns:
         The desired dynsec state, default ACL included.
     """
     state = DynsecState(default_acl=dict(DEFAULT_ACL_ACCESS))
     active = {d.device_id for d in devices}
+    if not session_clients:
+        links, sessions = (), ()
     for device_id in sorted(active):
         state.roles[device_role(device_id)] = RoleSpec(name=device_role(device_id), acls=_acls(device_acls(device_id)))
-        state.roles[user_device_role(device_id)] = RoleSpec(
-            name=user_device_role(device_id), acls=_acls(user_device_acls(device_id))
-        )
+        if session_clients:
+            state.roles[user_device_role(device_id)] = RoleSpec(
+                name=user_device_role(device_id), acls=_acls(user_device_acls(device_id))
+            )
         state.clients[device_id] = ClientSpec(
             username=device_id,
             clientid=device_id,

@@ -136,11 +136,20 @@ class DynsecState(msgspec.Struct, kw_only=True):
 
 
 class Scope(msgspec.Struct, frozen=True, kw_only=True):
-    """The names one change touches (reconcile only these)."""
+    """The names one change touches (reconcile only these).
+
+    Attributes:
+        roles: dynsec role names.
+        groups: dynsec group names.
+        clients: dynsec client names.
+        revoked: token mode: session usernames whose revocation every broker must hold
+            (`amora_authz._revocations`); tracked, retried and reported like the names.
+    """
 
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     clients: frozenset[str] = frozenset()
+    revoked: frozenset[str] = frozenset()
 
     def __or__(self, other: Scope) -> Scope:
         """Union of two scopes."""
@@ -148,6 +157,7 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
             roles=self.roles | other.roles,
             groups=self.groups | other.groups,
             clients=self.clients | other.clients,
+            revoked=self.revoked | other.revoked,
         )
 
 

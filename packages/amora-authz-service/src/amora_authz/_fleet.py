@@ -11,6 +11,11 @@ A broker that missed a change is *behind*: the names it missed are kept and retr
 (:meth:`BrokerFleet.retry_pending`) until it holds them, and readiness fails meanwhile.
 Names held on a broker by objects this service does not own (see
 :func:`amora_authz._dynsec.foreign_names`) also keep it behind: they are never adopted.
+
+Token mode (``tokens=True``): sessions are no dynsec clients; a scope's ``revoked`` usernames
+are sent to each broker's ``amora_auth`` plugin (`amora_authz._revocations`) under the same
+locks, with the same fail-closed bookkeeping, and a full pass also gives a broker every
+revocation in force that it lacks.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._fleet_check import CheckReport, PeriodicCheck
+from amora_authz._revocations import AUTH_CONTROL_TOPIC, reconcile_revocations, send_revocations
 from amora_authz._store import Link
 from amora_protocol import now_ms, user_group
 
@@ -62,6 +68,8 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
         last_error: the last failure, if any.
         last_full_reconcile_ms: when the last full pass finished.
         commands_applied: dynsec commands sent since start.
+        revocations_sent: token mode: session revocations the broker acknowledged since start.
+        revocations_failed: token mode: session revocations that did not reach it (retried).
         behind: whether the broker misses changes the database holds (a failed
             pass, a full pass still owed, or names taken by foreign objects).
         pending_names: how many role, group and client names wait for a retry.
@@ -75,6 +83,8 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     last_full_reconcile_ms: int | None = None
     commands_applied: int = 0
+    revocations_sent: int = 0
+    revocations_failed: int = 0
     behind: bool = True
     pending_names: int = 0
     foreign: list[str] = msgspec.field(default_factory=list)
@@ -106,12 +116,15 @@ class ApplyOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _scope_size(scope: Scope) -> int:
-    return len(scope.roles) + len(scope.groups) + len(scope.clients)
+    return len(scope.roles) + len(scope.groups) + len(scope.clients) + len(scope.revoked)
 
 
 def _minus(scope: Scope, done: Scope) -> Scope:
     return Scope(
-        roles=scope.roles - done.roles, groups=scope.groups - done.groups, clients=scope.clients - done.clients
+        roles=scope.roles - done.roles,
+        groups=scope.groups - done.groups,
+        clients=scope.clients - done.clients,
+        revoked=scope.revoked - done.revoked,
     )
 
 
@@ -135,6 +148,7 @@ class BrokerFleet(PeriodicCheck):
         full_interval_s: float = 3600.0,
         settle_s: float = 2.0,
         extra_desired: Callable[[Scope | None], Awaitable[DynsecState]] | None = None,
+        tokens: bool = False,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
 
@@ -154,6 +168,8 @@ class BrokerFleet(PeriodicCheck):
             extra_desired: more objects every broker must hold, for a scope (all when None):
                 the backend identities (`amora_authz._backends`), whose names never overlap
                 the ones computed here.
+            tokens: token mode: no session clients, user groups or ``user-device:`` roles;
+                revocations go to each broker's ``amora_auth`` plugin.
         """
         self._store = store
         self._extra_desired = extra_desired
@@ -162,6 +178,13 @@ class BrokerFleet(PeriodicCheck):
         self._clock_ms = clock_ms
         self._on_pass = on_pass
         self.clients = [DynsecClient(e, logger=logger, timeout_s=timeout_s) for e in endpoints]
+        self._tokens = tokens
+        # Token mode: a second admin connection per broker, to the amora_auth plugin.
+        self.auth_clients = {
+            e.name: DynsecClient(e, logger=logger, timeout_s=timeout_s, control_topic=AUTH_CONTROL_TOPIC)
+            for e in endpoints
+            if tokens
+        }
         self.status = {e.name: BrokerStatus(name=e.name) for e in endpoints}
         # Reconcile passes on one broker must not interleave: a scoped pass racing a
         # full pass could re-create what the other just deleted.
@@ -196,7 +219,11 @@ class BrokerFleet(PeriodicCheck):
                 complete for the names in ``scope`` only.
         """
         now = self._clock_ms()
-        if scope is None:
+        if scope is None and self._tokens:
+            state = desired_state(
+                await self._store.list_devices(), (), (), password_for=self._password_for, session_clients=False
+            )
+        elif scope is None:
             state = desired_state(
                 await self._store.list_devices(),
                 await self._store.list_links(),
@@ -213,6 +240,10 @@ class BrokerFleet(PeriodicCheck):
 
     async def _desired_scoped(self, scope: Scope, now: int) -> DynsecState:
         """The desired state of the names in ``scope``, in four statements whatever its size."""
+        if self._tokens:
+            wanted_devices = {role.partition(":")[2] for role in scope.roles} | scope.clients
+            active = await self._store.active_devices(wanted_devices)
+            return desired_state(list(active.values()), (), (), password_for=self._password_for, session_clients=False)
         users = {group.removeprefix("user:") for group in scope.groups}
         sessions = await self._store.live_sessions(scope.clients, now_ms=now)
         linked = await self._store.active_devices_of_users(users)
@@ -273,7 +304,12 @@ class BrokerFleet(PeriodicCheck):
         for client in self.clients:
             name = client.endpoint.name
             owed = self._pending[name] | self._foreign[name]
-            overlap = scope.roles & owed.roles or scope.groups & owed.groups or scope.clients & owed.clients
+            overlap = (
+                scope.roles & owed.roles
+                or scope.groups & owed.groups
+                or scope.clients & owed.clients
+                or scope.revoked & owed.revoked
+            )
             applied[name] = not self._full_owed[name] and not overlap
         return self._outcome(applied)
 
@@ -456,7 +492,30 @@ class BrokerFleet(PeriodicCheck):
                 self._check_persisted(client.endpoint, desired)
             elif commands:
                 self._check_modified(client.endpoint, before)
+            if self._tokens and (scope is None or scope.revoked):
+                await self._revocations(name, None if scope is None else scope.revoked)
             return len(commands), foreign
+
+    async def _revocations(self, name: str, usernames: frozenset[str] | None) -> None:
+        """Token mode: give the broker the revocations of ``usernames`` (None: all it lacks).
+
+        Raises:
+            BrokerError: the broker's plugin is unreachable, did not answer, or refused.
+        """
+        client = self.auth_clients[name]
+        status = self.status[name]
+        wanted = await self._store.live_revocations(usernames, now_s=self._clock_ms() // 1000)
+        try:
+            if usernames is None:
+                sent = await reconcile_revocations(client, wanted)
+            else:
+                sent = await send_revocations(client, wanted)
+        except AuthzError:
+            status.revocations_failed += len(wanted) if usernames is not None else 0
+            raise
+        status.revocations_sent += sent
+        if sent:
+            self._log.info("broker.revoked", broker=name, sessions=sent, full=usernames is None)
 
     @staticmethod
     def _mtime(endpoint: BrokerEndpoint) -> int | None:
@@ -517,7 +576,7 @@ class BrokerFleet(PeriodicCheck):
 
     async def close(self) -> None:
         """Disconnect from every broker."""
-        for client in self.clients:
+        for client in [*self.clients, *self.auth_clients.values()]:
             await client.close()
 
     def raise_if_unreachable(self) -> None:

@@ -64,6 +64,7 @@ class PeriodicCheck:
     _next_full_at: dict[str, float]
     _rng: random.Random
     _extra_desired: Callable[[Scope | None], Awaitable[DynsecState]] | None
+    _tokens: bool
 
     async def _guarded(self, client: DynsecClient, scope: Scope | None) -> int | None:
         raise NotImplementedError  # `BrokerFleet` runs the pass
@@ -136,7 +137,7 @@ class PeriodicCheck:
         name = client.endpoint.name
         unmanaged = self._unmanaged[name]
         async with self._locks[name], self._store.exclusive(f"reconcile:{name}"):
-            wanted = await self._store.managed_counts()
+            wanted = await self._store.managed_counts(session_clients=not self._tokens)
             if self._extra_desired is not None:  # the backends' accounts and roles (a handful)
                 extra = await self._extra_desired(None)
                 wanted = (wanted[0] + len(extra.clients), wanted[1], wanted[2] + len(extra.roles))

@@ -1,8 +1,8 @@
 """Private key files: refused when others may read them, created 0600 from the first byte.
 
-The grant-signing key, the session secret, the device CA key and the development issuer's
-key each give whoever reads them the power to mint grants, broker passwords, device
-certificates or user tokens. Like ssh, the service refuses to start when such a file is
+The grant-signing key, the session secret, the device CA key, the development issuer's
+key and the broker token key each give whoever reads them the power to mint grants, broker
+passwords, device certificates, user tokens or broker tokens. Like ssh, the service refuses to start when such a file is
 readable by group or others, and it writes the ones it generates with mode 0600 from the
 first byte (never written and then chmod-ed) inside a 0700 folder.
 """
@@ -83,5 +83,7 @@ def check_key_files(settings: Settings) -> None:
         files.append((Path(settings.device_ca_key), "device CA key"))
     if settings.dev_issuer.enabled:
         files.append((state / "dev-issuer-key.json", "development issuer key"))
+    if settings.broker.tokens and settings.broker.token_key_file:
+        files.append((Path(settings.broker.token_key_file), "broker token key"))
     for path, what in files:
         check_private_file(path, what)

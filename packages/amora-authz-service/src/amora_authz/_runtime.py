@@ -21,6 +21,7 @@ import structlog
 
 from amora_authz._backends import BackendRegistry
 from amora_authz._brokerstats import BrokerStats
+from amora_authz._brokertoken import BrokerTokenKey
 from amora_authz._ca import DeviceCA
 from amora_authz._devissuer import PATH as DEV_ISSUER_PATH
 from amora_authz._devissuer import DevIssuer
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from amora_authz._config import Settings
     from amora_authz._store import Certificate
 
-__all__ = ["AuthzRuntime", "TokenValidators", "load_signing_keys"]
+__all__ = ["AuthzRuntime", "TokenValidators", "load_signing_keys", "load_token_key"]
 
 
 class TokenValidators:
@@ -104,6 +105,20 @@ def load_signing_keys(settings: Settings) -> list[SigningKey]:
         except ProtocolError as exc:
             raise ConfigError(f"cannot load signing key {path}: {exc}") from exc
     return keys
+
+
+def load_token_key(settings: Settings) -> BrokerTokenKey | None:
+    """The broker token key in token mode (None in dynsec mode).
+
+    Raises:
+        ConfigError: no key file configured, or it is accessible by others, unreadable, or
+            not an EC P-256 private key PEM.
+    """
+    broker = settings.broker
+    path = broker.token_key_path()
+    if path is None:
+        return None
+    return BrokerTokenKey.load(path, issuer=broker.token_issuer, audience=broker.token_audience)
 
 
 def _session_secret(settings: Settings) -> bytes:
@@ -168,7 +183,9 @@ class AuthzRuntime:
 
     async def _open(self) -> None:
         settings = self.settings
+        settings.broker.check()
         signing_keys = load_signing_keys(settings)
+        tokens = load_token_key(settings)
         secret = _session_secret(settings)
         self.store = await open_store(settings.database_url)
         self._stack.push_async_callback(self.store.close)
@@ -231,6 +248,7 @@ class AuthzRuntime:
             on_pass=self._count_pass,
             full_interval_s=settings.full_reconcile_interval_s,
             extra_desired=self.backends.desired,
+            tokens=tokens is not None,
         )
         self._stack.push_async_callback(fleet.close)
         self.telemetry.watch_fleet(fleet.status.values)
@@ -262,6 +280,7 @@ class AuthzRuntime:
             retry_after_s=max(1, round(settings.broker_retry_interval_s)),
             session_lists=session_lists,
             on_sessions_expired=lambda count: self.metrics.inc("amora_authz_sessions_expired_total", count),
+            tokens=tokens,
         )
         await self.service.write_crl()
         await self.service.reconcile()
@@ -278,6 +297,8 @@ class AuthzRuntime:
             "authz.started",
             database=settings.database_url.split(":", 1)[0],
             brokers=[b.name for b in settings.brokers],
+            credentials=settings.broker.credentials,
+            token_kid=None if tokens is None else tokens.kid,
             issuers=list(self.validators._by_issuer),  # noqa: SLF001 - own class
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, MetaData, Table, Text
 
-__all__ = ["certificates", "devices", "links", "metadata", "sessions"]
+__all__ = ["certificates", "devices", "links", "metadata", "revocations", "sessions"]
 
 metadata = MetaData()
 
@@ -53,4 +53,17 @@ sessions = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("expires_at_ms", BigInteger, nullable=False),
     Index("sessions_by_user", "user_sub"),
+)
+
+# Token mode: ended sessions whose broker tokens every broker must refuse until ``until_s``
+# (unix seconds: the session's last token expiry plus a margin for clock skew). Kept so that a
+# broker that missed a revocation, or restarted from an older file, gets it again.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("username", Text, primary_key=True),
+    Column("user_sub", Text, nullable=False),
+    Column("until_s", BigInteger, nullable=False),
+    Column("revoked_at_ms", BigInteger, nullable=False),
+    Index("revocations_by_until", "until_s"),
 )

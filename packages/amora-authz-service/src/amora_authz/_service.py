@@ -9,6 +9,13 @@ done only once every configured broker holds it; until then the call raises
 :class:`ChangePendingError` (the fleet keeps retrying), and repeating it answers the
 same until the brokers caught up. A session is handed out only once its broker
 credential exists on the primary broker.
+
+Token mode (``tokens`` given): a session's broker password is a signed token carrying its
+ACL (`amora_authz._brokertoken`), so creating one writes nothing to the brokers. Ending
+sessions early (logout, eviction, link, unlink, device revocation) or by expiry deletes them
+with a revocation each (`Store.end_sessions`) that every broker must hold, fail closed as a
+deletion is in dynsec mode. Link and unlink end the user's sessions because their tokens
+carry the old device list; apps log in again when the broker refuses the old token.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from amora_authz._errors import (
 )
 from amora_authz._inputs import device_id_of, session_keys, user_id_of
 from amora_authz._pending import PendingChanges
+from amora_authz._revocations import REVOCATION_MARGIN_S
 from amora_authz._store import Certificate, Device, Session
 from amora_protocol import (
     SERVICE_ACCOUNT_PREFIX,
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
 
     import structlog
 
+    from amora_authz._brokertoken import BrokerTokenKey
     from amora_authz._ca import DeviceCA
     from amora_authz._fleet import BrokerFleet, CheckReport
     from amora_authz._jwt import Claims
@@ -122,6 +131,7 @@ class AuthzService:
         retry_after_s: int = 1,
         session_lists: SessionListPublisher | None = None,
         on_sessions_expired: Callable[[int], None] | None = None,
+        tokens: BrokerTokenKey | None = None,
     ) -> None:
         """Wire the service.
 
@@ -148,6 +158,8 @@ class AuthzService:
                 (revocation that reaches the device); None publishes nothing.
             on_sessions_expired: called with the number of sessions each expiry sweep
                 removed (metrics).
+            tokens: token mode: the key signing broker tokens (sessions are then no
+                dynsec clients; the fleet must be in token mode too). None: dynsec mode.
 
         Raises:
             ConfigError: no signing key, or a short session secret.
@@ -172,6 +184,7 @@ class AuthzService:
         self._pending = PendingChanges(fleet, retry_after_s=retry_after_s)
         self.session_lists = session_lists
         self._on_sessions_expired = on_sessions_expired
+        self.tokens = tokens
 
     # -- helpers -------------------------------------------------------------------
 
@@ -181,8 +194,36 @@ class AuthzService:
             await self.session_lists.publish(users=users, devices=devices)
 
     def password_for(self, session_id: str) -> str:
-        """The broker password of a session."""
+        """The broker password of a session (dynsec mode)."""
         return session_password(self._secret, session_id)
+
+    def _credential(self, session: Session, devices: Sequence[Device], now_ms: int) -> str:
+        """The session's broker password: derived (dynsec mode) or a fresh token (token mode)."""
+        if self.tokens is None:
+            return self.password_for(session.session_id)
+        return self.tokens.issue(
+            subject=session.user_sub,
+            username=session.session_id,
+            client_id=session.session_id,
+            devices=[d.device_id for d in devices],
+            issued_at_s=now_ms // 1000,
+            expires_at_s=session.expires_at_ms // 1000,
+        )
+
+    async def _end_sessions(
+        self, *, session_ids: Sequence[str] = (), users: Sequence[str] = (), expired_at_ms: int | None = None
+    ) -> Scope:
+        """Token mode: end sessions with a revocation each; return the scope every broker must hold."""
+        ended = await self.store.end_sessions(
+            session_ids=session_ids,
+            users=users,
+            expired_at_ms=expired_at_ms,
+            margin_s=REVOCATION_MARGIN_S,
+            at_ms=self._clock_ms(),
+        )
+        if ended:
+            self._log.info("session.revoked", count=len(ended), sessions=sorted(ended)[:20])
+        return Scope(revoked=frozenset(ended))
 
     def authz_keys(self) -> tuple[AuthzPublicKey, ...]:
         """The grant-signing public keys (all of them, during a rotation)."""
@@ -257,9 +298,19 @@ class AuthzService:
         # One transaction: the row, the eviction of the oldest beyond the cap, the devices.
         ended, found = await self.store.open_session(session, max_per_user=self.max_sessions_per_user)
         devices = tuple(found)
-        scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
-        outcome = await self.fleet.apply(scope | Scope(clients=frozenset(ended)))
-        if not outcome.on_primary:
+        outcome = None
+        if self.tokens is not None:
+            # Nothing to create on the brokers: only the evicted sessions are revoked, until the
+            # new session's expiry (no token of an older session outlasts it).
+            scope = Scope(revoked=frozenset(ended))
+            if ended:
+                until = -(-session.expires_at_ms // 1000) + REVOCATION_MARGIN_S
+                await self.store.record_revocations(dict.fromkeys(ended, (claims.subject, until)), at_ms=now)
+                outcome = await self.fleet.apply(scope)
+        else:
+            scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
+            outcome = await self.fleet.apply(scope | Scope(clients=frozenset(ended)))
+        if outcome is not None and not outcome.on_primary:
             # A credential that does not exist on the primary is useless to the app and
             # would appear later behind its back: drop it (the other brokers follow).
             await self.store.delete_session(session.session_id)
@@ -270,6 +321,11 @@ class AuthzService:
                 broker=outcome.primary or "*",
                 code="broker_unavailable",
             )
+        try:
+            password = self._credential(session, devices, now)
+        except InvalidInputError:
+            await self.store.delete_session(session.session_id)  # a token mode session without a token
+            raise
         # The devices are known: their lists need no second read of the user's links.
         await self._sessions_changed(devices=[d.device_id for d in devices])
         if ended:
@@ -282,13 +338,16 @@ class AuthzService:
         )
         return SessionIssued(
             session=session,
-            password=self.password_for(session.session_id),
+            password=password,
             grant=self._grant(session, devices, now),
             devices=devices,
         )
 
     async def refresh_session(self, claims: Claims, session_id: str) -> SessionIssued:
-        """Extend a live session and issue a fresh grant (the broker credential stays).
+        """Extend a live session and issue a fresh grant (and in token mode a fresh broker token).
+
+        In dynsec mode the broker credential stays; in token mode the new token carries the
+        new expiry and the current devices (same username and client id).
 
         Raises:
             NotFoundError: no such live session for this user.
@@ -304,7 +363,7 @@ class AuthzService:
         self._log.info("session.refreshed", session_id=session_id, user=claims.subject)
         return SessionIssued(
             session=session,
-            password=self.password_for(session_id),
+            password=self._credential(session, devices, now),
             grant=self._grant(session, devices, now),
             devices=devices,
         )
@@ -321,18 +380,33 @@ class AuthzService:
         if session is None and self._pending.repeat(key) is not None:
             return
         session = await self._own_session(claims, session_id)
-        await self.store.delete_session(session_id)
-        scope = scope_for_session(session_id, session.user_sub)
+        if self.tokens is not None:
+            scope = await self._end_sessions(session_ids=[session_id])
+        else:
+            await self.store.delete_session(session_id)
+            scope = scope_for_session(session_id, session.user_sub)
         outcome = await self.fleet.apply(scope)
         await self._sessions_changed(users=[session.user_sub])
         self._log.info("session.deleted", session_id=session_id, user=claims.subject, behind=outcome.behind)
         self._pending.settle(key, scope, outcome)
 
     async def expire_sessions(self) -> list[str]:
-        """Delete expired sessions and their broker clients; return their ids."""
-        expired = await self.store.delete_expired_sessions(now_ms=self._clock_ms())
+        """Delete expired sessions and their broker clients (token mode: revoke them); return their ids.
+
+        Token mode: the plugin does not re-check ``exp`` on a live connection, so an expired
+        session's connection is kicked by its revocation; revocations past their ``until``
+        are dropped from the database here too.
+        """
+        now = self._clock_ms()
+        if self.tokens is not None:
+            await self.store.purge_revocations(now_s=now // 1000)
+            users = await self.store.end_sessions(expired_at_ms=now, margin_s=REVOCATION_MARGIN_S, at_ms=now)
+            expired, scope = users, Scope(revoked=frozenset(users))
+        else:
+            expired = await self.store.delete_expired_sessions(now_ms=now)
+            scope = Scope(clients=frozenset(expired))
         if expired:
-            await self.fleet.apply(Scope(clients=frozenset(expired)))
+            await self.fleet.apply(scope)
             # The devices of those users drop the sessions from their lists now, not at the
             # next full pass (which no longer runs every interval: docs/decisions/0013).
             await self._sessions_changed(users=sorted(set(expired.values())))
@@ -438,6 +512,10 @@ class AuthzService:
         # new handshake must already meet the CRL.
         await self.write_crl()
         scope = scope_for_device(device_id, users)
+        if self.tokens is not None:
+            # Their tokens name the device's topics until they expire.
+            scope |= await self._end_sessions(users=users)
+            await self._sessions_changed(users=users)
         outcome = await self.fleet.apply(scope)
         self._log.warning(
             "device.revoked", device_id=device_id, by=claims.subject, serials=len(serials), behind=outcome.behind
@@ -493,8 +571,12 @@ class AuthzService:
         user_sub = user_id_of(user_sub)
         device_id = device_id_of(device_id)
         created = await self.store.link(user_sub, device_id, at_ms=self._clock_ms())
-        await self.fleet.apply(scope_for_link(user_sub, device_id))
-        await self._sessions_changed(devices=[device_id])
+        scope = scope_for_link(user_sub, device_id)
+        if self.tokens is not None and created:
+            # The user's tokens lack the new device: their apps log in again to get it.
+            scope |= await self._end_sessions(users=[user_sub])
+        await self.fleet.apply(scope)
+        await self._sessions_changed(users=[user_sub] if scope.revoked else [], devices=[device_id])
         self._log.info("link.created", user=user_sub, device_id=device_id, new=created)
         return created
 
@@ -520,8 +602,11 @@ class AuthzService:
                 key=f"{user_sub}/{device_id}",
             )
         scope = scope_for_link(user_sub, device_id)
+        if self.tokens is not None:
+            # Their tokens name the device's topics until they expire.
+            scope |= await self._end_sessions(users=[user_sub])
         outcome = await self.fleet.apply(scope)
-        await self._sessions_changed(devices=[device_id])
+        await self._sessions_changed(users=[user_sub] if scope.revoked else [], devices=[device_id])
         self._log.info("link.removed", user=user_sub, device_id=device_id, behind=outcome.behind)
         self._pending.settle(key, scope, outcome)
 

@@ -28,11 +28,11 @@ from amora_authz._queries import (
     session_lists_statement,
 )
 from amora_authz._records import Certificate, Device, Link, Session, b64_text, device_of_row, session_of_row
-from amora_authz._schema import certificates, devices, links, sessions
+from amora_authz._schema import certificates, devices, links, revocations, sessions
 from amora_authz._statements import StatementRunner
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Mapping
 
 __all__ = [
     "Certificate",
@@ -296,6 +296,86 @@ class Store(StatementRunner):
         statement = sa.delete(sessions).where(expired).returning(sessions.c.session_id, sessions.c.user_sub)
         return {r.session_id: r.user_sub for r in await self._rows(statement)}
 
+    # -- token mode: ended sessions and their revocations ---------------------------------
+
+    async def end_sessions(
+        self,
+        *,
+        session_ids: Collection[str] = (),
+        users: Collection[str] = (),
+        expired_at_ms: int | None = None,
+        margin_s: int,
+        at_ms: int,
+    ) -> dict[str, str]:
+        """Delete sessions and record each as revoked until its expiry plus ``margin_s``, atomically.
+
+        Token mode: a session's broker token stays valid until it expires, so ending the
+        session must leave a revocation the brokers are told about (and told again after a
+        miss); both happen in one transaction, so no session ends without one.
+
+        Args:
+            session_ids: these sessions.
+            users: every session of these users.
+            expired_at_ms: every session expired at this time.
+            margin_s: added to each expiry (the brokers' clocks may run behind ours).
+            at_ms: when they were revoked.
+
+        Returns:
+            The ended sessions' ids and users (id -> user).
+        """
+        conditions: list[sa.ColumnElement[bool]] = []
+        if session_ids:
+            conditions.append(sessions.c.session_id.in_(sorted(session_ids)))
+        if users:
+            conditions.append(sessions.c.user_sub.in_(sorted(users)))
+        if expired_at_ms is not None:
+            conditions.append(sessions.c.expires_at_ms <= expired_at_ms)
+        if not conditions:
+            return {}
+        statement = (
+            sa.delete(sessions)
+            .where(sa.or_(*conditions))
+            .returning(sessions.c.session_id, sessions.c.user_sub, sessions.c.expires_at_ms)
+        )
+        async with self.transaction():
+            rows = await self._rows(statement)
+            await self.record_revocations(
+                {r.session_id: (r.user_sub, -(-int(r.expires_at_ms) // 1000) + margin_s) for r in rows}, at_ms=at_ms
+            )
+        return {r.session_id: r.user_sub for r in rows}
+
+    async def record_revocations(self, revoked: Mapping[str, tuple[str, int]], *, at_ms: int) -> None:
+        """Record revocations (username -> (user, until_s)); an existing one keeps the later ``until_s``."""
+        if not revoked:
+            return
+        insert = self._insert(revocations).values(
+            [
+                {"username": name, "user_sub": user, "until_s": until, "revoked_at_ms": at_ms}
+                for name, (user, until) in sorted(revoked.items())
+            ]
+        )
+        # The later of the two: SQLite's two-argument max(), PostgreSQL's greatest().
+        later = sa.func.greatest if self._engine.dialect.name == "postgresql" else sa.func.max
+        statement = insert.on_conflict_do_update(
+            index_elements=["username"],
+            set_={"until_s": later(revocations.c.until_s, insert.excluded.until_s)},
+        )
+        await self._execute(statement)
+
+    async def live_revocations(self, usernames: Collection[str] | None = None, *, now_s: int) -> dict[str, int]:
+        """The revocations in force at ``now_s`` (username -> until_s), of ``usernames`` or all."""
+        statement = sa.select(revocations.c.username, revocations.c.until_s).where(revocations.c.until_s > now_s)
+        if usernames is not None:
+            if not usernames:
+                return {}
+            statement = statement.where(revocations.c.username.in_(sorted(usernames)))
+        return {r.username: int(r.until_s) for r in await self._rows(statement)}
+
+    async def purge_revocations(self, *, now_s: int) -> int:
+        """Delete the revocations past their ``until_s`` (their tokens expired); return how many."""
+        statement = sa.delete(revocations).where(revocations.c.until_s <= now_s).returning(revocations.c.username)
+        return await self._execute(statement)
+
     # -- several rows per statement (the login path and reconciliation) ------------------
 
     async def open_session(self, session: Session, *, max_per_user: int) -> tuple[list[str], list[Device]]:
@@ -381,17 +461,23 @@ class Store(StatementRunner):
         )
         return {r.user_sub for r in await self._rows(statement)}
 
-    async def managed_counts(self) -> tuple[int, int, int]:
+    async def managed_counts(self, *, session_clients: bool = True) -> tuple[int, int, int]:
         """How many clients, groups and roles the brokers should hold for this database.
 
         Sessions are counted whether expired or not (the expiry sweep deletes the row and its
         client together), as are the users who hold them; plus the session-list publisher's
         client and role. One statement: aggregates the database computes, for the periodic
         cheap comparison with a broker's counts (`amora_authz._fleet`).
+
+        Args:
+            session_clients: False in token mode: sessions are no dynsec clients, and there
+                are no user groups and no ``user-device:`` roles.
         """
         statement = managed_counts_statement()
         row: tuple[Any, ...] = tuple((await self._rows(statement))[0])
         device_count, session_count, user_count = (int(value) for value in row)
+        if not session_clients:
+            return device_count + 1, 0, device_count + 1
         return device_count + session_count + 1, user_count, 2 * device_count + 1
 
     async def sessions_of_devices(

@@ -217,6 +217,19 @@ class Telemetry:
             unit="{command}",
             description="Dynamic-security commands the broker applied since the service started.",
         )
+        # Token mode: session revocations sent to each broker's amora_auth plugin.
+        self.meter.create_observable_counter(
+            "amora_authz_broker_revocations_sent",
+            [gauge("revocations_sent")],
+            unit="{session}",
+            description="Session revocations the broker acknowledged since the service started (token mode).",
+        )
+        self.meter.create_observable_counter(
+            "amora_authz_broker_revocations_failed",
+            [gauge("revocations_failed")],
+            unit="{session}",
+            description="Session revocations that did not reach the broker (retried until it holds them; token mode).",
+        )
 
     def shutdown(self) -> None:
         """Flush and stop what this object owns (the Azure distro's providers are global)."""

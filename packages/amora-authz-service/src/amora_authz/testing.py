@@ -3,6 +3,10 @@
 Everything here is the real service (HTTP over loopback, the store, the brokers it is
 given); only the choice of settings is for development: SQLite in a temporary
 folder and the development issuer on.
+
+Token mode: ``dev_settings(folder, broker=token_mode(folder))`` signs broker tokens with a key
+made in ``folder``; `broker_token_key` returns its files, the public one for the brokers'
+``amora_auth`` plugin (make the key before starting the brokers, which load it).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import msgspec
 import uvicorn
 
 from amora_authz._app import create_app, create_ops_app
-from amora_authz._config import DevIssuerSettings, Settings
+from amora_authz._brokertoken import generate_private_pem, load_private_key, public_pem
+from amora_authz._config import BrokerSettings, DevIssuerSettings, Settings
 from amora_authz._dynsec import BrokerEndpoint
+from amora_authz._keyfiles import write_private
 from amora_authz._runtime import AuthzRuntime
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -30,7 +36,15 @@ if TYPE_CHECKING:
 
     from amora_devtools import BrokerProcess
 
-__all__ = ["RunningService", "broker_endpoint", "dev_settings", "serve", "session_body"]
+__all__ = [
+    "RunningService",
+    "broker_endpoint",
+    "broker_token_key",
+    "dev_settings",
+    "serve",
+    "session_body",
+    "token_mode",
+]
 
 
 def broker_endpoint(broker: BrokerProcess) -> BrokerEndpoint:
@@ -48,6 +62,27 @@ def broker_endpoint(broker: BrokerProcess) -> BrokerEndpoint:
             f"wss://{broker.host}:{broker.ws_port}/mqtt",
         ),
     )
+
+
+def broker_token_key(folder: Path) -> tuple[Path, Path]:
+    """The broker token key of ``folder``, made on first use: (private key 0600, public key PEM).
+
+    The public file is what the brokers' ``amora_auth`` plugin loads
+    (``amora_devtools.broker.TokenPlugin(public_keys=...)``).
+    """
+    private = folder / "broker-token-key.pem"
+    public = folder / "broker-token-keys.pem"
+    if not private.exists():
+        write_private(private, generate_private_pem())
+    if not public.exists():
+        public.write_bytes(public_pem(load_private_key(private.read_bytes(), private)))
+    return private, public
+
+
+def token_mode(folder: Path, **overrides: Any) -> BrokerSettings:  # noqa: ANN401 - BrokerSettings fields
+    """``[broker]`` settings for token mode with the key of `broker_token_key` (``folder``)."""
+    private, _ = broker_token_key(folder)
+    return BrokerSettings(credentials="token", token_key_file=str(private), **overrides)
 
 
 def dev_settings(folder: Path, **overrides: Any) -> Settings:  # noqa: ANN401 - Settings fields
