@@ -127,6 +127,7 @@ class _Events:
     connack: tuple[int, bool] | None = None
     closed: int | None = None
     subacks: dict[int, int] = field(default_factory=dict)
+    unsubacks: dict[int, int] = field(default_factory=dict)
     published: set[int] = field(default_factory=set)
     messages: collections.deque[Message] = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING))
 
@@ -237,6 +238,18 @@ class MqttClient(ClosedOnExit):
         self._drive(lambda: mid in self._events.subacks, self._deadline(timeout), waiting_for="SUBACK")
         return self._events.subacks.pop(mid)
 
+    def unsubscribe(self, topic_filter: str, *, timeout: float | None = None) -> int:
+        """Unsubscribe and return the UNSUBACK reason code (0 done, 0x11 no such subscription, >= 0x80 refused).
+
+        Raises:
+            MqttError: No UNSUBACK in time, or the connection failed.
+        """
+        rc, mid = self._client.unsubscribe(topic_filter)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise MqttError(f"cannot unsubscribe: {paho.error_string(rc)}")
+        self._drive(lambda: mid in self._events.unsubacks, self._deadline(timeout), waiting_for="UNSUBACK")
+        return self._events.unsubacks.pop(mid)
+
     def publish(  # noqa: PLR0913 - mirrors the PUBLISH packet's fields
         self,
         topic: str,
@@ -338,6 +351,10 @@ def _bind(client: paho.Client, events: _Events) -> None:
     def on_subscribe(_c: object, _u: object, mid: int, codes: list[object], _props: object = None) -> None:
         events.subacks[mid] = _code(codes[0])
 
+    def on_unsubscribe(_c: object, _u: object, mid: int, _props: object = None, codes: object = None) -> None:
+        first = codes[0] if isinstance(codes, list) and codes else (codes if codes is not None else 0)
+        events.unsubacks[mid] = _code(first)
+
     def on_publish(_c: object, _u: object, mid: int) -> None:
         events.published.add(mid)
 
@@ -347,5 +364,6 @@ def _bind(client: paho.Client, events: _Events) -> None:
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     client.on_subscribe = on_subscribe
+    client.on_unsubscribe = on_unsubscribe
     client.on_publish = on_publish
     client.on_message = on_message

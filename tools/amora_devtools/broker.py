@@ -6,6 +6,11 @@ once a TLS connection with that admin account gets a CONNACK and a dynsec comman
 demonstrably been saved to disk by the broker's user. `BrokerProcess.close` (or leaving
 its ``with`` block) stops it and removes its state.
 
+``start_broker(token_plugin=TokenPlugin(public_keys=PEM))`` also loads the broker-token
+plugin ``amora_auth.so`` (infra/broker-plugin, built with ``make`` when needed) before
+dynamic security: ``sess.*`` usernames then log in with a token signed by the key whose
+public half is in ``PEM``, and `amora_auth` sends it revocations as the admin.
+
 Run as root, mosquitto drops to the user ``mosquitto``; its state directory (which also
 holds copies of the TLS files, since the CRL is re-read after the privilege drop) is
 then made under the system temporary directory, owned by that user, because pytest's
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from amora_devtools._broker_config import dynsec_plugin, render_template, template_dir
+from amora_devtools._broker_config import amora_auth_plugin, dynsec_plugin, render_template, template_dir
 from amora_devtools._errors import DevtoolsError, MqttError, ServiceStartError
 from amora_devtools._files import private_dir, write_private
 from amora_devtools._mqtt import MqttClient, client_ssl_context
@@ -43,9 +48,11 @@ from amora_devtools._proc import (
 )
 from amora_devtools.dynsec import (
     ADMIN_USERNAME,
+    AMORA_AUTH_TOPIC,
     DYNSEC_TOPIC,
     PROBE_TOPIC_PREFIX,
     acl,
+    amora_auth,
     create_device_client,
     create_session_client,
     delete_device_client,
@@ -62,8 +69,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_USERNAME",
+    "AMORA_AUTH_TOPIC",
     "DYNSEC_TOPIC",
     "BrokerProcess",
+    "TokenPlugin",
+    "amora_auth",
     "create_device_client",
     "create_session_client",
     "delete_device_client",
@@ -96,6 +106,24 @@ def _broker_user() -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPlugin:
+    """Load the broker-token plugin (``amora_auth.so``) before dynamic security.
+
+    Attributes:
+        public_keys: PEM file with the broker-token public key(s) (``amora-authz
+            broker-token-key public``); copied into the broker's state directory.
+        issuer: The ``iss`` every token must carry (authz ``token_issuer``).
+        audience: The ``aud`` every token must carry (authz ``token_audience``).
+        username_prefix: Usernames the plugin decides (and never lets dynsec decide).
+    """
+
+    public_keys: Path
+    issuer: str = "amora-authz"
+    audience: str = "amora-broker"
+    username_prefix: str = "sess."
+
+
+@dataclass(frozen=True, slots=True)
 class _Bridge:
     name: str
     address: str
@@ -121,6 +149,7 @@ class BrokerProcess(ServiceHandle):
         pki: The development PKI whose CRL `reload` installs.
         bridge_name: Bridge connection name when this broker is a standby, else None.
         bridge_peer: The primary this standby bridges to, else None.
+        token_plugin: The broker-token plugin's settings when it is loaded, else None.
     """
 
     name: str
@@ -136,6 +165,7 @@ class BrokerProcess(ServiceHandle):
     pki: DevPKI
     bridge_name: str | None = None
     bridge_peer: BrokerProcess | None = field(default=None, repr=False)
+    token_plugin: TokenPlugin | None = None
     _argv: list[str] = field(default_factory=list, repr=False)
     _proc: ManagedProcess | None = field(default=None, repr=False)
     _owns_state_dir: bool = field(default=False, repr=False)
@@ -156,6 +186,16 @@ class BrokerProcess(ServiceHandle):
     def dynsec_file(self) -> Path:
         """The dynamic-security state file the broker rewrites on every change."""
         return self.state_dir / "dynamic-security.json"
+
+    @property
+    def revocations_file(self) -> Path:
+        """The broker-token plugin's persisted deny list (written by the broker's user)."""
+        return self.state_dir / "amora-revocations.json"
+
+    @property
+    def token_public_keys_file(self) -> Path:
+        """The broker-token public keys the plugin loaded (its copy in `state_dir`)."""
+        return self.state_dir / "tls" / "broker-token-keys.pem"
 
     @property
     def label(self) -> str:
@@ -374,6 +414,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
     host: str = "127.0.0.1",
     timeout: float = _START_TIMEOUT,
     ports: tuple[int, int, int] | None = None,
+    token_plugin: TokenPlugin | None = None,
 ) -> BrokerProcess:
     """Start mosquitto with the Amora configuration and wait until it is usable.
 
@@ -388,13 +429,17 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
         timeout: Bound for each readiness wait, in seconds.
         ports: Fixed (device, app, websocket) ports instead of free ones (``stack:up``'s
             documented defaults); a port in use then fails the start instead of a retry.
+        token_plugin: Also load the broker-token plugin (built from infra/broker-plugin
+            with ``make`` when needed, or ``AMORA_AUTH_PLUGIN``) with these settings,
+            before dynamic security; its deny list is `BrokerProcess.revocations_file`.
 
     Returns:
         The running broker; `BrokerProcess.close` it (or use it as a context manager).
 
     Raises:
         ServiceStartError: mosquitto is missing, did not start, did not accept TLS
-            connections in time, cannot save its dynsec state, or its bridge did not connect.
+            connections in time, cannot save its dynsec state, or its bridge did not connect;
+            or the token plugin could not be built or refused its settings.
     """
     if not _NAME.fullmatch(name):
         raise DevtoolsError(f"bad broker name {name!r}")
@@ -404,10 +449,12 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
     try:
         main_template = (templates / "mosquitto.conf.template").read_text()
         bridge_template = (templates / "bridge.conf.template").read_text()
+        auth_template = (templates / "amora-auth.conf.template").read_text() if token_plugin else ""
     except OSError as exc:
         raise ServiceStartError("mosquitto", f"configuration templates not found: {exc}") from exc
     bridge = None if bridge_to is None else _make_bridge_account(bridge_to, name)
     plugin = dynsec_plugin()
+    auth_plugin = amora_auth_plugin() if token_plugin else None
     user = _broker_user()
     last_error: ServiceStartError | None = None
     for _ in range(_START_ATTEMPTS):
@@ -432,6 +479,8 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             "dynsec_plugin": plugin,
         }
         config = render_template(main_template, values)
+        if token_plugin is not None and auth_plugin is not None:
+            config = _token_plugin_config(auth_template, token_plugin, auth_plugin, state_dir) + "\n" + config
         if bridge is not None:
             config += "\n" + render_template(
                 bridge_template,
@@ -460,6 +509,7 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
             pki=pki,
             bridge_name=None if bridge is None else bridge.name,
             bridge_peer=bridge_to,
+            token_plugin=token_plugin,
             _argv=["mosquitto", "-c", str(state_dir / "mosquitto.conf")],
             _owns_state_dir=owned,
         )
@@ -477,6 +527,31 @@ def start_broker(  # noqa: PLR0913 - each option is a distinct deployment choice
         return broker
     assert last_error is not None  # noqa: S101 - the loop ran at least once
     raise last_error
+
+
+def _token_plugin_config(template: str, settings: TokenPlugin, plugin: Path, state_dir: Path) -> str:
+    """Copy the plugin and its keys into the state directory; render its configuration block.
+
+    Copies, because mosquitto loads plugins after dropping to its own user, which may
+    not be able to reach a checkout under a private home directory.
+    """
+    try:
+        keys = settings.public_keys.read_bytes()
+    except OSError as exc:
+        raise ServiceStartError("mosquitto", f"token public keys {settings.public_keys} not readable: {exc}") from exc
+    shutil.copyfile(plugin, state_dir / "amora_auth.so")
+    write_private(state_dir / "tls" / "broker-token-keys.pem", keys)
+    return render_template(
+        template,
+        {
+            "amora_auth_plugin": str(state_dir / "amora_auth.so"),
+            "token_public_keys": str(state_dir / "tls" / "broker-token-keys.pem"),
+            "token_issuer": settings.issuer,
+            "token_audience": settings.audience,
+            "token_revocations": str(state_dir / "amora-revocations.json"),
+            "token_username_prefix": settings.username_prefix,
+        },
+    )
 
 
 def _make_bridge_account(primary: BrokerProcess, standby_name: str) -> _Bridge:

@@ -28,9 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_USERNAME",
+    "AMORA_AUTH_CONTROL_PATTERN",
+    "AMORA_AUTH_RESPONSE_TOPIC",
+    "AMORA_AUTH_TOPIC",
     "DYNSEC_TOPIC",
     "PROBE_TOPIC_PREFIX",
     "acl",
+    "amora_auth",
     "create_device_client",
     "create_session_client",
     "delete_device_client",
@@ -43,6 +47,10 @@ __all__ = [
 # so no device or user id can ever take them.
 ADMIN_USERNAME: Final = service_account_name("harness-admin")
 DYNSEC_TOPIC: Final = "$CONTROL/dynamic-security/v1"
+AMORA_AUTH_TOPIC: Final = "$CONTROL/amora-auth/v1"
+"""Revocations for the broker-token plugin (infra/broker-plugin); answers on ``.../response``."""
+AMORA_AUTH_CONTROL_PATTERN: Final = "$CONTROL/amora-auth/#"
+AMORA_AUTH_RESPONSE_TOPIC: Final = AMORA_AUTH_TOPIC + "/response"
 PROBE_TOPIC_PREFIX: Final = "amora/harness"
 """The admin may publish here (and nowhere else): the harness's end-to-end bridge probe."""
 
@@ -65,7 +73,7 @@ def acl(acltype: str, topic: str, *, allow: bool = True) -> dict[str, Any]:
 
 
 def initial_dynsec_state(admin_password: str) -> dict[str, Any]:
-    """Dynsec state: one admin (dynsec control, read everything), deny by default."""
+    """Dynsec state: one admin (dynsec and amora-auth control, read everything), deny by default."""
     control = "$CONTROL/dynamic-security/#"
     return {
         "defaultACLAccess": [
@@ -92,6 +100,11 @@ def initial_dynsec_state(admin_password: str) -> dict[str, Any]:
                     acl("publishClientReceive", control),
                     acl("subscribePattern", control),
                     acl("unsubscribePattern", control),
+                    # The broker-token plugin's revocations (amora_auth.so); harmless without it.
+                    acl("publishClientSend", AMORA_AUTH_CONTROL_PATTERN),
+                    acl("publishClientReceive", AMORA_AUTH_RESPONSE_TOPIC),
+                    acl("subscribeLiteral", AMORA_AUTH_RESPONSE_TOPIC),
+                    acl("unsubscribeLiteral", AMORA_AUTH_RESPONSE_TOPIC),
                     acl("publishClientReceive", "$SYS/#"),
                     acl("subscribePattern", "$SYS/#"),
                     acl("unsubscribePattern", "$SYS/#"),
@@ -130,21 +143,48 @@ def dynsec(
         DynsecError: No answer in time, the connection failed, or (with ``check``) a
             command failed.
     """
+    return _control(broker, DYNSEC_TOPIC, commands, check=check, timeout=timeout)
+
+
+def amora_auth(
+    broker: BrokerProcess,
+    commands: Sequence[Mapping[str, Any]],
+    *,
+    check: bool = True,
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Send broker-token plugin commands (``$CONTROL/amora-auth/v1``) as the admin.
+
+    The broker must run the plugin (``start_broker(token_plugin=...)``). Commands are
+    ``{"command": "revokeSessions", "sessions": [{"username": "sess.x", "until": 1764470000}]}``
+    and ``{"command": "listRevocations"}``; arguments, answers and errors as for `dynsec`.
+    """
+    return _control(broker, AMORA_AUTH_TOPIC, commands, check=check, timeout=timeout)
+
+
+def _control(
+    broker: BrokerProcess,
+    topic: str,
+    commands: Sequence[Mapping[str, Any]],
+    *,
+    check: bool,
+    timeout: float,
+) -> list[dict[str, Any]]:
     request_id = uuid.uuid4().hex
     payload = json.dumps(
         {"commands": [{**cmd, "correlationData": f"{request_id}:{i}"} for i, cmd in enumerate(commands)]}
     ).encode()
     try:
         with broker.admin_client(timeout=timeout) as client:
-            client.subscribe(f"{DYNSEC_TOPIC}/response")
-            client.publish(DYNSEC_TOPIC, payload, qos=1)
+            client.subscribe(f"{topic}/response")
+            client.publish(topic, payload, qos=1)
             responses = _await_responses(client, request_id, timeout)
     except MqttError as exc:
-        raise DynsecError(f"dynsec request to broker {broker.name} failed: {exc}") from exc
+        raise DynsecError(f"{topic} request to broker {broker.name} failed: {exc}") from exc
     if check:
         failures = tuple((str(r.get("command")), str(r["error"])) for r in responses if r.get("error"))
         if failures:
-            raise DynsecError(f"broker {broker.name} refused dynsec commands", failures=failures)
+            raise DynsecError(f"broker {broker.name} refused {topic} commands", failures=failures)
     return responses
 
 

@@ -1,0 +1,321 @@
+/*
+ * amora_auth: mosquitto 2.0 plugin (API version 5) for stateless session credentials.
+ *
+ * Usernames that start with the configured prefix ("sess.") are ours: the MQTT password
+ * must be a broker token (token.c) and the token's ACL is enforced for the connection.
+ * For those usernames this plugin is authoritative: it never answers DEFER, so such a
+ * name can never fall through to dynamic security. Every other username is DEFERred to
+ * the next plugin (dynsec), unchanged. `$CONTROL/amora-auth/v1` takes revocations
+ * (control.c). See ../README.md for the options and the threat notes.
+ */
+#define _GNU_SOURCE /* tdestroy */
+#include "plugin.h"
+
+#include <ctype.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+/* Expired revocations and tokens of departed clients are dropped this often. */
+#define PRUNE_INTERVAL_S 60
+
+/* What a connected (or offline, persistent) session may do. */
+struct client_entry {
+	char *clientid;
+	const struct mosquitto *client; /* the connection that presented the token */
+	struct amora_acl acl;
+	long long exp;
+	bool offline;
+};
+
+static struct amora_plugin g_plugin;
+
+static int by_clientid(const void *a, const void *b)
+{
+	return strcmp(((const struct client_entry *)a)->clientid, ((const struct client_entry *)b)->clientid);
+}
+
+static void free_client(void *p)
+{
+	struct client_entry *e = p;
+	amora_acl_free(&e->acl);
+	free(e->clientid);
+	free(e);
+}
+
+bool amora_is_session(const struct amora_plugin *p, const char *username)
+{
+	return username != NULL && strncmp(username, p->prefix, p->prefix_len) == 0;
+}
+
+/* Usernames are client input: log at most 128 printable bytes of them. */
+void amora_printable(const char *in, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	for(; in != NULL && *in != '\0' && n + 1 < outlen && n < 128; in++){
+		out[n++] = isprint((unsigned char)*in) ? *in : '?';
+	}
+	out[n] = '\0';
+}
+
+static bool is_revoked(void *ctx, const char *username, time_t now)
+{
+	return amora_revocations_active(ctx, username, now);
+}
+
+static struct client_entry *find_client(const char *clientid)
+{
+	struct client_entry key = {.clientid = (char *)clientid};
+	struct client_entry **found;
+
+	if(clientid == NULL) return NULL;
+	found = tfind(&key, &g_plugin.clients, by_clientid);
+	return found == NULL ? NULL : *found;
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	struct amora_plugin *p = userdata;
+	const char *clientid;
+	const char *reason = NULL;
+	char who[130];
+	struct amora_verifier v;
+	struct client_entry *e, **slot;
+	size_t len;
+
+	(void)event;
+	if(!amora_is_session(p, ed->username)) return MOSQ_ERR_PLUGIN_DEFER;
+	amora_printable(ed->username, who, sizeof(who));
+	clientid = mosquitto_client_id(ed->client);
+	v = (struct amora_verifier){
+		.keys = &p->keys, .issuer = p->issuer, .audience = p->audience,
+		.revoked = is_revoked, .revoked_ctx = &p->revocations,
+	};
+	/* strnlen: a password longer than the limit is refused without reading all of it. */
+	len = ed->password == NULL ? 0 : strnlen(ed->password, AMORA_TOKEN_MAX_BYTES + 1);
+	e = calloc(1, sizeof(*e));
+	if(e == NULL || (e->clientid = strdup(clientid == NULL ? "" : clientid)) == NULL){
+		free(e);
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: refused %s: out of memory", who);
+		return MOSQ_ERR_AUTH;
+	}
+	if(amora_token_verify(&v, ed->password, len, ed->username, clientid, time(NULL), &e->acl, &e->exp, &reason) != 0){
+		free_client(e);
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: refused %s: %s", who, reason);
+		return MOSQ_ERR_AUTH;
+	}
+	e->client = ed->client;
+	slot = tsearch(e, &p->clients, by_clientid);
+	if(slot == NULL){
+		free_client(e);
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: refused %s: out of memory", who);
+		return MOSQ_ERR_AUTH;
+	}
+	if(*slot != e){
+		/* Same client id again (a reconnect or a takeover): the new token replaces the
+		 * old ACL; the old connection's disconnect then finds a different client. */
+		struct client_entry *old = *slot;
+		*slot = e;
+		free_client(old);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	struct amora_plugin *p = userdata;
+	const char *username = mosquitto_client_username(ed->client);
+	struct client_entry *e;
+
+	(void)event;
+	if(!amora_is_session(p, username)) return MOSQ_ERR_PLUGIN_DEFER;
+	/* Defence in depth: a revoked session is kicked at once, but nothing reaches or
+	 * leaves it in between either. */
+	if(amora_revocations_active(&p->revocations, username, time(NULL))) return MOSQ_ERR_ACL_DENIED;
+	e = find_client(mosquitto_client_id(ed->client));
+	if(e == NULL || e->client != ed->client) return MOSQ_ERR_ACL_DENIED;
+	return amora_acl_allows(&e->acl, ed->access, ed->topic, mosquitto_topic_matches_sub)
+		? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+}
+
+/* The connection closed. Its entry stays (marked offline) while the token is valid: a
+ * persistent session still gets its messages queued (each is ACL-checked for it), and
+ * its Last Will, published after this event, is checked against the same rules. */
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	struct client_entry *e;
+
+	(void)event;
+	(void)userdata;
+	e = find_client(mosquitto_client_id(ed->client));
+	if(e != NULL && e->client == ed->client) e->offline = true;
+	return MOSQ_ERR_SUCCESS;
+}
+
+struct prune_walk {
+	time_t now;
+	struct client_entry **found;
+	size_t count, cap;
+};
+
+static void collect_stale(const void *node, VISIT which, void *ctx)
+{
+	struct prune_walk *w = ctx;
+	struct client_entry *e = *(struct client_entry *const *)node;
+
+	if((which == postorder || which == leaf) && e->offline && e->exp <= (long long)w->now && w->count < w->cap){
+		w->found[w->count++] = e;
+	}
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	struct amora_plugin *p = userdata;
+	time_t now = time(NULL);
+	struct prune_walk w = {.now = now, .count = 0, .cap = 1024};
+
+	(void)event;
+	(void)event_data;
+	if(now < p->next_prune) return MOSQ_ERR_SUCCESS;
+	p->next_prune = now + PRUNE_INTERVAL_S;
+	amora_revocations_prune(&p->revocations, now);
+	/* At most `cap` departed clients per pass (the rest go next time): bounded work. */
+	w.found = calloc(w.cap, sizeof(*w.found));
+	if(w.found == NULL) return MOSQ_ERR_SUCCESS;
+	twalk_r(p->clients, collect_stale, &w);
+	for(size_t i = 0; i < w.count; i++){
+		tdelete(w.found[i], &p->clients, by_clientid);
+		free_client(w.found[i]);
+	}
+	free(w.found);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- options and lifecycle ------------------------------------------------------ */
+
+static int set_option(struct amora_plugin *p, const char *key, const char *value)
+{
+	char **slot = NULL;
+
+	if(strcmp(key, "public_keys") == 0) slot = &p->public_keys;
+	else if(strcmp(key, "issuer") == 0) slot = &p->issuer;
+	else if(strcmp(key, "audience") == 0) slot = &p->audience;
+	else if(strcmp(key, "revocations") == 0) slot = &p->revocations_file;
+	else if(strcmp(key, "username_prefix") == 0) slot = &p->prefix;
+	if(slot == NULL){
+		/* A misspelt option (say "audiance") must not silently fall back to a default. */
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: unknown option plugin_opt_%s (known: public_keys, issuer, audience, revocations, username_prefix)", key);
+		return -1;
+	}
+	free(*slot);
+	*slot = strdup(value == NULL ? "" : value);
+	return *slot == NULL ? -1 : 0;
+}
+
+static void free_plugin(struct amora_plugin *p)
+{
+	amora_keyring_free(&p->keys);
+	amora_revocations_free(&p->revocations);
+	tdestroy(p->clients, free_client);
+	free(p->public_keys);
+	free(p->issuer);
+	free(p->audience);
+	free(p->revocations_file);
+	free(p->prefix);
+	memset(p, 0, sizeof(*p));
+}
+
+static int configure(struct amora_plugin *p, struct mosquitto_opt *opts, int count)
+{
+	char err[512];
+
+	for(int i = 0; i < count; i++){
+		if(set_option(p, opts[i].key, opts[i].value) != 0) return -1;
+	}
+	if(p->audience == NULL && (p->audience = strdup("amora-broker")) == NULL) return -1;
+	if(p->prefix == NULL && (p->prefix = strdup("sess.")) == NULL) return -1;
+	if(p->issuer == NULL || p->issuer[0] == '\0'){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_issuer is missing: set it to the authz service's token_issuer (amora-authz)");
+		return -1;
+	}
+	if(p->audience[0] == '\0' || p->prefix[0] == '\0'){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_audience and plugin_opt_username_prefix must not be empty");
+		return -1;
+	}
+	p->prefix_len = strlen(p->prefix);
+	if(p->public_keys == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_public_keys is missing: name the PEM file with the broker-token public key(s) (amora-authz broker-token-key public)");
+		return -1;
+	}
+	if(amora_keyring_load_file(&p->keys, p->public_keys, err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: %s", err);
+		return -1;
+	}
+	if(p->revocations_file == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_revocations is missing: name a file in a directory only the broker's user can write (the deny list survives restarts there)");
+		return -1;
+	}
+	if(amora_revocations_load(&p->revocations, p->revocations_file, time(NULL), err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, struct mosquitto_opt *opts, int opt_count)
+{
+	struct amora_plugin *p = &g_plugin;
+
+	memset(p, 0, sizeof(*p));
+	p->id = identifier;
+	if(configure(p, opts, opt_count) != 0){
+		free_plugin(p);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	if(mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, p)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, p)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, p)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, p)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_CONTROL, amora_on_control, AMORA_CONTROL_TOPIC, p)){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: cannot register callbacks (is it loaded twice?)");
+		free_plugin(p);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	*userdata = p;
+	mosquitto_log_printf(MOSQ_LOG_INFO, "amora_auth: %zu public key(s) from %s, issuer %s, audience %s, %zu revocation(s) from %s, usernames %s*",
+			p->keys.count, p->public_keys, p->issuer, p->audience, p->revocations.count, p->revocations_file, p->prefix);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
+{
+	struct amora_plugin *p = userdata;
+
+	(void)opts;
+	(void)opt_count;
+	if(p == NULL) return MOSQ_ERR_SUCCESS;
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_CONTROL, amora_on_control, AMORA_CONTROL_TOPIC);
+	free_plugin(p);
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,39 @@
+/*
+ * State shared by the plugin's glue (plugin.c) and its control topic handler (control.c).
+ */
+#ifndef AMORA_PLUGIN_H
+#define AMORA_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <mosquitto_broker.h>
+
+#include "revocations.h"
+#include "token.h"
+
+#define AMORA_CONTROL_TOPIC "$CONTROL/amora-auth/v1"
+#define AMORA_RESPONSE_TOPIC "$CONTROL/amora-auth/v1/response"
+
+struct amora_plugin {
+	mosquitto_plugin_id_t *id;
+	char *public_keys;
+	char *issuer;
+	char *audience;
+	char *revocations_file;
+	char *prefix;
+	size_t prefix_len;
+	struct amora_keyring keys;
+	struct amora_revocations revocations;
+	void *clients; /* tsearch tree of per-client ACLs, keyed by client id */
+	time_t next_prune;
+};
+
+bool amora_is_session(const struct amora_plugin *p, const char *username);
+/* Copy at most 128 printable bytes of a client-chosen string, for log lines. */
+void amora_printable(const char *in, char *out, size_t outlen);
+/* MOSQ_EVT_CONTROL on AMORA_CONTROL_TOPIC. */
+int amora_on_control(int event, void *event_data, void *userdata);
+
+#endif
