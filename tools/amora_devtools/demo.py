@@ -27,7 +27,7 @@ import httpx
 
 from amora_devtools._errors import DevtoolsError
 from amora_devtools.music import Track
-from amora_devtools.stack import Stack
+from amora_devtools.stack import CREDENTIALS, Stack
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -255,12 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep running after the script (until Ctrl-C)")
     parser.add_argument("--players", type=int, default=4, help="players in the stack (default 4)")
     parser.add_argument("--state-dir", type=Path, help="keep the stack's files here (default: a temporary folder)")
+    parser.add_argument(
+        "--credentials",
+        choices=CREDENTIALS,
+        default="dynsec",
+        help="how app sessions log in to the brokers: dynamic-security clients (default) or broker tokens",
+    )
     args = parser.parse_args(argv)
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="amora-demo-"))
     out = sys.stdout
-    out.write(f"Starting the Amora stack in {state_dir} (brokers, authz service, MPD, {args.players} players)...\n")
+    out.write(
+        f"Starting the Amora stack in {state_dir} (brokers, authz service, MPD, {args.players} players; "
+        f"app sessions: {args.credentials})...\n"
+    )
     out.flush()
-    stack = Stack(state_dir, players=max(2, args.players), mpd_tracks=DEMO_TRACKS)
+    stack = Stack(state_dir, players=max(2, args.players), mpd_tracks=DEMO_TRACKS, credentials=args.credentials)
     started = time.perf_counter()
     try:
         info = stack.start()

@@ -4,7 +4,10 @@
 starts, in order:
 
 1. a development PKI, a primary broker and (by default) a standby bridged to it;
-2. the authz service (SQLite, development issuer on) reconciling both brokers;
+2. the authz service (SQLite, development issuer on) reconciling both brokers; with
+   ``--credentials token`` in token mode (a broker-token key made with its CLI, every broker
+   loading the ``amora_auth`` plugin with the public half: app sessions log in with signed
+   tokens instead of dynamic-security clients);
 3. players, each registered through the authz admin API (keys + a CSR answered with its
    certificate): by default one agent on a real MPD and three simulated ones;
 4. development users who own different players (``alice``, ``bob``; ``carol`` owns none).
@@ -36,12 +39,18 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
-from amora_devtools._authz_process import ADMIN_USER, READY_TIMEOUT, console_script, start_authz
+from amora_devtools._authz_process import (
+    ADMIN_USER,
+    READY_TIMEOUT,
+    console_script,
+    make_broker_token_key,
+    start_authz,
+)
 from amora_devtools._errors import DevtoolsError, ServiceStartError
 from amora_devtools._files import private_dir, write_private
 from amora_devtools._players import Player, agent_alive, agent_config, agent_config_error, says_online
 from amora_devtools._proc import ManagedProcess, tail
-from amora_devtools.broker import BrokerProcess, start_broker
+from amora_devtools.broker import BrokerProcess, TokenPlugin, start_broker
 from amora_devtools.mpd import MpdProcess, start_mpd
 from amora_devtools.music import DEFAULT_TRACKS, Track
 from amora_devtools.pki import DevPKI, device_key_and_csr
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_USER",
+    "CREDENTIALS",
     "DEFAULT_AUTHZ_PORT",
     "DEFAULT_BROKER_PORT",
     "DEFAULT_USERS",
@@ -84,6 +94,8 @@ STANDBY_PORT_OFFSET = 1000
 # changes meaning, and teach amora_sync._devstack the new format in the same commit: the
 # published CLI reads only the formats it lists. Adding other fields needs no bump.
 STACK_FORMAT = 1
+# How app sessions log in to the brokers (`Stack.credentials`, ``stack:up --credentials``).
+CREDENTIALS = ("dynsec", "token")
 
 
 def _b64(raw: bytes) -> str:
@@ -121,6 +133,10 @@ class Stack:
         broker_port: Fixed device port of the primary broker; its app port is the next one
             (default: free ones). The standby's are `STANDBY_PORT_OFFSET` higher.
         wss_port: The primary's wss port when `broker_port` is fixed.
+        credentials: How app sessions log in to the brokers: ``dynsec`` (each session a
+            dynamic-security client, the default) or ``token`` (token mode: the authz service
+            signs a broker token per session and every broker loads the ``amora_auth`` plugin;
+            docs/decisions/0015-stateless-broker-tokens.md).
     """
 
     state_dir: Path
@@ -134,6 +150,9 @@ class Stack:
     authz_port: int | None = None
     broker_port: int | None = None
     wss_port: int = DEFAULT_WSS_PORT
+    credentials: str = "dynsec"
+    token_plugin: TokenPlugin | None = field(default=None, init=False)
+    broker_token_key: Path | None = field(default=None, init=False)
     supervisor: Supervisor | None = field(default=None, init=False)
     pki: DevPKI | None = field(default=None, init=False)
     brokers: list[BrokerProcess] = field(default_factory=list, init=False)
@@ -170,27 +189,18 @@ class Stack:
         """
         if self.players < 1:
             raise DevtoolsError("a stack needs at least one player")
+        if self.credentials not in CREDENTIALS:
+            raise DevtoolsError(f"credentials {self.credentials!r}: choose one of {', '.join(CREDENTIALS)}")
         self.state_dir = self.state_dir.resolve()
         private_dir(self.state_dir)
         # A second `stack:up` in the same folder starts afresh (new PKI, new keys): the previous
         # run's database and players would only conflict with them (409 device_exists).
-        for part in ("authz", "players"):
+        for part in ("authz", "players", "broker-token"):
             shutil.rmtree(self.state_dir / part, ignore_errors=True)
         self._listen_for_crl_reloads()
         try:
             self.pki = DevPKI.create(self.state_dir / "pki")
-            primary = start_broker(self.state_dir / "brokers", self.pki, name="primary", ports=self._broker_ports(0))
-            self.brokers.append(primary)
-            if self.standby:
-                self.brokers.append(
-                    start_broker(
-                        self.state_dir / "brokers",
-                        self.pki,
-                        name="standby",
-                        bridge_to=primary,
-                        ports=self._broker_ports(1),
-                    )
-                )
+            self._start_brokers(self.pki)
             self._start_authz()
             admin = self._token(ADMIN_USER)
             self._make_players(admin)
@@ -211,6 +221,27 @@ class Stack:
         info = self.describe()
         write_private(self.state_dir / "stack.json", json.dumps(info, indent=2) + "\n")  # holds tokens
         return info
+
+    def _start_brokers(self, pki: DevPKI) -> None:
+        """The primary and (by default) the standby; in token mode each loads the token plugin."""
+        if self.credentials == "token":
+            self.broker_token_key, public = make_broker_token_key(self.state_dir / "broker-token")
+            self.token_plugin = TokenPlugin(public_keys=public)
+        primary = start_broker(
+            self.state_dir / "brokers", pki, name="primary", ports=self._broker_ports(0), token_plugin=self.token_plugin
+        )
+        self.brokers.append(primary)
+        if self.standby:
+            self.brokers.append(
+                start_broker(
+                    self.state_dir / "brokers",
+                    pki,
+                    name="standby",
+                    bridge_to=primary,
+                    ports=self._broker_ports(1),
+                    token_plugin=self.token_plugin,
+                )
+            )
 
     def _broker_ports(self, index: int) -> tuple[int, int, int] | None:
         """The (device, app, wss) ports of broker ``index`` when fixed, else None."""
@@ -284,6 +315,7 @@ class Stack:
             # The stack reloads every broker's CRL when the service signals it.
             crl_reload_command=["kill", "-USR1", str(os.getpid())],
             port=self.authz_port,
+            broker_token_key=self.broker_token_key,
         )
         self._http = httpx.Client(base_url=self.authz_url, timeout=10.0)
 
@@ -436,6 +468,7 @@ class Stack:
         primary = self.brokers[0]
         return {
             **dev_mode_fields(authz_url=self.authz_url, ca_file=primary.ca_file),
+            "broker_credentials": self.credentials,
             "broker": {
                 "host": primary.host,
                 "device_port": primary.device_port,
@@ -508,6 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--wss-port", type=int, default=DEFAULT_WSS_PORT, help=f"primary broker's wss port (default {DEFAULT_WSS_PORT})"
     )
     up.add_argument("--random-ports", action="store_true", help="free ports instead (several stacks side by side)")
+    up.add_argument(
+        "--credentials",
+        choices=CREDENTIALS,
+        default="dynsec",
+        help="how app sessions log in to the brokers: dynamic-security clients (default) or broker tokens",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -521,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         authz_port=None if args.random_ports else args.authz_port,
         broker_port=None if args.random_ports else args.broker_port,
         wss_port=args.wss_port,
+        credentials=args.credentials,
     )
     try:
         info = stack.start()
@@ -534,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  broker  mqtts://127.0.0.1:{broker['app_port']} (apps), wss://localhost:{broker['ws_port']}/mqtt"
         f" (apps), device mTLS :{broker['device_port']}\n"
     )
-    out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema)\n")
+    out.write(f"  authz   {info['authz_url']}  (OpenAPI at /schema; app sessions: {args.credentials})\n")
     for user, entry in info["users"].items():
         out.write(f"  user    {user}: {', '.join(entry['devices']) or '(no devices)'}\n")
     web = info["web_url"] or f"not built (cd {WEB_DIR.parent} && npm ci && npm run build)"

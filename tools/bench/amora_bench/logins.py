@@ -14,6 +14,10 @@ creating them one command at a time is the very cost measured here):
   (``POST /v1/sessions``, ``clients`` at once, each a user with a device) while the broker
   holds ``live`` other session accounts. Baseline in the same run: the broker's bare
   ``createClient`` rate at that size (the ceiling, one file rewrite per login).
+- ``first_login_token``: the same in token mode (`amora_bench.token_logins`): ``live``
+  sessions made through the service and all connected with their broker tokens (that
+  connect is the token-mode restart storm), then the same first logins; the dynsec figure
+  above is its baseline.
 - ``reconcile_cost``: the authz service's periodic pass at each of ``sessions``: a full
   pass and the cheap check that replaced it in steady state, each with the broker's longest
   stall meanwhile (a probe in its own process publishing to itself every millisecond).
@@ -25,32 +29,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amora_bench._common import broker_for_bench, latency_summary, raise_fd_limit
+from amora_bench._common import broker_for_bench, raise_fd_limit
 from amora_bench._dynsec_files import FILLER, MANAGED, dynsec_rate, group, hashed, preload, session_account
-from amora_bench._rawmqtt import RawMqtt, RawMqttError
+from amora_bench._login_parts import authz_service, bearer_tokens, install_window, storm
+from amora_bench._rawmqtt import RawMqtt
 from amora_bench.reconcile_cost import reconcile_cost
+from amora_bench.token_logins import first_login_token, summary_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from amora_devtools.broker import BrokerProcess
 
-__all__ = ["dynsec_options", "first_login", "login_storm", "reconcile_cost", "run"]
+__all__ = ["dynsec_options", "first_login", "first_login_token", "login_storm", "reconcile_cost", "run"]
 
 STATE_TOPIC = "amora/devices/bench-1/state"
-HANDSHAKE_CONCURRENCY = 512  # the load generator's own bound: 5,000 real apps have none
 
 
 def dynsec_options(*, live: int = 10_000) -> dict[str, Any]:
@@ -117,49 +117,6 @@ def dynsec_options(*, live: int = 10_000) -> dict[str, Any]:
 # ---------------------------------------------------------------- restart storm
 
 
-async def _storm(broker: BrokerProcess, accounts: list[tuple[str, str]]) -> dict[str, Any]:
-    context = broker.client_context()
-    gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
-    done_at: list[float] = []
-    failures: list[str] = []
-    links: list[RawMqtt] = []
-    start = time.perf_counter()
-
-    async def app(name: str, password: str) -> None:
-        for attempt in range(5):
-            try:
-                async with gate:
-                    link = await RawMqtt.connect(
-                        broker.host,
-                        broker.app_port,
-                        ssl_context=context,
-                        client_id=name,
-                        username=name,
-                        password=password,
-                    )
-                links.append(link)
-                await link.subscribe(STATE_TOPIC)
-                await link.next_payload()
-                done_at.append(time.perf_counter() - start)
-            except (OSError, RawMqttError, asyncio.IncompleteReadError) as exc:
-                if attempt == 4:
-                    failures.append(repr(exc))
-                await asyncio.sleep(0.05 * 2**attempt)
-            else:
-                return
-
-    await asyncio.gather(*(app(n, p) for n, p in accounts))
-    total = time.perf_counter() - start
-    for link in links:
-        link.close()
-    return {
-        "all_received_s": round(total, 2),
-        "per_app_ms": latency_summary([t * 1000 for t in done_at]),
-        "failures": len(failures),
-        "first_failure": failures[0] if failures else None,
-    }
-
-
 def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
     """``apps`` of ``known`` stored sessions restart at once and resume (see the module doc)."""
     from amora_devtools.broker import dynsec  # noqa: PLC0415
@@ -218,7 +175,7 @@ def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
         dynsec(broker, [{"command": "listClients", "count": 1}])
         mtime = broker.dynsec_file.stat().st_mtime_ns
         chosen = list(passwords.items())[:apps]
-        figures = asyncio.run(_storm(broker, chosen))
+        figures = asyncio.run(storm(broker, [(n, n, p, STATE_TOPIC) for n, p in chosen]))
         fresh_s = round(apps / rate, 1) if rate else None
         return {
             "apps": apps,
@@ -236,82 +193,19 @@ def login_storm(*, apps: int = 5000, known: int = 5000) -> dict[str, Any]:
 # ---------------------------------------------------------------- first logins
 
 
-def _authz_config(folder: Path, broker: BrokerProcess, users: list[str], port: int) -> Path:
-    listed = ", ".join(f'"{u}"' for u in [*users, "admin"])
-    text = f"""
-database_url = "sqlite://{folder / "authz.db"}"
-listen_host = "127.0.0.1"
-listen_port = {port}
-state_dir = "{folder / "state"}"
-log_level = "error"
-max_sessions_per_user = 1000000
-reconcile_interval_s = 3600
-
-[rate_limits]
-enabled = false
-
-[dev_issuer]
-enabled = true
-users = [{listed}]
-admins = ["admin"]
-
-[[brokers]]
-name = "{broker.name}"
-host = "{broker.host}"
-port = {broker.app_port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-ca_file = "{broker.ca_file}"
-"""
-    path = folder / "authz.toml"
-    path.write_text(text)
-    return path
-
-
 async def _logins(url: str, users: list[str], seconds: float) -> dict[str, Any]:
     import httpx  # noqa: PLC0415 - only this scenario speaks HTTP
 
     from amora_authz.testing import session_body  # noqa: PLC0415
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.2)
-        tokens = {}
-        for user in [*users, "admin"]:
-            answer = await http.post("/dev-issuer/token", json={"username": user})
-            answer.raise_for_status()
-            tokens[user] = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        tokens = await bearer_tokens(http, users)
         admin = tokens["admin"]
         keys = session_body()
         (await http.post("/v1/admin/devices", json={"device_id": "bench-1", **keys}, headers=admin)).raise_for_status()
         for user in users:
             (await http.put(f"/v1/admin/users/{user}/devices/bench-1", headers=admin)).raise_for_status()
-        latencies: list[float] = []
-        first: list[float] = []
-        stop_at = time.perf_counter() + seconds
-
-        async def install(user: str) -> int:
-            done = 0
-            while (began := time.perf_counter()) < stop_at:
-                answer = await http.post("/v1/sessions", json=session_body(), headers=tokens[user])
-                if answer.status_code != 201:
-                    msg = f"POST /v1/sessions answered {answer.status_code}: {answer.text[:200]}"
-                    raise RuntimeError(msg)
-                (first if done == 0 else latencies).append((time.perf_counter() - began) * 1000)
-                done += 1
-            return done
-
-        counts = await asyncio.gather(*(install(u) for u in users))
-    return {
-        "logins": sum(counts),
-        "logins_per_s": round(sum(counts) / seconds, 1),
-        "latency_ms": latency_summary(latencies),
-        "users_first_login_ms": latency_summary(first),
-    }
+        return await install_window(http, tokens, users, seconds)
 
 
 def first_login(*, live: int = 10_000, clients: int = 8, seconds: float = 10.0) -> dict[str, Any]:
@@ -322,24 +216,8 @@ def first_login(*, live: int = 10_000, clients: int = 8, seconds: float = 10.0) 
         size_mb = round(broker.dynsec_file.stat().st_size / 1e6, 2)
         ceiling = dynsec_rate(broker)
         users = [f"install{i}" for i in range(clients)]
-        from amora_devtools._proc import free_port  # noqa: PLC0415
-
-        port = free_port()
-        config = _authz_config(Path(tmp), broker, users, port)
-        command = shutil.which("amora-authz") or str(Path(sys.executable).parent / "amora-authz")
-        env = {**os.environ, "AMORA_AUTHZ_LOG_JSON": "false"}
-        process = subprocess.Popen(  # noqa: S603 - our own service, arguments we built
-            [command, "--config", str(config), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            figures = asyncio.run(_logins(f"http://127.0.0.1:{port}", users, seconds))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with authz_service(Path(tmp), broker, users) as url:
+            figures = asyncio.run(_logins(url, users, seconds))
         return {
             "live_sessions": live,
             "clients": clients,
@@ -391,6 +269,8 @@ def summary(figures: dict[str, Any]) -> str:
             f"{options['new_user_group_5_roles_inline_ms']} ms vs separate "
             f"{options['new_user_group_5_roles_separate_ms']} ms | | |"
         )
+    if figures.get("first_login_token"):
+        lines += summary_rows(figures["first_login_token"], first)
     return "\n".join(lines)
 
 
@@ -402,12 +282,18 @@ def run(  # noqa: PLR0913 - each scenario's size, all keyword-only
     seconds: float = 10.0,
     sessions: list[int] | None = None,
     options: bool = True,
+    tokens: bool = True,
 ) -> dict[str, Any]:
-    """The scenarios (the runner's entry point); ``options`` adds `dynsec_options`."""
+    """The scenarios (the runner's entry point).
+
+    ``options`` adds `dynsec_options`; ``tokens`` the same first logins in token mode
+    (`amora_bench.token_logins`, all ``live`` sessions connected).
+    """
     figures: dict[str, Any] = {
         "dynsec_options": dynsec_options(live=live) if options else None,
         "login_storm": login_storm(apps=apps, known=known),
         "first_login": first_login(live=live, seconds=seconds),
+        "first_login_token": first_login_token(live=live, seconds=seconds) if tokens else None,
         "reconcile_cost": reconcile_cost(sessions=sessions),
     }
     figures["summary"] = summary(figures)
@@ -422,13 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", type=int, default=1000, help="other sessions the broker holds during first logins")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long first logins run")
     parser.add_argument("--sessions", default="1000", help="comma-separated session counts for the reconcile cost")
-    parser.add_argument("--only", choices=["login_storm", "first_login", "reconcile_cost", "dynsec_options"])
+    parser.add_argument(
+        "--only", choices=["login_storm", "first_login", "first_login_token", "reconcile_cost", "dynsec_options"]
+    )
     args = parser.parse_args(argv)
     sessions = [int(n) for n in args.sessions.split(",")]
     known = args.known or args.apps
     jobs: dict[str, Callable[[], dict[str, Any]]] = {
         "login_storm": lambda: login_storm(apps=args.apps, known=max(known, args.apps)),
         "first_login": lambda: first_login(live=args.live, seconds=args.seconds),
+        "first_login_token": lambda: first_login_token(live=args.live, seconds=args.seconds),
         "reconcile_cost": lambda: reconcile_cost(sessions=sessions),
         "dynsec_options": lambda: dynsec_options(live=args.live),
     }
