@@ -9,8 +9,12 @@ sessions back to back (``POST /v1/sessions``) for ``--seconds`` after a short wa
 the figure is successful creations per second, with the latency percentiles of each
 request.
 
+``--credentials token`` runs the service in token mode (``[broker] credentials = "token"``,
+a key made with ``amora-authz broker-token-key``): a creation signs a broker token and writes
+nothing to the broker, which then loads the ``amora_auth`` plugin with the key's public half.
+
 Usage: python packages/amora-authz-service/bench/session_throughput.py
-       [--db sqlite|postgres] [--broker] [--clients 8] [--seconds 10]
+       [--db sqlite|postgres] [--broker] [--credentials dynsec|token] [--clients 8] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import httpx
 
 from amora_authz.testing import session_body
 from amora_devtools import DevPKI, start_broker, start_postgres
+from amora_devtools._authz_process import make_broker_token_key
 
 WARMUP_S = 1.0
 
@@ -49,7 +54,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(folder: Path, *, database_url: str, users: list[str], broker_toml: str) -> tuple[Path, str]:
+def write_config(
+    folder: Path, *, database_url: str, users: list[str], broker_toml: str, token_key: Path | None
+) -> tuple[Path, str]:
     """Write the service's TOML configuration; return its path and base URL."""
     port = free_port()
     user_list = ", ".join(f'"{u}"' for u in users)
@@ -71,6 +78,9 @@ enabled = true
 users = [{user_list}]
 {broker_toml}
 """
+    if token_key is not None:
+        text += f'\n[broker]\ncredentials = "token"\ntoken_key_file = "{token_key}"\n'
+
     path = folder / "authz.toml"
     path.write_text(text)
     return path, f"http://127.0.0.1:{port}"
@@ -136,8 +146,18 @@ def run(args: argparse.Namespace) -> None:
             postgres = stack.enter_context(start_postgres(folder / "pg"))
             database_url = postgres.dsn
         broker_toml = ""
+        token_key = public_key = None
+        if args.credentials == "token":
+            token_key, public_key = make_broker_token_key(folder / "token-key")
         if args.broker:
-            broker = stack.enter_context(start_broker(folder / "broker", DevPKI.create(folder / "pki")))
+            pki = DevPKI.create(folder / "pki")
+            if public_key is None:
+                broker = stack.enter_context(start_broker(folder / "broker", pki))
+            else:
+                from amora_devtools.broker import TokenPlugin  # noqa: PLC0415 - token mode only
+
+                plugin = TokenPlugin(public_keys=public_key)
+                broker = stack.enter_context(start_broker(folder / "broker", pki, token_plugin=plugin))
             broker_toml = f"""
 [[brokers]]
 name = "{broker.name}"
@@ -147,7 +167,9 @@ username = "{broker.admin_username}"
 password = "{broker.admin_password}"
 ca_file = "{broker.ca_file}"
 """
-        config, base_url = write_config(folder, database_url=database_url, users=users, broker_toml=broker_toml)
+        config, base_url = write_config(
+            folder, database_url=database_url, users=users, broker_toml=broker_toml, token_key=token_key
+        )
         command = shutil.which("amora-authz") or sys.executable
         argv = [command, "--config", str(config), "serve"]
         if command == sys.executable:
@@ -155,7 +177,9 @@ ca_file = "{broker.ca_file}"
         env = {**os.environ, "AMORA_AUTHZ_LOG_JSON": "false"}
         process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         try:
-            print(f"store: {args.db}, broker: {'mosquitto' if args.broker else 'none'}")
+            print(
+                f"store: {args.db}, broker: {'mosquitto' if args.broker else 'none'}, credentials: {args.credentials}"
+            )
             asyncio.run(measure(base_url, process, args.clients, args.seconds))
         finally:
             process.terminate()
@@ -171,6 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--broker", action="store_true", help="reconcile a real mosquitto on every creation")
+    parser.add_argument(
+        "--credentials",
+        choices=("dynsec", "token"),
+        default="dynsec",
+        help="dynsec: a broker client per session; token: a broker token (the broker loads the amora_auth plugin)",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     run(parser.parse_args())
