@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import structlog
 from authz_broker_harness import NOT_AUTHORISED, WAIT, Harness, receive, subscribe
 
+from amora_authz._control import DynsecClient
+from amora_authz._errors import BrokerError
+from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, reconcile_revocations
 from amora_authz.testing import broker_endpoint, broker_token_key, dev_settings, serve, session_body, token_mode
 from amora_devtools import MqttClient, MqttRefused, client_ssl_context, start_broker
 from amora_devtools._authz_process import make_broker_token_key, start_authz
@@ -269,3 +273,21 @@ async def test_the_harness_starts_the_service_in_token_mode(tmp_path: Path, dev_
             app.disconnect()
         finally:
             await asyncio.to_thread(process.stop)
+
+
+async def test_a_broker_without_the_plugin_is_named_as_the_cause(broker: BrokerProcess) -> None:
+    """mosquitto drops a $CONTROL message no plugin handles: silence, so the error says what to check."""
+    client = DynsecClient(
+        broker_endpoint(broker),
+        logger=structlog.get_logger("test"),
+        timeout_s=0.5,
+        control_topic=AUTH_CONTROL_TOPIC,
+        unanswered_hint=NO_PLUGIN_HINT,
+    )
+    try:
+        with pytest.raises(BrokerError) as refused:
+            await reconcile_revocations(client, {"sess.x": 1})
+    finally:
+        await client.close()
+    assert refused.value.code == "broker_timeout"
+    assert "does the broker load the amora_auth plugin" in refused.value.message

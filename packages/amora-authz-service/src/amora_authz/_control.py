@@ -93,6 +93,7 @@ class DynsecClient:
         logger: structlog.typing.FilteringBoundLogger,
         timeout_s: float = 10.0,
         control_topic: str = CONTROL_TOPIC,
+        unanswered_hint: str = "",
     ) -> None:
         """Create the client (nothing is sent until the first call).
 
@@ -103,7 +104,11 @@ class DynsecClient:
             control_topic: the plugin's control topic: dynamic security's, or the
                 ``amora_auth`` plugin's (``$CONTROL/amora-auth/v1``, token mode), which
                 speaks the same request and response shape.
+            unanswered_hint: appended to the error when commands go unanswered (mosquitto
+                drops a ``$CONTROL`` message no plugin handles, so silence may mean the
+                plugin is not loaded).
         """
+        self._unanswered_hint = unanswered_hint
         self._control_topic = control_topic
         self._response_topic = control_topic + "/response"
         self._what = control_topic.removeprefix("$CONTROL/").split("/")[0]
@@ -250,7 +255,7 @@ class DynsecClient:
             await self._drop()
             raise BrokerError(
                 f"broker {self.endpoint.name} did not answer {len(commands)} {self._what} commands "
-                f"within {self._timeout_s} s",
+                f"within {self._timeout_s} s{self._unanswered_hint}",
                 broker=self.endpoint.name,
                 code="broker_timeout",
             ) from exc

@@ -43,7 +43,7 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._fleet_check import CheckReport, PeriodicCheck
-from amora_authz._revocations import AUTH_CONTROL_TOPIC, reconcile_revocations, send_revocations
+from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, reconcile_revocations, send_revocations
 from amora_authz._store import Link
 from amora_protocol import now_ms, user_group
 
@@ -181,7 +181,9 @@ class BrokerFleet(PeriodicCheck):
         self._tokens = tokens
         # Token mode: a second admin connection per broker, to the amora_auth plugin.
         self.auth_clients = {
-            e.name: DynsecClient(e, logger=logger, timeout_s=timeout_s, control_topic=AUTH_CONTROL_TOPIC)
+            e.name: DynsecClient(
+                e, logger=logger, timeout_s=timeout_s, control_topic=AUTH_CONTROL_TOPIC, unanswered_hint=NO_PLUGIN_HINT
+            )
             for e in endpoints
             if tokens
         }

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from amora_authz._records import Session
 
 __all__ = [
+    "beyond",
     "evict_beyond",
     "live_count",
     "managed_counts_statement",
@@ -25,9 +26,9 @@ __all__ = [
 ]
 
 
-def evict_beyond(session: Session, max_per_user: int) -> Any:  # noqa: ANN401 - a ReturningDelete
-    """Delete the user's live sessions beyond the newest ``max_per_user - 1`` others; return their ids."""
-    others = (
+def beyond(session: Session, max_per_user: int) -> sa.Select[Any]:
+    """The ids of the user's live sessions beyond the newest ``max_per_user - 1`` others."""
+    return (
         sa.select(sessions.c.session_id)
         .where(
             sessions.c.user_sub == session.user_sub,
@@ -37,6 +38,11 @@ def evict_beyond(session: Session, max_per_user: int) -> Any:  # noqa: ANN401 - 
         .order_by(sessions.c.created_at_ms.desc(), sessions.c.session_id.desc())
         .offset(max(0, max_per_user - 1))  # the newest others stay, besides the new one
     )
+
+
+def evict_beyond(session: Session, max_per_user: int) -> Any:  # noqa: ANN401 - a ReturningDelete
+    """Delete the user's live sessions beyond the newest ``max_per_user - 1`` others; return their ids."""
+    others = beyond(session, max_per_user)
     return sa.delete(sessions).where(sessions.c.session_id.in_(others)).returning(sessions.c.session_id)
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH_CONTROL_TOPIC",
     "MAX_SESSIONS_PER_COMMAND",
+    "NO_PLUGIN_HINT",
     "REVOCATION_MARGIN_S",
     "missing_revocations",
     "parse_revocations",
@@ -39,6 +40,10 @@ __all__ = [
 AUTH_CONTROL_TOPIC: Final = "$CONTROL/amora-auth/v1"
 MAX_SESSIONS_PER_COMMAND: Final = 1000
 """The plugin's limit on sessions in one ``revokeSessions``."""
+NO_PLUGIN_HINT: Final = (
+    ": does the broker load the amora_auth plugin (infra/broker-plugin)? Token mode needs it on every broker, "
+    'and the service\'s admin account needs publishClientSend on "$CONTROL/amora-auth/#"'
+)
 REVOCATION_MARGIN_S: Final = 60
 """Added to a token's expiry for its revocation: a broker whose clock runs up to this much
 behind the service's still refuses the token (the plugin also tolerates ``iat`` 60 s ahead)."""

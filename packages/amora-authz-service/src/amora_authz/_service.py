@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 _PASSWORD_DOMAIN = b"amora-session-password-v1\x00"
+_NO_CAP = 2**31  # `open_session` evicts nobody: token mode ends sessions beyond the cap itself
 
 
 def b64(raw: bytes) -> str:
@@ -295,29 +296,35 @@ class AuthzService:
             created_at_ms=now,
             expires_at_ms=self._expiry(claims, now),
         )
-        # One transaction: the row, the eviction of the oldest beyond the cap, the devices.
-        ended, found = await self.store.open_session(session, max_per_user=self.max_sessions_per_user)
-        devices = tuple(found)
         outcome = None
         if self.tokens is not None:
-            # Nothing to create on the brokers: only the evicted sessions are revoked, until the
-            # new session's expiry (no token of an older session outlasts it).
-            scope = Scope(revoked=frozenset(ended))
+            # Nothing to create on the brokers: only the sessions beyond the cap end, each with
+            # its revocation (until its own expiry: `_end_sessions`), so no eviction inside
+            # `open_session`.
+            _, found = await self.store.open_session(session, max_per_user=_NO_CAP)
+            over = await self.store.sessions_beyond(session, max_per_user=self.max_sessions_per_user)
+            scope = await self._end_sessions(session_ids=over) if over else Scope()
+            ended = sorted(scope.revoked)
             if ended:
-                until = -(-session.expires_at_ms // 1000) + REVOCATION_MARGIN_S
-                await self.store.record_revocations(dict.fromkeys(ended, (claims.subject, until)), at_ms=now)
                 outcome = await self.fleet.apply(scope)
         else:
-            scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in devices))
+            # One transaction: the row, the eviction of the oldest beyond the cap, the devices.
+            ended, found = await self.store.open_session(session, max_per_user=self.max_sessions_per_user)
+            scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in found))
             outcome = await self.fleet.apply(scope | Scope(clients=frozenset(ended)))
+        devices = tuple(found)
         if outcome is not None and not outcome.on_primary:
             # A credential that does not exist on the primary is useless to the app and
             # would appear later behind its back: drop it (the other brokers follow).
             await self.store.delete_session(session.session_id)
             await self.fleet.apply(scope)
+            what = (
+                "the sessions this login ends could not be revoked"
+                if self.tokens
+                else "the session's broker credential could not be created"
+            )
             raise BrokerError(
-                f"the session's broker credential could not be created on the primary broker "
-                f"{outcome.primary}; retry later",
+                f"{what} on the primary broker {outcome.primary}; retry later",
                 broker=outcome.primary or "*",
                 code="broker_unavailable",
             )

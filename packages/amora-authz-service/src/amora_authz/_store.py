@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from amora_authz._database import current_revision, upgrade
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
 from amora_authz._queries import (
+    beyond,
     evict_beyond,
     live_count,
     managed_counts_statement,
@@ -343,6 +344,10 @@ class Store(StatementRunner):
                 {r.session_id: (r.user_sub, -(-int(r.expires_at_ms) // 1000) + margin_s) for r in rows}, at_ms=at_ms
             )
         return {r.session_id: r.user_sub for r in rows}
+
+    async def sessions_beyond(self, session: Session, *, max_per_user: int) -> list[str]:
+        """The ids of the user's live sessions beyond the newest ``max_per_user`` (``session`` counted)."""
+        return sorted(r.session_id for r in await self._rows(beyond(session, max_per_user)))
 
     async def record_revocations(self, revoked: Mapping[str, tuple[str, int]], *, at_ms: int) -> None:
         """Record revocations (username -> (user, until_s)); an existing one keeps the later ``until_s``."""
