@@ -23,6 +23,8 @@ __all__ = ["DeviceCache", "Watch", "WatchEvent"]
 WatchEvent = DeviceState | ConnectionStatus
 """What a watch yields: a verified state or a verified connection status."""
 
+_STATUS_KEY = "/connection"  # a status waits under "{device_id}/connection", a state under its device id
+
 
 class Watch:
     """A stream of verified `DeviceState` and `ConnectionStatus` for some devices.
@@ -47,7 +49,7 @@ class Watch:
         self._cache = cache
         self.device_ids = device_ids
         self.include_connection = include_connection
-        self._queue: LatestPerKeyQueue[tuple[str, str], WatchEvent] = LatestPerKeyQueue(max_keys=2 * max_devices)
+        self._queue: LatestPerKeyQueue[str, WatchEvent] = LatestPerKeyQueue(max_keys=2 * max_devices)
         self._registered = False
 
     @property
@@ -61,8 +63,12 @@ class Watch:
 
     def offer(self, event: WatchEvent) -> None:
         """Queue `event` (called by the cache; never blocks)."""
-        kind = "state" if isinstance(event, DeviceState) else "connection"
-        self._queue.put((event.device_id, kind), event)
+        # Keyed by a string, not a (device, kind) tuple: a tuple is a GC-tracked object that
+        # would wait in the queue with every state. A device id never holds a "/".
+        if isinstance(event, DeviceState):
+            self._queue.put(event.device_id, event)
+        else:
+            self._queue.put(event.device_id + _STATUS_KEY, event)
 
     def _register(self) -> None:
         if not self._registered:
@@ -90,6 +96,9 @@ class Watch:
 
     async def __anext__(self) -> WatchEvent:
         """Return the next event."""
+        event = self._queue.get_nowait()  # one waiting: no wait, and no coroutine for it
+        if event is not None:
+            return event
         try:
             return await self._queue.get()
         except QueueClosedError:

@@ -85,7 +85,10 @@ class LatestPerKeyQueue(Generic[K, V]):
             raise ValueError("max_keys must be >= 1")
         self._items: OrderedDict[K, V] = OrderedDict()
         self._max_keys = max_keys
-        self._ready = asyncio.Event()
+        # The consumers waiting in `get`, each on a future of its own (a cancelled one leaves
+        # the others waiting). Awaited directly, not through an `asyncio.Event`: its ``wait``
+        # would add a coroutine per wait, on the path of every state a watch hands out.
+        self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.superseded = 0
         self.dropped = 0
@@ -111,20 +114,23 @@ class LatestPerKeyQueue(Generic[K, V]):
                 self._items.popitem(last=False)
                 self.dropped += 1
             self._items[key] = item
-        self._ready.set()
+        self._wake()
 
     def close(self) -> None:
         """Wake the consumer; `get` then drains what is left and raises `QueueClosedError`."""
         self._closed = True
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def get_nowait(self) -> V | None:
         """Return the oldest waiting item, or None when empty."""
         if not self._items:
             return None
         _, item = self._items.popitem(last=False)
-        if not self._items and not self._closed:
-            self._ready.clear()
         return item
 
     async def get(self) -> V:
@@ -139,8 +145,12 @@ class LatestPerKeyQueue(Generic[K, V]):
                 return item
             if self._closed:
                 raise QueueClosedError
-            self._ready.clear()
-            await self._ready.wait()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
 
 
 class QueueClosedError(Exception):

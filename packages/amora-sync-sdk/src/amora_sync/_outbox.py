@@ -127,6 +127,10 @@ class Outbox:
         self._by_digest: dict[str, _Pending] = {}  # unauthenticated_id(payload) -> its command
         self._link: Link | None = None
         self._wakeup = asyncio.Event()
+        # Set while a command is pending: the resend timer runs only then. An idle client
+        # (no command in flight, most of its life) has no timer at all, so a process holding
+        # thousands of them makes no garbage between states.
+        self._busy = asyncio.Event()
 
     def __len__(self) -> int:
         """Return the number of pending commands."""
@@ -227,12 +231,15 @@ class Outbox:
     async def _send(self, pending: _Pending, timeout: float) -> CommandResponse:  # noqa: ASYNC109 - the deadline
         command, device_id = pending.command, pending.device.device_id
         self._pending[command.id] = pending
+        self._busy.set()
         try:
             if self._link is not None and self._link.connected:
                 self._publish(self._link, pending)
             response = await self._settle(pending, timeout)
         finally:
             self._pending.pop(command.id, None)
+            if not self._pending:
+                self._busy.clear()
             for digest in pending.digests:
                 self._by_digest.pop(digest, None)
         if _status(response) in _FINAL_BAD:
@@ -308,6 +315,9 @@ class Outbox:
         """Every `resend_interval`, send again what was sent that long ago and got no answer."""
         loop = asyncio.get_running_loop()
         while True:
+            # Strategy: no command pending, nothing to resend: wait for one (an event, not a
+            # timer that wakes every client of a process for nothing).
+            await self._busy.wait()
             # Half the interval: a command waits between one and one and a half intervals.
             await asyncio.sleep(self._resend_interval / 2)
             link = self._link
