@@ -10,8 +10,9 @@ on the first connection to each broker).
 
 A hung broker (stopped, wedged) keeps its TCP connections open and its kernel still
 acknowledges bytes, so neither TCP nor a long MQTT keep-alive notices it quickly. The link
-therefore probes end to end: every ``liveness_interval_s`` it re-subscribes to the device's
-own connection topic and expects the SUBACK within ``liveness_timeout_s``; a QoS 1/2 publish
+therefore probes end to end: after ``liveness_interval_s`` without an answer from the broker
+(an acknowledgement, a SUBACK, a message) it re-subscribes to the device's own connection
+topic and expects the SUBACK within ``liveness_timeout_s``; a QoS 1/2 publish
 left unacknowledged that long counts the same. A broker that fails either is left at once
 (the DISCONNECT is sent but never waited on for more than a second) and tried last.
 
@@ -33,7 +34,6 @@ import logging
 import random
 import ssl
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 import gmqtt
@@ -96,8 +96,14 @@ class _Inflight:
     """
 
     def __init__(self) -> None:
-        self._messages: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        # The packages and their first send times in two dicts, both in send order: a
+        # (package, time) tuple per publish would be a GC-tracked object alive until its
+        # acknowledgement, on the path of every state a player publishes.
+        self._messages: dict[int, bytes] = {}
+        self._sent: dict[int, float] = {}
         self._waiters: set[asyncio.Future[None]] = set()
+        self.acked_at = 0.0
+        """`time.monotonic()` of the last acknowledgement (PUBACK, PUBCOMP): the broker answered."""
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -109,19 +115,21 @@ class _Inflight:
 
     def oldest_age(self) -> float:
         """Seconds since the oldest unacknowledged publish went out (0 when none)."""
-        if not self._messages:
-            return 0.0
-        _, sent = next(iter(self._messages.values()))
-        return time.monotonic() - sent
+        for sent in self._sent.values():
+            return time.monotonic() - sent
+        return 0.0
 
     def push_message(self, mid: int, raw_package: bytes) -> None:
         # gmqtt also swaps a PUBLISH for its PUBREL here: keep the first send time.
-        previous = self._messages.get(mid)
-        self._messages[mid] = (raw_package, previous[1] if previous else time.monotonic())
+        self._messages[mid] = raw_package
+        self._sent.setdefault(mid, time.monotonic())
 
     def remove_message_by_mid(self, mid: int) -> None:
-        if self._messages.pop(mid, None) is not None and not self._messages:
-            self._wake()
+        self._sent.pop(mid, None)
+        if self._messages.pop(mid, None) is not None:
+            self.acked_at = time.monotonic()
+            if not self._messages:
+                self._wake()
 
     @property
     def is_empty(self) -> bool:
@@ -139,10 +147,11 @@ class _Inflight:
 
     def clear(self) -> None:
         self._messages.clear()
+        self._sent.clear()
         self._wake()
 
     def get_all(self) -> list[tuple[int, bytes]]:
-        return [(mid, package) for mid, (package, _) in self._messages.items()]
+        return list(self._messages.items())
 
     def _wake(self) -> None:
         for waiter in self._waiters:
@@ -197,6 +206,8 @@ class _Connection:
     receive_maximum: int = 65535
     lost_reason: str | None = None
     """Why the broker ended the connection, when it said (DISCONNECT reason) or the socket did."""
+    heard: float = 0.0
+    """`time.monotonic()` of the last SUBACK or message from the broker."""
 
 
 class MqttLink:
@@ -390,12 +401,14 @@ class MqttLink:
             connection.lost.set()
 
         def on_subscribe(_c: object, mid: int, qos: tuple[int, ...], _props: object) -> None:
+            connection.heard = time.monotonic()
             connection.granted[mid] = tuple(qos)
             event = connection.subacks.get(mid)
             if event is not None:
                 event.set()
 
         def on_message(_c: object, topic: str, payload: bytes, qos: int, props: dict[str, Any]) -> int:
+            connection.heard = time.monotonic()
             correlation = _prop(props, "correlation_data")
             user = props.get("user_property")
             self._on_message(
@@ -523,10 +536,17 @@ class MqttLink:
         if self._probe_topic is None:
             await asyncio.Event().wait()
         probe = gmqtt.Subscription(self._probe_topic, qos=1, no_local=True, retain_handling_options=1)
+        interval = self._liveness_interval_s
         while True:
-            await asyncio.sleep(self._liveness_interval_s)
+            # Probe after `interval` of silence: an acknowledgement or a message from the
+            # broker in the meantime proves its loop works as well as a SUBACK would (a
+            # player publishing states answers for itself, and makes no probe's garbage).
+            silent = time.monotonic() - max(connection.heard, connection.inflight.acked_at)
+            await asyncio.sleep(interval - silent if silent < interval else interval)
             if connection.inflight.oldest_age() > self._liveness_timeout_s:
                 return
+            if time.monotonic() - max(connection.heard, connection.inflight.acked_at) < interval:
+                continue
             try:
                 mid = connection.client.resubscribe(probe)
             except Exception:  # noqa: BLE001 - a dead socket: the lost event follows
