@@ -131,10 +131,13 @@ def fresh_broker(dev_pki: DevPKI, keys_file: Path, tmp_path: Path) -> Iterator[B
         yield broker
 
 
-def connect(broker: BrokerProcess, username: str, clientid: str, password: str, **kwargs: Any) -> MqttClient:
+def connect(
+    broker: BrokerProcess, username: str, clientid: str, password: str, *, websocket: bool = False, **kwargs: Any
+) -> MqttClient:
     return MqttClient.connect(
         broker.host,
-        broker.app_port,
+        broker.ws_port if websocket else broker.app_port,
+        websocket=websocket,
         ssl_context=broker.client_context(),
         client_id=clientid,
         username=username,
@@ -255,6 +258,16 @@ def test_valid_token_connects_and_its_acl_is_enforced(token_broker, signer):
         assert not delivered(token_broker, client, f"{PREFIX}/d1/connection")
 
 
+def test_clock_skew_up_to_a_minute_is_tolerated_and_wss_works_too(token_broker, signer):
+    username, clientid = new_session()
+    now = int(time.time())
+    # issued 30 s "in the future" by a clock ahead of the broker's, valid a few seconds more
+    token = signer.sign(_header(signer), claims_for(username, clientid, iat=now + 30, exp=now + 30))
+    with connect(token_broker, username, clientid, token, websocket=True) as client:
+        assert client.subscribe(f"{PREFIX}/d1/state") == 1
+        assert client.subscribe(f"{PREFIX}/d2/state") == NOT_AUTHORIZED
+
+
 def test_publish_is_limited_to_the_tokens_topics(token_broker, signer):
     username, clientid = new_session()
     password = signer.sign({"alg": "ES256", "typ": "JWT", "kid": signer.kid}, claims_for(username, clientid))
@@ -337,6 +350,12 @@ REFUSALS: dict[str, tuple[Any, str]] = {
         lambda s, _u, _c: s.sign_payload(_header(s), b"not json"),
         "claims are not base64url JSON",
     ),
+    "escaped_nul": (
+        lambda s, u, c: s.sign(
+            _header(s), claims_for(u, c, acl=[{"permission": "allow", "action": "all", "topic": "a\x00/#"}])
+        ),
+        "claims are not base64url JSON",
+    ),
     "acl_missing": (
         lambda s, u, c: s.sign(_header(s), {k: v for k, v in claims_for(u, c).items() if k != "acl"}),
         "acl claim missing or not an array",
@@ -399,6 +418,72 @@ def test_a_reconnect_with_the_same_client_id_replaces_the_acl(token_broker, sign
             # The old connection's disconnect must not remove the new one's ACL.
             assert new.subscribe("x/y") == 1
             assert new.subscribe(f"{PREFIX}/d1/state") == NOT_AUTHORIZED
+
+
+def test_an_offline_persistent_session_gets_its_messages_queued(token_broker, signer):
+    # The SDK keeps a broker session (session expiry) across short disconnects: what arrives
+    # meanwhile is ACL-checked for the offline client and queued, as with a dynsec account.
+    username, clientid = new_session()
+    token = signer.sign(_header(signer), claims_for(username, clientid))
+    with connect(token_broker, username, clientid, token, clean_start=True, session_expiry=300) as client:
+        assert client.subscribe(f"{PREFIX}/d1/state") == 1
+        assert client.subscribe(f"{PREFIX}/+/connection") == 1
+    with token_broker.admin_client() as admin:
+        admin.publish(f"{PREFIX}/d2/connection", b"not for it", qos=1)
+        admin.publish(f"{PREFIX}/d1/state", b"while away", qos=1)
+    later = signer.sign(_header(signer), claims_for(username, clientid))
+    with connect(token_broker, username, clientid, later, clean_start=False, session_expiry=300) as client:
+        assert client.session_present
+        message = client.receive(timeout=5.0)
+        assert message is not None
+        assert (message.topic, message.payload) == (f"{PREFIX}/d1/state", b"while away")
+        assert client.receive(timeout=0.5) is None
+
+
+def test_a_token_issued_by_the_authz_service_is_accepted(dev_pki, tmp_path):
+    # The other side of the contract: amora-authz-service's own signer (token mode).
+    from amora_authz._brokertoken import BrokerTokenKey  # noqa: PLC0415 - the contract's other side
+
+    issuer = BrokerTokenKey(ec.generate_private_key(ec.SECP256R1()), issuer="amora-authz", audience="amora-broker")
+    with start_broker(tmp_path, dev_pki, token_plugin=TokenPlugin(_keys(tmp_path, issuer.public_pem()))) as broker:
+        username, clientid = new_session()
+        now = int(time.time())
+        token = issuer.issue(
+            subject="user-1",
+            username=username,
+            client_id=clientid,
+            devices=["player-1"],
+            issued_at_s=now,
+            expires_at_s=now + 600,
+        )
+        with connect(broker, username, clientid, token) as client:
+            assert client.subscribe("amora/devices/player-1/state") == 1
+            assert client.subscribe("amora/devices/player-2/state") == NOT_AUTHORIZED
+
+
+def _keys(directory: Path, pem: bytes) -> Path:
+    path = directory / "keys.pem"
+    path.write_bytes(pem)
+    return path
+
+
+def test_public_keys_are_read_again_on_sighup(fresh_broker, signer):
+    username, clientid = new_session()
+    rotated = Signer()
+    claims = claims_for(username, clientid)
+    assert refused(fresh_broker, username, clientid, rotated.sign(_header(rotated), claims)) == NOT_AUTHORIZED
+    owner = _owner(fresh_broker.token_public_keys_file)
+    fresh_broker.token_public_keys_file.write_bytes(rotated.public_pem())
+    fresh_broker.reload()
+    assert wait_log(fresh_broker, "amora_auth: reload: 1 public key(s)")
+    connect(fresh_broker, username, clientid, rotated.sign(_header(rotated), claims)).disconnect()
+    assert refused(fresh_broker, username, clientid, signer.sign(_header(signer), claims)) == NOT_AUTHORIZED
+    # A file that does not load keeps the keys in use.
+    fresh_broker.token_public_keys_file.write_bytes(b"-----BEGIN PUBLIC KEY-----\nbroken\n")
+    os.chown(fresh_broker.token_public_keys_file, *owner)
+    fresh_broker.reload()
+    assert wait_log(fresh_broker, "amora_auth: reload: keeping the 1 key(s) in use")
+    connect(fresh_broker, username, clientid, rotated.sign(_header(rotated), claims)).disconnect()
 
 
 # ---- revocation over $CONTROL/amora-auth/v1 ------------------------------------------------
@@ -613,7 +698,8 @@ def _fuzzer_runtime_missing() -> str | None:
 
 
 @pytest.mark.slow
-def test_fuzzer_runs_clean_over_its_corpus(tmp_path):
+@pytest.mark.parametrize("fuzzer", ["fuzz_token", "fuzz_token_nosig"])
+def test_fuzzer_runs_clean_over_its_corpus(tmp_path, fuzzer):
     missing = _fuzzer_runtime_missing()
     if missing:
         pytest.skip(missing)
@@ -624,8 +710,9 @@ def test_fuzzer_runs_clean_over_its_corpus(tmp_path):
     shutil.copytree(source / "fuzz" / "corpus", work)
     result = subprocess.run(  # noqa: S603 - fixed argv
         [
-            str(source / "build" / "fuzz_token"),
-            "-max_total_time=20",
+            str(source / "build" / fuzzer),
+            "-max_total_time=10",
+            "-max_len=17000",
             "-timeout=10",
             f"-artifact_prefix={tmp_path}/",
             str(work),

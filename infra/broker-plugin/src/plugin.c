@@ -11,6 +11,10 @@
 #define _GNU_SOURCE /* tdestroy */
 #include "plugin.h"
 
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#error "the fuzzing build skips the signature check: never build the plugin with it"
+#endif
+
 #include <ctype.h>
 #include <search.h>
 #include <stdio.h>
@@ -200,6 +204,27 @@ static int on_tick(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* SIGHUP: read the public keys again (rotation without a restart). A file that does not
+ * load keeps the keys in use: a typo must not lock every session out. Always DEFER, so
+ * plugins after this one get the event too. */
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	struct amora_plugin *p = userdata;
+	struct amora_keyring fresh;
+	char err[512];
+
+	(void)event;
+	(void)event_data;
+	if(amora_keyring_load_file(&fresh, p->public_keys, err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: reload: keeping the %zu key(s) in use: %s", p->keys.count, err);
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	amora_keyring_free(&p->keys);
+	p->keys = fresh;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: reload: %zu public key(s) from %s", p->keys.count, p->public_keys);
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
 /* ---- options and lifecycle ------------------------------------------------------ */
 
 static int set_option(struct amora_plugin *p, const char *key, const char *value)
@@ -293,6 +318,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, p)
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, p)
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, p)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, on_reload, NULL, p)
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_CONTROL, amora_on_control, AMORA_CONTROL_TOPIC, p)){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: cannot register callbacks (is it loaded twice?)");
 		free_plugin(p);
@@ -315,6 +341,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(p->id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_CONTROL, amora_on_control, AMORA_CONTROL_TOPIC);
 	free_plugin(p);
 	return MOSQ_ERR_SUCCESS;

@@ -8,7 +8,7 @@
  * (size, split, header, kid, signature, claims, iss/aud, username/clientid, time,
  * revocation, ACL): nothing from the payload is trusted before the signature is checked.
  */
-#define _POSIX_C_SOURCE 200809L /* strdup */
+#define _GNU_SOURCE /* strdup, memmem */
 #include "token.h"
 
 #include <limits.h>
@@ -64,7 +64,7 @@ long amora_b64url_decode(const char *in, size_t len, unsigned char *out, size_t 
 	return (long)n;
 }
 
-static void b64url_encode(const unsigned char *in, size_t len, char *out)
+void amora_b64url_encode(const unsigned char *in, size_t len, char *out)
 {
 	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	uint32_t acc = 0;
@@ -95,7 +95,7 @@ static int key_id(EVP_PKEY *pkey, char kid[AMORA_KID_LEN + 1])
 	if(derlen <= 0) return -1;
 	SHA256(der, (size_t)derlen, digest);
 	OPENSSL_free(der);
-	b64url_encode(digest, 16, kid);
+	amora_b64url_encode(digest, 16, kid);
 	return 0;
 }
 
@@ -265,8 +265,8 @@ static cJSON *decode_json_part(const char *part, size_t len)
 
 	if(buf == NULL) return NULL;
 	n = amora_b64url_decode(part, len, buf, len / 4 * 3 + 3);
-	/* An embedded NUL would make cJSON's strings disagree with the signed bytes. */
-	if(n > 0 && memchr(buf, '\0', (size_t)n) == NULL){
+	/* A NUL, raw or escaped, would cut a cJSON string short of what was signed. */
+	if(n > 0 && memchr(buf, '\0', (size_t)n) == NULL && memmem(buf, (size_t)n, "\\u0000", 6) == NULL){
 		json = cJSON_ParseWithLength((const char *)buf, (size_t)n);
 	}
 	free(buf);
@@ -526,8 +526,12 @@ int amora_token_verify(const struct amora_verifier *v, const char *token, size_t
 	}
 	/* The signing input is the token's own bytes up to the second dot. */
 	if(!es256_verify(pkey, (const unsigned char *)token, (size_t)(dot2 - token), sig)){
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
 		*reason = "bad signature";
 		return -1;
+#endif
+		/* The second fuzzer (make fuzz: fuzz_token_nosig) goes on, so mutated claims reach
+		 * the code after this check; plugin.c refuses to compile in this mode. */
 	}
 	claims = decode_json_part(dot1 + 1, plen);
 	if(claims == NULL){

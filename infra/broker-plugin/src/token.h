@@ -89,5 +89,7 @@ void amora_acl_free(struct amora_acl *acl);
 /* Strict base64url (RFC 4648 section 5, no padding, canonical trailing bits). Writes at most
  * `outcap` bytes; returns the decoded length or -1. Exposed for the fuzzer and tests. */
 long amora_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outcap);
+/* Encode `len` bytes into `out` (room for len * 4 / 3 + 2 characters and the NUL). */
+void amora_b64url_encode(const unsigned char *in, size_t len, char *out);
 
 #endif
