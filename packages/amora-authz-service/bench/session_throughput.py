@@ -12,9 +12,13 @@ request.
 ``--credentials token`` runs the service in token mode (``[broker] credentials = "token"``,
 a key made with ``amora-authz broker-token-key``): a creation signs a broker token and writes
 nothing to the broker, which then loads the ``amora_auth`` plugin with the key's public half.
+``--live N`` first stores N other live sessions in the database (token mode, or no broker: in
+dynsec mode each would first have to become a broker client), to show what a creation costs
+beside them.
 
 Usage: python packages/amora-authz-service/bench/session_throughput.py
-       [--db sqlite|postgres] [--broker] [--credentials dynsec|token] [--clients 8] [--seconds 10]
+       [--db sqlite|postgres] [--broker] [--credentials dynsec|token] [--live 0]
+       [--clients 8] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from amora_authz._store import Session, open_store
 from amora_authz.testing import session_body
 from amora_devtools import DevPKI, start_broker, start_postgres
 from amora_devtools._authz_process import make_broker_token_key
@@ -136,6 +141,25 @@ async def measure(base_url: str, process: subprocess.Popen[bytes], clients: int,
         )
 
 
+async def store_live_sessions(database_url: str, count: int) -> None:
+    """Put ``count`` live sessions of 500 other users into the database (migrating it first)."""
+    async with await open_store(database_url) as store:
+        await store.migrate()
+        now = int(time.time() * 1000)
+        for n in range(count):
+            await store.add_session(
+                Session(
+                    session_id=f"sess.live{n:08d}",
+                    user_sub=f"live{n % 500}",
+                    client_name=None,
+                    signing_key=bytes(32),
+                    encryption_key=bytes(32),
+                    created_at_ms=now,
+                    expires_at_ms=now + 3_600_000,
+                )
+            )
+
+
 def run(args: argparse.Namespace) -> None:
     """Start what the run needs, run it, stop everything."""
     users = [f"user{i}" for i in range(args.clients)]
@@ -167,6 +191,8 @@ username = "{broker.admin_username}"
 password = "{broker.admin_password}"
 ca_file = "{broker.ca_file}"
 """
+        if args.live:
+            asyncio.run(store_live_sessions(database_url, args.live))
         config, base_url = write_config(
             folder, database_url=database_url, users=users, broker_toml=broker_toml, token_key=token_key
         )
@@ -177,8 +203,9 @@ ca_file = "{broker.ca_file}"
         env = {**os.environ, "AMORA_AUTHZ_LOG_JSON": "false"}
         process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         try:
+            broker_name = "mosquitto" if args.broker else "none"
             print(
-                f"store: {args.db}, broker: {'mosquitto' if args.broker else 'none'}, credentials: {args.credentials}"
+                f"store: {args.db}, broker: {broker_name}, credentials: {args.credentials}, live sessions: {args.live}"
             )
             asyncio.run(measure(base_url, process, args.clients, args.seconds))
         finally:
@@ -201,9 +228,16 @@ def main() -> None:
         default="dynsec",
         help="dynsec: a broker client per session; token: a broker token (the broker loads the amora_auth plugin)",
     )
+    parser.add_argument("--live", type=int, default=0, help="other live sessions stored first")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
-    run(parser.parse_args())
+    args = parser.parse_args()
+    if args.live and args.broker and args.credentials == "dynsec":
+        parser.error(
+            "--live with --broker needs --credentials token: in dynsec mode the service's start-up pass "
+            "would first create every live session as a broker client (minutes at 10,000)"
+        )
+    run(args)
 
 
 if __name__ == "__main__":

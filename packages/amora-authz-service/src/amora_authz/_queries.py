@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from amora_authz._records import Session
 
 __all__ = [
+    "active_devices_count",
     "beyond",
     "evict_beyond",
     "live_count",
@@ -93,6 +94,11 @@ def open_session_statement(insert: Any, evict: Any, user_sub: str) -> sa.Executa
         .join(links, links.c.device_id == devices.c.device_id)
         .where(links.c.user_sub == user_sub, devices.c.revoked_at_ms.is_(None)),
     )
+
+
+def active_devices_count() -> sa.Select[Any]:
+    """How many devices are active (registered, not revoked)."""
+    return sa.select(sa.func.count()).select_from(devices).where(devices.c.revoked_at_ms.is_(None))
 
 
 def managed_counts_statement() -> sa.Select[Any]:

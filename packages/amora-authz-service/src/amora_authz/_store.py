@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from amora_authz._database import current_revision, upgrade
 from amora_authz._errors import ConflictError, NotFoundError, StoreError
 from amora_authz._queries import (
+    active_devices_count,
     beyond,
     evict_beyond,
     live_count,
@@ -478,11 +479,13 @@ class Store(StatementRunner):
             session_clients: False in token mode: sessions are no dynsec clients, and there
                 are no user groups and no ``user-device:`` roles.
         """
+        if not session_clients:
+            # Token mode: the devices alone, so the periodic check reads no session row at all.
+            device_count = int(await self._scalar(active_devices_count()) or 0)
+            return device_count + 1, 0, device_count + 1
         statement = managed_counts_statement()
         row: tuple[Any, ...] = tuple((await self._rows(statement))[0])
         device_count, session_count, user_count = (int(value) for value in row)
-        if not session_clients:
-            return device_count + 1, 0, device_count + 1
         return device_count + session_count + 1, user_count, 2 * device_count + 1
 
     async def sessions_of_devices(
