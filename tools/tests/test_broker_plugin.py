@@ -248,6 +248,7 @@ def test_valid_token_connects_and_its_acl_is_enforced(token_broker, signer):
         assert client.subscribe(f"{PREFIX}/#") == NOT_AUTHORIZED
         assert client.subscribe(f"{PREFIX}/d1/+") == NOT_AUTHORIZED
         assert client.subscribe("$SYS/#") == NOT_AUTHORIZED
+        assert client.subscribe(f"$share/g/{PREFIX}/d1/state") == NOT_AUTHORIZED  # shared: a $ topic too
         assert client.subscribe(AMORA_AUTH_TOPIC + "/response") == NOT_AUTHORIZED
         assert client.subscribe(f"{PREFIX}/d1/commands") == NOT_AUTHORIZED  # publish-only grant
         # receive: through the wildcard subscription, d1 arrives, d2 (denied first) does not
@@ -673,6 +674,38 @@ def test_broker_does_not_start_with_a_bad_revocations_file(fresh_broker, content
     with pytest.raises(ServiceStartError) as excinfo:
         fresh_broker.restart(timeout=5.0)
     assert expected in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.replace("plugin_opt_audience ", "plugin_opt_audiance "), "unknown option plugin_opt_audiance"),
+        (lambda c: _drop_line(c, "plugin_opt_issuer "), "plugin_opt_issuer is missing"),
+        (lambda c: _drop_line(c, "plugin_opt_public_keys "), "plugin_opt_public_keys is missing"),
+        (lambda c: _drop_line(c, "plugin_opt_revocations "), "plugin_opt_revocations is missing"),
+        (
+            lambda c: _set_option(c, "plugin_opt_public_keys", "/nonexistent/keys.pem"),
+            "public_keys file /nonexistent/keys.pem cannot be read",
+        ),
+    ],
+)
+def test_broker_does_not_start_with_bad_plugin_options(fresh_broker, edit, expected):
+    fresh_broker.stop()
+    config = fresh_broker.config_file
+    config.write_text(edit(config.read_text()))  # same file: owner and mode stay
+    with pytest.raises(ServiceStartError) as excinfo:
+        fresh_broker.restart(timeout=5.0)
+    assert f"amora_auth: {expected}" in str(excinfo.value)
+
+
+def _drop_line(config: str, prefix: str) -> str:
+    return "".join(line for line in config.splitlines(keepends=True) if not line.startswith(prefix))
+
+
+def _set_option(config: str, option: str, value: str) -> str:
+    return "".join(
+        f"{option} {value}\n" if line.startswith(f"{option} ") else line for line in config.splitlines(keepends=True)
+    )
 
 
 def _owner(path: Path) -> tuple[int, int]:

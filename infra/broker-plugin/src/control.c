@@ -128,7 +128,10 @@ static void list_revocations(struct amora_plugin *p, cJSON *responses, const cha
 		else cJSON_AddStringToObject(r, "error", "out of memory");
 		return;
 	}
-	cJSON_AddItemToObject(r, "sessions", sessions);
+	if(!cJSON_AddItemToObject(r, "sessions", sessions)){
+		cJSON_Delete(sessions);
+		cJSON_AddStringToObject(r, "error", "out of memory");
+	}
 }
 
 static void handle_command(struct amora_plugin *p, const cJSON *cmd, cJSON *responses)
