@@ -93,8 +93,8 @@ async def test_a_session_s_password_is_a_token_for_its_devices_and_refresh_issue
         assert _topics(new_claims) == _topics(claims)
 
 
-async def test_logout_link_unlink_and_eviction_end_sessions_with_a_revocation(tmp_path: Path) -> None:
-    settings = dev_settings(tmp_path, broker=token_mode(tmp_path), max_sessions_per_user=2)
+async def test_logout_link_unlink_and_eviction_end_sessions_with_a_revocation(tmp_path: Path, store_url: str) -> None:
+    settings = dev_settings(tmp_path, database_url=store_url, broker=token_mode(tmp_path), max_sessions_per_user=2)
     async with serve(settings) as svc:
         store, admin = svc.runtime.store, await svc.auth("admin")
         await _register(svc, "player-1", "alice")

@@ -18,7 +18,7 @@ from authz_broker_harness import NOT_AUTHORISED, WAIT, Harness, receive, subscri
 
 from amora_authz._control import DynsecClient
 from amora_authz._errors import BrokerError
-from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, reconcile_revocations
+from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, list_revocations
 from amora_authz.testing import broker_endpoint, broker_token_key, dev_settings, serve, session_body, token_mode
 from amora_devtools import MqttClient, MqttRefused, client_ssl_context, start_broker
 from amora_devtools._authz_process import make_broker_token_key, start_authz
@@ -286,7 +286,7 @@ async def test_a_broker_without_the_plugin_is_named_as_the_cause(broker: BrokerP
     )
     try:
         with pytest.raises(BrokerError) as refused:
-            await reconcile_revocations(client, {"sess.x": 1})
+            await list_revocations(client)
     finally:
         await client.close()
     assert refused.value.code == "broker_timeout"

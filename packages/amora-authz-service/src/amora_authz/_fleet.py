@@ -43,7 +43,13 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._fleet_check import CheckReport, PeriodicCheck
-from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, reconcile_revocations, send_revocations
+from amora_authz._revocations import (
+    AUTH_CONTROL_TOPIC,
+    NO_PLUGIN_HINT,
+    list_revocations,
+    missing_revocations,
+    send_revocations,
+)
 from amora_authz._store import Link
 from amora_protocol import now_ms, user_group
 
@@ -507,13 +513,14 @@ class BrokerFleet(PeriodicCheck):
         client = self.auth_clients[name]
         status = self.status[name]
         wanted = await self._store.live_revocations(usernames, now_s=self._clock_ms() // 1000)
+        if usernames is None:
+            # A full pass: what the broker lacks (down during a change, or restarted from an
+            # older deny list). Entries it holds beyond the database's stay: never taken back.
+            wanted = missing_revocations(wanted, await list_revocations(client))
         try:
-            if usernames is None:
-                sent = await reconcile_revocations(client, wanted)
-            else:
-                sent = await send_revocations(client, wanted)
+            sent = await send_revocations(client, wanted)
         except AuthzError:
-            status.revocations_failed += len(wanted) if usernames is not None else 0
+            status.revocations_failed += len(wanted)
             raise
         status.revocations_sent += sent
         if sent:

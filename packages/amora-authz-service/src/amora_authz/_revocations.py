@@ -30,9 +30,9 @@ __all__ = [
     "MAX_SESSIONS_PER_COMMAND",
     "NO_PLUGIN_HINT",
     "REVOCATION_MARGIN_S",
+    "list_revocations",
     "missing_revocations",
     "parse_revocations",
-    "reconcile_revocations",
     "revoke_commands",
     "send_revocations",
 ]
@@ -107,12 +107,11 @@ async def send_revocations(client: DynsecClient, revoked: Mapping[str, int]) -> 
     return len(revoked)
 
 
-async def reconcile_revocations(client: DynsecClient, wanted: Mapping[str, int]) -> int:
-    """Give one broker every revocation of ``wanted`` it lacks; return how many were sent.
+async def list_revocations(client: DynsecClient) -> dict[str, int]:
+    """One broker's deny list (username -> until).
 
     Raises:
-        BrokerError: the broker is unreachable, did not answer, or refused a command.
+        BrokerError: the broker is unreachable, did not answer, refused, or answered badly.
     """
     (response,) = await client.execute_checked([{"command": "listRevocations"}])
-    held = parse_revocations(response, broker=client.endpoint.name)
-    return await send_revocations(client, missing_revocations(wanted, held))
+    return parse_revocations(response, broker=client.endpoint.name)
