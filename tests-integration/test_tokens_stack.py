@@ -11,20 +11,17 @@ an unlink revokes the user's sessions and the SDK comes back without the device.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from amora_devtools.broker import dynsec
+from amora_devtools.broker_tokens import b64url, load_token_key, sign_token, token_parts
 from amora_devtools.stack import Stack
 from amora_protocol import PlaybackStatus, commands_topic, state_topic
 from amora_sync import DeviceState, Pause, Play
@@ -49,34 +46,7 @@ def token_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-# ---------------------------------------------------------------- tokens made by hand
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    header, payload, signature = token.split(".")
-    return json.loads(_unb64(header)), json.loads(_unb64(payload)), signature
-
-
-def _sign(header: dict[str, Any], claims: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> str:
-    """A compact JWS, ES256 (raw r||s), as the authz service makes them."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
-
-
-def _service_key(stack: Stack) -> ec.EllipticCurvePrivateKey:
-    assert stack.broker_token_key is not None
-    key = serialization.load_pem_private_key(Path(stack.broker_token_key).read_bytes(), password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return key
+# ---------------------------------------------------------------- helpers
 
 
 def _connect_rc(stack: Stack, mqtt_probe: Any, username: str, password: str, client_id: str) -> int | None:
@@ -94,7 +64,7 @@ async def test_an_sdk_client_watches_and_commands_the_real_mpd_player_with_a_tok
     async with sdk_client(token_stack, "alice") as client:
         session = await anext(client.session_changes())
         assert session.broker.username.startswith("sess.")
-        header, claims, _ = _parts(session.broker.password)
+        header, claims, _ = token_parts(session.broker.password)
         assert header["alg"] == "ES256"
         assert (claims["username"], claims["clientid"]) == (session.broker.username, session.broker.client_id)
         # Nothing was written to the broker for this login: the session has no dynsec account.
@@ -148,22 +118,24 @@ def test_forged_expired_and_other_users_tokens_are_refused_at_the_broker(token_s
     alice = new_session(token_stack, "alice")["broker"]
     bob = new_session(token_stack, "bob")["broker"]
     user, client_id, token = alice["username"], alice["client_id"], alice["password"]
-    header, claims, signature = _parts(token)
+    header, claims, signature = token_parts(token)
     # The genuine token is accepted (so each refusal below is the token's doing).
     assert _connect_rc(token_stack, mqtt_probe, user, token, client_id) == 0
     # Forged: bob's device added to the ACL, the service's signature kept.
     widened = {**claims, "acl": [*claims["acl"], {"permission": "allow", "action": "all", "topic": "amora/#"}]}
-    forged = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(widened).encode())}.{signature}"
+    forged = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(widened).encode())}.{signature}"
     assert _connect_rc(token_stack, mqtt_probe, user, forged, client_id) in REFUSED
     # Signed by another key under the service's key id.
-    stranger = _sign(header, widened, ec.generate_private_key(ec.SECP256R1()))
+    stranger = sign_token(header, widened, ec.generate_private_key(ec.SECP256R1()))
     assert _connect_rc(token_stack, mqtt_probe, user, stranger, client_id) in REFUSED
     # Unsigned (alg none).
-    unsigned = f"{_b64(json.dumps({**header, 'alg': 'none'}).encode())}.{_b64(json.dumps(claims).encode())}."
+    unsigned = f"{b64url(json.dumps({**header, 'alg': 'none'}).encode())}.{b64url(json.dumps(claims).encode())}."
     assert _connect_rc(token_stack, mqtt_probe, user, unsigned, client_id) in REFUSED
     # Expired, though signed by the service's own key.
     now = int(time.time())
-    expired = _sign(header, {**claims, "iat": now - 120, "exp": now - 60}, _service_key(token_stack))
+    assert token_stack.broker_token_key is not None
+    service_key = load_token_key(token_stack.broker_token_key)
+    expired = sign_token(header, {**claims, "iat": now - 120, "exp": now - 60}, service_key)
     assert _connect_rc(token_stack, mqtt_probe, user, expired, client_id) in REFUSED
     # Another user's genuine token under this session's name, or under its own name with
     # this session's client id: the token names its username and client id.
@@ -203,7 +175,7 @@ async def test_unlink_revokes_the_sessions_and_the_sdk_comes_back_without_the_de
                     after = await anext(sessions)
                 assert after.session_id != before.session_id
                 assert list(after.devices) == ["player-1"]
-                _, claims, _ = _parts(after.broker.password)
+                _, claims, _ = token_parts(after.broker.password)
                 assert not [rule for rule in claims["acl"] if "player-2" in rule["topic"]]
                 await client.wait_connected(timeout=WAIT_S)
                 assert (await client.command("player-1", Pause(), timeout=WAIT_S)).status.value == "succeeded"

@@ -16,7 +16,10 @@ the development PKI mounted where the images expect their secrets:
    verified by the SDK;
 5. a second device's certificate connects to the device listener, is revoked through the
    authz API (CRL written to the volume shared with the broker), the broker container gets
-   SIGHUP, and the same certificate is refused.
+   SIGHUP, and the same certificate is refused;
+6. token mode: one more broker container with broker-token public keys mounted loads the
+   image's ``amora_auth.so`` (it would not start otherwise), a token signed by the mounted
+   key logs in, one signed by another key is refused.
 
 Every step is timed; the summary goes to stdout. Everything started is stopped by PID and
 every working container is removed, also on failure.
@@ -42,12 +45,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from amora_devtools._container import READY_S, UID, Container
-from amora_devtools._errors import DevtoolsError
+from amora_devtools._errors import DevtoolsError, MqttError, MqttRefused
 from amora_devtools._files import private_dir, write_private
+from amora_devtools._mqtt import MqttClient, client_ssl_context
 from amora_devtools._proc import free_port, tail, wait_until
 from amora_devtools._smoke_configs import ADMIN, USER, agent_config, authz_config
+from amora_devtools.broker_tokens import session_token
 from amora_devtools.images import build_images, ensure_base
 from amora_devtools.pki import DevPKI, device_key_and_csr
 from amora_protocol import EncryptionKey, SigningKey
@@ -360,6 +367,66 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
                 "a revoked certificate still connects after SIGHUP:\n" + tail(brokers["primary"].log_file)
             )
         sys.stdout.write(f"smoke: revoked certificate {why}\n")
+
+    with run.step("token mode: broker with amora_auth.so, a signed token in, another key's refused"):
+        _token_broker(run, images["amora-broker"], secrets_dir, crl_dir, pki.ca_file)
+
+
+def _token_broker(run: SmokeRun, image: str, secrets_dir: Path, crl_dir: Path, ca_file: Path) -> None:
+    """Step 6: the broker image in token mode (its entrypoint loads the plugin when keys are mounted)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token_dir = run.workdir / "broker-token"
+    token_dir.mkdir(mode=0o700)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    write_private(token_dir / "broker-token-keys.pem", public)
+    _owned(token_dir / "broker-token-keys.pem", mode=0o400)
+    _owned(token_dir, mode=0o500)
+    device_port, app_port, ws_port = free_port(), free_port(), free_port()
+    broker = run.container("broker-token", image)
+    broker.start(
+        env={
+            "AMORA_BROKER_BIND_ADDRESS": "127.0.0.1",
+            "AMORA_BROKER_WS_BIND": "lo",
+            "AMORA_BROKER_DEVICE_PORT": str(device_port),
+            "AMORA_BROKER_APP_PORT": str(app_port),
+            "AMORA_BROKER_WS_PORT": str(ws_port),
+            "AMORA_BROKER_TOKEN_PUBLIC_KEYS": "/run/amora/broker-token/broker-token-keys.pem",
+        },
+        volumes=[
+            f"{secrets_dir}:/run/secrets/amora:ro",
+            f"{crl_dir}:/run/amora/crl:ro",
+            f"{token_dir}:/run/amora/broker-token:ro",
+            f"{run.state_dir('broker-token')}:/var/lib/amora-broker",
+        ],
+    )
+    broker.wait_healthy()
+    acl = [{"permission": "allow", "action": "subscribe", "topic": "amora/devices/sim-1/state"}]
+    good = session_token(key, username="sess.smoke", acl=acl)
+    forged = session_token(ec.generate_private_key(ec.SECP256R1()), username="sess.smoke", acl=acl)
+    answers = [_session_connack("127.0.0.1", app_port, ca_file, "sess.smoke", token) for token in (good, forged)]
+    if answers != [0, 0x87]:
+        raise DevtoolsError(
+            f"token mode: CONNACK {answers} for (signed, another key's) token, not [0, 0x87]:\n" + tail(broker.log_file)
+        )
+    sys.stdout.write("smoke: token mode: the mounted key's token accepted, another key's refused (0x87)\n")
+
+
+def _session_connack(host: str, port: int, ca_file: Path, username: str, password: str) -> int | str:
+    """The CONNACK reason of a TLS app-listener CONNECT (client id = username), or why there was none."""
+    try:
+        with MqttClient.connect(
+            host,
+            port,
+            ssl_context=client_ssl_context(ca_file),
+            client_id=username,
+            username=username,
+            password=password,
+        ):
+            return 0
+    except MqttRefused as exc:
+        return exc.reason_code
+    except MqttError as exc:
+        return str(exc)
 
 
 def run_smoke(*, keep: Path | None = None) -> int:

@@ -16,15 +16,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from amora_devtools import DevPKI, MqttClient, client_ssl_context
-from amora_devtools._broker_config import dynsec_plugin, template_dir
+from amora_devtools import DevPKI, MqttClient, MqttError, client_ssl_context
+from amora_devtools._authz_process import make_broker_token_key
+from amora_devtools._broker_config import amora_auth_plugin, dynsec_plugin, template_dir
 from amora_devtools._proc import free_port, wait_until
+from amora_devtools.broker_tokens import load_token_key, session_token
 from amora_devtools.image_smoke import device_connack
 
 if TYPE_CHECKING:
@@ -268,3 +271,50 @@ def test_a_state_volume_it_cannot_write_is_refused(layout):
     process = layout.start(STATE_DIR=str(unwritable / "state"))
     assert process.wait(timeout=15) == 2
     assert "not writable" in layout.log.read_text()
+
+
+def test_mounted_token_keys_put_the_plugin_first_tokens_log_in_and_the_admin_revokes(layout, tmp_path):
+    private, public = make_broker_token_key(tmp_path / "token-key")
+    mounted = layout.secrets / "broker-token-keys.pem"
+    shutil.copy(public, mounted)
+    layout.state.chmod(0o700)  # the image's state volume: the plugin keeps its deny list there
+    extra = {"TOKEN_PUBLIC_KEYS": str(mounted), "TOKEN_PLUGIN": str(amora_auth_plugin())}
+    text = amora_broker.render(amora_broker.settings_from_env(layout.env(**extra)))
+    # mosquitto asks plugins in load order: amora_auth must come before dynamic security.
+    assert text.index("amora_auth.so") < text.index(dynsec_plugin())
+    assert f"plugin_opt_public_keys {mounted}" in text
+    process = layout.start(**extra)
+    try:
+        layout.wait_healthy(process)
+        now = int(time.time())
+        rules = [{"permission": "allow", "action": "subscribe", "topic": "amora/devices/player-1/state"}]
+        token = session_token(load_token_key(private), username="sess.t1", acl=rules)
+        ca = client_ssl_context(layout.secrets / "device-ca.pem")
+        with MqttClient.connect(
+            "127.0.0.1", layout.app_port, ssl_context=ca, client_id="sess.t1", username="sess.t1", password=token
+        ):
+            pass
+        # The admin account the entrypoint created may send the plugin its revocations.
+        with layout.admin() as admin:
+            admin.subscribe("$CONTROL/amora-auth/v1/response")
+            command = {"command": "revokeSessions", "sessions": [{"username": "sess.t1", "until": now + 300}]}
+            admin.publish("$CONTROL/amora-auth/v1", json.dumps({"commands": [command]}).encode(), qos=1)
+            answer = admin.receive(timeout=5)
+        assert answer is not None
+        assert "error" not in json.loads(answer.payload)["responses"][0]
+        with pytest.raises(MqttError):
+            MqttClient.connect(
+                "127.0.0.1", layout.app_port, ssl_context=ca, client_id="sess.t1", username="sess.t1", password=token
+            )
+    finally:
+        assert _stop(process) == 0
+    assert "sess.t1" in (layout.state / "amora-revocations.json").read_text()
+    assert "broker tokens" in layout.log.read_text()
+
+
+def test_named_token_keys_that_are_not_there_stop_the_start_with_the_fix(layout):
+    missing = layout.secrets / "nowhere.pem"
+    with pytest.raises(amora_broker.ConfigError, match=r"TOKEN_PUBLIC_KEYS=.*no such file"):
+        amora_broker.settings_from_env(layout.env(TOKEN_PUBLIC_KEYS=str(missing)))
+    # Not named and not mounted: dynamic-security sessions only, no plugin line.
+    assert "amora_auth" not in amora_broker.render(layout.settings())

@@ -4,7 +4,9 @@
 ``amora-broker run`` (the image's default command):
 
 1. renders ``mosquitto.conf.template`` (and ``bridge.conf.template`` on a standby) from the
-   environment and the mounted TLS files into ``AMORA_BROKER_RUN_DIR``;
+   environment and the mounted TLS files into ``AMORA_BROKER_RUN_DIR``; when broker-token
+   public keys are mounted (``AMORA_BROKER_TOKEN_PUBLIC_KEYS``) it puts the ``amora_auth``
+   plugin (``amora-auth.conf.template``) before dynamic security: token mode;
 2. on the first start (no ``dynamic-security.json`` in the state volume yet) writes the initial
    dynamic-security state: the admin account whose password is read from a mounted secret,
    deny-by-default ACL access, and on a primary the standby's bridge account;
@@ -50,7 +52,11 @@ __all__ = ["ConfigError", "Settings", "initial_dynsec", "main", "prepare", "rend
 
 ENV_PREFIX = "AMORA_BROKER_"
 DYNSEC_FILE = "dynamic-security.json"
+REVOCATIONS_FILE = "amora-revocations.json"
 _CONTROL = "$CONTROL/dynamic-security/#"
+# The broker-token plugin's control topic (revocations) and its answers.
+_AUTH_CONTROL = "$CONTROL/amora-auth/#"
+_AUTH_RESPONSE = "$CONTROL/amora-auth/v1/response"
 # mosquitto_ctrl's own choice for dynsec password hashes (PBKDF2-SHA512).
 _PBKDF2_ITERATIONS = 101
 
@@ -85,6 +91,10 @@ class Settings:
     bridge_name: str
     extra_config_dir: Path
     crl_watch_s: float
+    token_public_keys: Path | None = None
+    token_plugin: Path = Path("/usr/lib/amora-broker/amora_auth.so")
+    token_issuer: str = "amora-authz"  # noqa: S105 - a name, not a secret
+    token_audience: str = "amora-broker"  # noqa: S105 - a name, not a secret
 
     @property
     def standby(self) -> bool:
@@ -112,6 +122,10 @@ _DEFAULTS: dict[str, str] = {
     "BRIDGE_NAME": "standby-to-primary",
     "EXTRA_CONFIG_DIR": "/etc/amora-broker/conf.d",
     "CRL_WATCH_S": "10",
+    "TOKEN_PUBLIC_KEYS": "/run/secrets/amora/broker-token-keys.pem",
+    "TOKEN_PLUGIN": "/usr/lib/amora-broker/amora_auth.so",
+    "TOKEN_ISSUER": "amora-authz",
+    "TOKEN_AUDIENCE": "amora-broker",
 }
 
 
@@ -170,6 +184,14 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             f"{ENV_PREFIX}BRIDGE_ADDRESS={bridge_address!r}: give host:port of the primary's app listener"
         )
     ca_file = Path(_get(env, "CA_FILE"))
+    # Token mode when the keys are mounted (at the default path, or where the variable says:
+    # a named file that is missing is an error, not dynsec mode).
+    token_keys = Path(_get(env, "TOKEN_PUBLIC_KEYS"))
+    if _optional(env, "TOKEN_PUBLIC_KEYS") is not None and not token_keys.is_file():
+        raise ConfigError(
+            f"{ENV_PREFIX}TOKEN_PUBLIC_KEYS={token_keys}: no such file; mount the broker-token public keys "
+            "(`amora-authz broker-token-key public`) there, or unset it for dynamic-security sessions only"
+        )
     return Settings(
         template_dir=Path(_get(env, "TEMPLATE_DIR")),
         run_dir=Path(_get(env, "RUN_DIR")),
@@ -193,6 +215,10 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         bridge_name=_get(env, "BRIDGE_NAME"),
         extra_config_dir=Path(_get(env, "EXTRA_CONFIG_DIR")),
         crl_watch_s=_seconds(env, "CRL_WATCH_S"),
+        token_public_keys=token_keys if token_keys.is_file() else None,
+        token_plugin=Path(_get(env, "TOKEN_PLUGIN")),
+        token_issuer=_get(env, "TOKEN_ISSUER"),
+        token_audience=_get(env, "TOKEN_AUDIENCE"),
     )
 
 
@@ -219,6 +245,9 @@ def _check_readable(settings: Settings) -> None:
     }
     if settings.standby:
         files["BRIDGE_CAFILE"] = settings.bridge_cafile
+    if settings.token_public_keys is not None:
+        files["TOKEN_PUBLIC_KEYS"] = settings.token_public_keys
+        files["TOKEN_PLUGIN"] = settings.token_plugin
     for name, path in files.items():
         if not os.access(path, os.R_OK):
             raise ConfigError(
@@ -254,6 +283,23 @@ def render(settings: Settings, *, bridge_password: str | None = None) -> str:
         "dynsec_plugin": str(settings.dynsec_plugin),
     }
     parts = [_substitute(_template(settings, "mosquitto.conf.template"), values)]
+    if settings.token_public_keys is not None:
+        # First: mosquitto asks plugins in load order, and amora_auth must decide `sess.*`
+        # names before dynamic security sees them (it defers every other name).
+        parts.insert(
+            0,
+            _substitute(
+                _template(settings, "amora-auth.conf.template"),
+                {
+                    "amora_auth_plugin": str(settings.token_plugin),
+                    "token_public_keys": str(settings.token_public_keys),
+                    "token_issuer": settings.token_issuer,
+                    "token_audience": settings.token_audience,
+                    "token_revocations": str(settings.state_dir / REVOCATIONS_FILE),
+                    "token_username_prefix": "sess.",
+                },
+            ),
+        )
     if settings.standby:
         if bridge_password is None:
             raise ConfigError("a standby needs its bridge password to render the bridge")
@@ -302,8 +348,9 @@ def initial_dynsec(
 ) -> dict[str, Any]:
     """The first dynamic-security state: deny by default, the admin, and optionally a bridge account.
 
-    The admin may administer dynsec and read ``$SYS``, nothing else: it is the authz
-    service's account, which only reconciles. The bridge account (on a primary) may
+    The admin may administer dynsec, send the broker-token plugin its revocations
+    (``$CONTROL/amora-auth``; harmless without the plugin) and read ``$SYS``, nothing else:
+    it is the authz service's account, which only reconciles. The bridge account (on a primary) may
     read and write ``amora/#``, with its client id fixed to its username.
     """
     clients: list[dict[str, Any]] = [
@@ -317,12 +364,16 @@ def initial_dynsec(
     roles: list[dict[str, Any]] = [
         {
             "rolename": "amora-admin",
-            "textname": "dynsec administration and $SYS; nothing else",
+            "textname": "dynsec administration, token revocations and $SYS; nothing else",
             "acls": [
                 _acl("publishClientSend", _CONTROL),
                 _acl("publishClientReceive", _CONTROL),
                 _acl("subscribePattern", _CONTROL),
                 _acl("unsubscribePattern", _CONTROL),
+                _acl("publishClientSend", _AUTH_CONTROL),
+                _acl("publishClientReceive", _AUTH_RESPONSE),
+                _acl("subscribeLiteral", _AUTH_RESPONSE),
+                _acl("unsubscribeLiteral", _AUTH_RESPONSE),
                 _acl("publishClientReceive", "$SYS/#"),
                 _acl("subscribePattern", "$SYS/#"),
                 _acl("unsubscribePattern", "$SYS/#"),
@@ -503,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - ends in ex
         return 2
     role = "standby" if settings.standby else "primary"
     first = ", dynamic security initialised" if initialised else ""
-    sys.stderr.write(f"amora-broker: {role}, config {config}{first}; starting mosquitto\n")
+    tokens = f", broker tokens ({settings.token_public_keys})" if settings.token_public_keys else ""
+    sys.stderr.write(f"amora-broker: {role}, config {config}{first}{tokens}; starting mosquitto\n")
     argv = [os.environ.get(ENV_PREFIX + "MOSQUITTO", "/usr/sbin/mosquitto"), "-c", str(config)]
     if settings.crl_watch_s > 0:
         return supervise(argv, crl_file=settings.crl_file, interval_s=settings.crl_watch_s)
