@@ -516,7 +516,7 @@ def fixed_ports(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m amora_devtools.stack up --state-dir DIR [--players N] [--no-mpd] [--no-standby]``."""
+    """``python -m amora_devtools.stack up --state-dir DIR [--players N] [--no-mpd] [--credentials token] ...``."""
     parser = argparse.ArgumentParser(prog="amora-stack", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the stack, write stack.json, run until Ctrl-C")

@@ -24,6 +24,11 @@ clock as the deliveries (`amora_bench._monitor`).
 Clocks: ``time.perf_counter_ns`` is CLOCK_MONOTONIC on Linux, shared by every process here, so
 send and receive times from different processes compare directly.
 
+``credentials="token"`` runs the service in token mode (ADR 0015): the sessions log in with
+broker tokens checked by the broker's ``amora_auth`` plugin, so their thousands of logins
+write nothing to the broker (8,000 dynsec logins took over 30 minutes of set-up on a loaded
+machine); the deliveries' ACL checks are then the plugin's instead of dynamic security's.
+
 Run alone: ``python -m amora_bench.fleet --players 140 --sessions 500 --seconds 5``.
 """
 
@@ -298,9 +303,11 @@ def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
     rate_seconds: float = 10.0,
     held: list[int] | None = None,
     held_seconds: float = 10.0,
+    credentials: str = "dynsec",
 ) -> dict[str, Any]:
-    """Run the fleet scenario and return its figures."""
-    from amora_devtools.broker import dynsec, start_broker  # noqa: PLC0415
+    """Run the fleet scenario and return its figures (``credentials``: ``dynsec`` or ``token``)."""
+    from amora_devtools._authz_process import make_broker_token_key  # noqa: PLC0415
+    from amora_devtools.broker import TokenPlugin, dynsec, start_broker  # noqa: PLC0415
     from amora_devtools.pki import DevPKI  # noqa: PLC0415
     from amora_devtools.stack import start_authz  # noqa: PLC0415
 
@@ -316,13 +323,20 @@ def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
         "seconds": seconds,
         "sdk_processes": sdk_processes,
         "gc_policy": gc,
+        "credentials": credentials,
     }
     with tempfile.TemporaryDirectory(prefix="amora-bench-fleet-") as tmp:
         work = Path(tmp)
         pki = DevPKI.create(work / "pki")
         users = [USER_FMT.format(i) for i in range(players)]
-        with start_broker(work / "brokers", pki) as broker:
-            authz, url = start_authz(work / "authz", pki, [broker], users=[*users, "admin"], rate_limits=False)
+        token_key, plugin = None, None
+        if credentials == "token":
+            token_key, public = make_broker_token_key(work / "broker-token")
+            plugin = TokenPlugin(public_keys=public)
+        with start_broker(work / "brokers", pki, token_plugin=plugin) as broker:
+            authz, url = start_authz(
+                work / "authz", pki, [broker], users=[*users, "admin"], rate_limits=False, broker_token_key=token_key
+            )
             children: list[Any] = _CHILDREN
             children.clear()
             monitor: Monitor | None = None
@@ -446,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", help="comma-separated connection levels for the held-connection sweep")
     parser.add_argument("--sweep-seconds", type=float, default=10.0, help="length of each sweep window")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--credentials", choices=["dynsec", "token"], default="dynsec", help="how the sessions log in to the broker"
+    )
     args = parser.parse_args(argv)
     figures = run(
         players=args.players,
@@ -458,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_seconds=args.sweep_seconds,
         held=[int(n) for n in args.held.split(",")] if args.held else None,
         held_seconds=args.sweep_seconds,
+        credentials=args.credentials,
     )
     text = json.dumps(figures, indent=2)
     if args.json:
