@@ -38,7 +38,11 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "failover": ("amora_bench.failover", {"rounds": 1}, {"rounds": 3}),
     "device_revocation": ("amora_bench.device_revocation", {"rounds": 20}, {"rounds": 200}),
     "backend_consumer": ("amora_bench.backend_consumer", {"count": 2000}, {"count": 20_000}),
-    "garbage": ("amora_bench.garbage", {"sessions": 50, "seconds": 2.0}, {"sessions": 1000, "seconds": 5.0}),
+    "garbage": (
+        "amora_bench.garbage",
+        {"sessions": 50, "agents": 10, "seconds": 2.0},
+        {"sessions": 1000, "agents": 200, "seconds": 5.0},
+    ),
     "fleet": (
         "amora_bench.fleet",
         {

@@ -8,13 +8,14 @@ product's latency are not mixed.
 
 from __future__ import annotations
 
+import collections
 import gc
 import time
 from typing import Any, Literal
 
 from amora_bench._common import percentile
 
-__all__ = ["GcPolicy", "GcRecorder", "full_collection", "window_policy"]
+__all__ = ["GcPolicy", "GcRecorder", "full_collection", "kind_of", "window_policy"]
 
 GcPolicy = Literal["enabled", "frozen", "off"]
 """How a load generator's collector runs during the timed window.
@@ -27,17 +28,30 @@ disabled for the window (re-enabled afterwards; what the window made is collecte
 
 
 class GcRecorder:
-    """Times each collection of this process: generation, start (monotonic ns) and duration."""
+    """Times each collection of this process: generation, start (monotonic ns) and duration.
 
-    def __init__(self) -> None:
+    With ``census=True`` it also counts, at the start of each collection, the young objects
+    (generation 0) by kind: what set the collector off. That takes time of its own (not in
+    the pauses recorded): for diagnosis, not for latency windows.
+    """
+
+    def __init__(self, *, census: bool = False) -> None:
         """Create a recorder; it records between `start` and `stop`."""
         self.pauses: list[tuple[int, int, float]] = []  # (generation, start_ns, wall ms)
         self.cpu_ms: list[float] = []  # the same pauses' CPU time (less when the process was descheduled)
+        self.young: list[int] = []  # with census: generation 0's size at each collection
+        self.young_kinds: collections.Counter[str] = collections.Counter()
+        self._census = census
         self._began = 0
         self._began_cpu = 0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            if self._census:
+                young = gc.get_objects(0)
+                self.young.append(len(young))
+                self.young_kinds.update(kind_of(o) for o in young)
+                del young
             self._began = time.perf_counter_ns()
             self._began_cpu = time.thread_time_ns()
         elif self._began:
@@ -71,6 +85,18 @@ class GcRecorder:
             str(gen): _stats([ms for g, ms in chosen if g == gen]) for gen in sorted({g for g, _ in chosen})
         }
         return result
+
+
+def kind_of(o: object) -> str:
+    """A tracked object's type; for coroutines and bound methods the code they run, for tuples what they start with."""
+    kind = type(o).__qualname__
+    if kind == "coroutine":
+        return f"coroutine {getattr(o, '__qualname__', '?')}"
+    if kind == "method":
+        return f"method {getattr(getattr(o, '__func__', None), '__qualname__', '?')}"
+    if isinstance(o, tuple) and o:  # scheduled callbacks' arguments, packets, records
+        return f"{kind} of {type(o[0]).__qualname__}"
+    return kind
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
