@@ -357,6 +357,10 @@ REFUSALS: dict[str, tuple[Any, str]] = {
         ),
         "claims are not base64url JSON",
     ),
+    "trailing_bytes": (
+        lambda s, u, c: s.sign_payload(_header(s), json.dumps(claims_for(u, c)).encode() + b" {}"),
+        "claims are not base64url JSON",
+    ),
     "acl_missing": (
         lambda s, u, c: s.sign(_header(s), {k: v for k, v in claims_for(u, c).items() if k != "acl"}),
         "acl claim missing or not an array",
@@ -605,6 +609,8 @@ def test_malformed_commands_get_an_error_and_change_nothing(token_broker, comman
     ("payload", "error"),
     [
         (b"not json", "Payload not valid JSON"),
+        (b'{"commands": []} {"commands": [{"command": "listRevocations"}]}', "Payload not valid JSON"),
+        (b'{"commands\x00": [{"command": "listRevocations"}]}', "Payload not valid JSON"),
         (b'{"commands": 1}', "Invalid/missing commands"),
         (b"[]", "Invalid/missing commands"),
         (b'{"commands": [{"command": "listRevocations", "correlationData": 7}]}', "correlationData must be a string"),
@@ -731,8 +737,11 @@ def _fuzzer_runtime_missing() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fuzzer", ["fuzz_token", "fuzz_token_nosig"])
-def test_fuzzer_runs_clean_over_its_corpus(tmp_path, fuzzer):
+@pytest.mark.parametrize(
+    ("fuzzer", "corpus"),
+    [("fuzz_token", "corpus"), ("fuzz_token_nosig", "corpus"), ("fuzz_control", "corpus_control")],
+)
+def test_fuzzer_runs_clean_over_its_corpus(tmp_path, fuzzer, corpus):
     missing = _fuzzer_runtime_missing()
     if missing:
         pytest.skip(missing)
@@ -740,7 +749,7 @@ def test_fuzzer_runs_clean_over_its_corpus(tmp_path, fuzzer):
     assert source is not None
     subprocess.run(["make", "-s", "-C", str(source), "fuzz"], check=True, capture_output=True, timeout=300)  # noqa: S603, S607
     work = tmp_path / "corpus"
-    shutil.copytree(source / "fuzz" / "corpus", work)
+    shutil.copytree(source / "fuzz" / corpus, work)
     result = subprocess.run(  # noqa: S603 - fixed argv
         [
             str(source / "build" / fuzzer),

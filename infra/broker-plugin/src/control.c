@@ -169,7 +169,7 @@ int amora_on_control(int event, void *event_data, void *userdata)
 		cJSON_Delete(responses);
 		return MOSQ_ERR_NOMEM;
 	}
-	request = cJSON_ParseWithLength(ed->payload, ed->payloadlen);
+	request = ed->payload == NULL ? NULL : amora_json_parse_exact(ed->payload, ed->payloadlen);
 	commands = cJSON_GetObjectItemCaseSensitive(request, "commands");
 	if(request == NULL){
 		reply(responses, "Unknown command", NULL, "Payload not valid JSON");

@@ -52,11 +52,6 @@ static void free_client(void *p)
 	free(e);
 }
 
-bool amora_is_session(const struct amora_plugin *p, const char *username)
-{
-	return username != NULL && strncmp(username, p->prefix, p->prefix_len) == 0;
-}
-
 /* Usernames are client input: log at most 128 printable bytes of them. */
 void amora_printable(const char *in, char *out, size_t outlen)
 {

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <time.h>
 
 #include <mosquitto_broker.h>
@@ -30,7 +31,11 @@ struct amora_plugin {
 	time_t next_prune;
 };
 
-bool amora_is_session(const struct amora_plugin *p, const char *username);
+/* Is `username` one of the plugin's (starts with the prefix)? */
+static inline bool amora_is_session(const struct amora_plugin *p, const char *username)
+{
+	return username != NULL && strncmp(username, p->prefix, p->prefix_len) == 0;
+}
 /* Copy at most 128 printable bytes of a client-chosen string, for log lines. */
 void amora_printable(const char *in, char *out, size_t outlen);
 /* MOSQ_EVT_CONTROL on AMORA_CONTROL_TOPIC. */

@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE /* twalk_r (glibc 2.30+) */
 #include "revocations.h"
+#include "token.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -218,7 +219,8 @@ static int load_entries(struct amora_revocations *r, const cJSON *root, time_t n
 		const cJSON *until = cJSON_GetObjectItemCaseSensitive(item, "until");
 
 		if(!cJSON_IsString(username) || username->valuestring[0] == '\0' || !cJSON_IsNumber(until)
-				|| !isfinite(until->valuedouble) || until->valuedouble < 0 || until->valuedouble > 9007199254740992.0){
+				|| !isfinite(until->valuedouble) || until->valuedouble < 0 || until->valuedouble > 9007199254740992.0
+				|| floor(until->valuedouble) != until->valuedouble){
 			return -1;
 		}
 		if((long long)until->valuedouble <= (long long)now) continue;
@@ -247,7 +249,7 @@ int amora_revocations_load(struct amora_revocations *r, const char *path, time_t
 		amora_revocations_free(r);
 		return -1;
 	}
-	root = cJSON_ParseWithLength(text, len);
+	root = amora_json_parse_exact(text, len);
 	free(text);
 	rc = root == NULL ? -1 : load_entries(r, root, now);
 	cJSON_Delete(root);

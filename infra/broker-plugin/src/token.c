@@ -256,6 +256,25 @@ done:
 
 /* ---- JSON helpers --------------------------------------------------------------- */
 
+cJSON *amora_json_parse_exact(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON *json;
+
+	/* A NUL, raw or escaped, would cut a cJSON string short of the bytes that were sent. */
+	if(len == 0 || memchr(text, '\0', len) != NULL || memmem(text, len, "\\u0000", 6) != NULL) return NULL;
+	json = cJSON_ParseWithLengthOpts(text, len, &end, false);
+	if(json == NULL) return NULL;
+	/* cJSON stops after the first value: anything but whitespace after it is refused. */
+	for(; end != NULL && end < text + len; end++){
+		if(*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r'){
+			cJSON_Delete(json);
+			return NULL;
+		}
+	}
+	return json;
+}
+
 /* Decode one base64url part and parse it as a JSON object (NULL on any error). */
 static cJSON *decode_json_part(const char *part, size_t len)
 {
@@ -265,10 +284,7 @@ static cJSON *decode_json_part(const char *part, size_t len)
 
 	if(buf == NULL) return NULL;
 	n = amora_b64url_decode(part, len, buf, len / 4 * 3 + 3);
-	/* A NUL, raw or escaped, would cut a cJSON string short of what was signed. */
-	if(n > 0 && memchr(buf, '\0', (size_t)n) == NULL && memmem(buf, (size_t)n, "\\u0000", 6) == NULL){
-		json = cJSON_ParseWithLength((const char *)buf, (size_t)n);
-	}
+	if(n > 0) json = amora_json_parse_exact((const char *)buf, (size_t)n);
 	free(buf);
 	if(json != NULL && !cJSON_IsObject(json)){
 		cJSON_Delete(json);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <time.h>
 
+#include <cjson/cJSON.h>
 #include <openssl/evp.h>
 
 /* Limits from the contract (TOKEN_SPEC): anything larger is refused before decoding. */
@@ -89,6 +90,9 @@ void amora_acl_free(struct amora_acl *acl);
 /* Strict base64url (RFC 4648 section 5, no padding, canonical trailing bits). Writes at most
  * `outcap` bytes; returns the decoded length or -1. Exposed for the fuzzer and tests. */
 long amora_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outcap);
+/* Parse exactly one JSON value filling `text` (surrounding whitespace allowed): NULL for
+ * anything else, trailing bytes and NULs (raw or \u0000) included. */
+cJSON *amora_json_parse_exact(const char *text, size_t len);
 /* Encode `len` bytes into `out` (room for len * 4 / 3 + 2 characters and the NUL). */
 void amora_b64url_encode(const unsigned char *in, size_t len, char *out);
 
