@@ -13,6 +13,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from amora_authz._revocations import REVOCATION_MARGIN_S
+from amora_authz._store import Device
 from amora_authz.testing import RunningService, broker_token_key, dev_settings, serve, session_body, token_mode
 from amora_protocol import EncryptionKey, SigningKey
 
@@ -156,3 +157,21 @@ async def test_the_expiry_sweep_revokes_expired_sessions_and_drops_past_revocati
         assert await store.live_revocations(now_s=0) == {
             session["session_id"]: -(-session["expires_at"] // 1000) + REVOCATION_MARGIN_S
         }
+
+
+async def test_more_devices_than_a_token_carries_refuses_the_login_and_ends_nothing(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path, broker=token_mode(tmp_path), max_sessions_per_user=1)
+    async with serve(settings) as svc:
+        store = svc.runtime.store
+        kept = await _login(svc, "alice")
+        for n in range(65):
+            await store.add_device(
+                Device(device_id=f"player-{n}", signing_key=b"s" * 32, encryption_key=b"e" * 32, created_at_ms=1)
+            )
+            await store.link("alice", f"player-{n}", at_ms=1)
+        response = await svc.http.post("/v1/sessions", json=session_body(), headers=await svc.auth("alice"))
+        assert response.status_code == 422
+        assert response.json()["code"] == "too_many_devices"
+        # The refused login kept nothing and ended nothing (the cap is 1: it would have evicted).
+        assert [s.session_id for s in await store.active_sessions(now_ms=0)] == [kept["session_id"]]
+        assert await store.live_revocations(now_s=0) == {}

@@ -302,6 +302,12 @@ class AuthzService:
             # its revocation (until its own expiry: `_end_sessions`), so no eviction inside
             # `open_session`.
             _, found = await self.store.open_session(session, max_per_user=_NO_CAP)
+            try:
+                password = self._credential(session, found, now)
+            except InvalidInputError:
+                # Before anything else ends: the user keeps their sessions, this one is dropped.
+                await self.store.delete_session(session.session_id)
+                raise
             over = await self.store.sessions_beyond(session, max_per_user=self.max_sessions_per_user)
             scope = await self._end_sessions(session_ids=over) if over else Scope()
             ended = sorted(scope.revoked)
@@ -310,6 +316,7 @@ class AuthzService:
         else:
             # One transaction: the row, the eviction of the oldest beyond the cap, the devices.
             ended, found = await self.store.open_session(session, max_per_user=self.max_sessions_per_user)
+            password = self.password_for(session.session_id)
             scope = scope_for_session(session.session_id, claims.subject, (d.device_id for d in found))
             outcome = await self.fleet.apply(scope | Scope(clients=frozenset(ended)))
         devices = tuple(found)
@@ -320,7 +327,7 @@ class AuthzService:
             await self.fleet.apply(scope)
             what = (
                 "the sessions this login ends could not be revoked"
-                if self.tokens
+                if self.tokens is not None
                 else "the session's broker credential could not be created"
             )
             raise BrokerError(
@@ -328,11 +335,6 @@ class AuthzService:
                 broker=outcome.primary or "*",
                 code="broker_unavailable",
             )
-        try:
-            password = self._credential(session, devices, now)
-        except InvalidInputError:
-            await self.store.delete_session(session.session_id)  # a token mode session without a token
-            raise
         # The devices are known: their lists need no second read of the user's links.
         await self._sessions_changed(devices=[d.device_id for d in devices])
         if ended:
