@@ -25,8 +25,11 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
-/* Expired revocations and tokens of departed clients are dropped this often. */
+/* Expired revocations and tokens of departed clients are dropped this often (a build
+ * for checks may set it lower). */
+#ifndef PRUNE_INTERVAL_S
 #define PRUNE_INTERVAL_S 60
+#endif
 
 /* What a connected (or offline, persistent) session may do. */
 struct client_entry {
@@ -123,6 +126,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		struct client_entry *old = *slot;
 		*slot = e;
 		free_client(old);
+	}else{
+		p->client_count++;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -163,7 +168,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 struct prune_walk {
 	time_t now;
 	struct client_entry **found;
-	size_t count, cap;
+	size_t count;
 };
 
 static void collect_stale(const void *node, VISIT which, void *ctx)
@@ -171,7 +176,7 @@ static void collect_stale(const void *node, VISIT which, void *ctx)
 	struct prune_walk *w = ctx;
 	struct client_entry *e = *(struct client_entry *const *)node;
 
-	if((which == postorder || which == leaf) && e->offline && e->exp <= (long long)w->now && w->count < w->cap){
+	if((which == postorder || which == leaf) && e->offline && e->exp <= (long long)w->now){
 		w->found[w->count++] = e;
 	}
 }
@@ -180,21 +185,25 @@ static int on_tick(int event, void *event_data, void *userdata)
 {
 	struct amora_plugin *p = userdata;
 	time_t now = time(NULL);
-	struct prune_walk w = {.now = now, .count = 0, .cap = 1024};
+	struct prune_walk w = {.now = now, .count = 0};
 
 	(void)event;
 	(void)event_data;
 	if(now < p->next_prune) return MOSQ_ERR_SUCCESS;
 	p->next_prune = now + PRUNE_INTERVAL_S;
 	amora_revocations_prune(&p->revocations, now);
-	/* At most `cap` departed clients per pass (the rest go next time): bounded work. */
-	w.found = calloc(w.cap, sizeof(*w.found));
+	/* Clients gone whose token has expired: one walk over every entry a minute (about a
+	 * millisecond per 10,000), collected first because the tree may not change mid-walk.
+	 * Out of memory: they stay until the next pass. */
+	if(p->client_count == 0) return MOSQ_ERR_SUCCESS;
+	w.found = calloc(p->client_count, sizeof(*w.found));
 	if(w.found == NULL) return MOSQ_ERR_SUCCESS;
 	twalk_r(p->clients, collect_stale, &w);
 	for(size_t i = 0; i < w.count; i++){
 		tdelete(w.found[i], &p->clients, by_clientid);
 		free_client(w.found[i]);
 	}
+	p->client_count -= w.count;
 	free(w.found);
 	return MOSQ_ERR_SUCCESS;
 }

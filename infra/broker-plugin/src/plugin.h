@@ -28,6 +28,7 @@ struct amora_plugin {
 	struct amora_keyring keys;
 	struct amora_revocations revocations;
 	void *clients; /* tsearch tree of per-client ACLs, keyed by client id */
+	size_t client_count;
 	time_t next_prune;
 };
 
