@@ -6,7 +6,7 @@ import gc
 from array import array
 
 from amora_bench._fleetanalysis import Window, analyse_window
-from amora_bench._gcstats import GcRecorder
+from amora_bench._gcstats import GcRecorder, kind_of
 
 MS = 1_000_000
 
@@ -65,3 +65,28 @@ def test_the_recorder_times_each_collection_by_generation() -> None:
     assert summary["max_ms"] > 0
     gc.collect()
     assert recorder.summary()["count"] == summary["count"]  # stopped: nothing more recorded
+
+
+def test_the_census_counts_what_each_collection_found_young_by_kind() -> None:
+    class Marker:
+        pass
+
+    async def waiting() -> None:
+        return None
+
+    gc.collect()
+    recorder = GcRecorder(census=True)
+    young = [Marker() for _ in range(50)]
+    coroutine = waiting()
+    recorder.start()
+    try:
+        gc.collect(0)
+    finally:
+        recorder.stop()
+        coroutine.close()
+    assert len(recorder.young) == 1
+    assert recorder.young[0] >= 51
+    assert recorder.young_kinds[Marker.__qualname__] == len(young)
+    assert recorder.young_kinds[f"coroutine {waiting.__qualname__}"] == 1
+    assert kind_of((1.5, "x")) == "tuple of float"
+    assert kind_of(recorder.start) == "method GcRecorder.start"

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from amora_bench._common import broker_for_bench
+from amora_bench._fleetproc import PACING_S
 from amora_bench._gcstats import GcRecorder, full_collection
 from amora_bench._rig import device_identity, mock_session_client, session_identity, start_publisher
 
@@ -127,15 +128,21 @@ async def _traced(delivered: Callable[[], int], seconds: float) -> dict[str, Any
     return {"retained_bytes_per_state": round((m1 - m0) / states, 1), "peak_kib": round((peak - m0) / 1024, 1)}
 
 
-async def _paused(delivered: Callable[[], int], seconds: float) -> dict[str, Any]:
-    recorder = GcRecorder()
+async def _recorded(recorder: GcRecorder, delivered: Callable[[], int], seconds: float) -> int:
+    """Wait ``seconds`` with ``recorder`` on; return how many states went by meanwhile."""
     recorder.start()
     d0 = delivered()
     try:
         await asyncio.sleep(seconds)
     finally:
         recorder.stop()
-    return {"states": delivered() - d0, "pauses": recorder.summary()}
+    return delivered() - d0
+
+
+async def _paused(delivered: Callable[[], int], seconds: float) -> dict[str, Any]:
+    recorder = GcRecorder()
+    states = await _recorded(recorder, delivered, seconds)
+    return {"states": states, "pauses": recorder.summary()}
 
 
 async def _frozen(delivered: Callable[[], int], seconds: float, *, per: int) -> dict[str, Any]:
@@ -148,14 +155,10 @@ async def _frozen(delivered: Callable[[], int], seconds: float, *, per: int) -> 
     gc.collect()
     gc.freeze()
     recorder = GcRecorder(census=True)
-    recorder.start()
-    d0 = delivered()
     try:
-        await asyncio.sleep(seconds)
+        states = await _recorded(recorder, delivered, seconds)
     finally:
-        recorder.stop()
         gc.unfreeze()
-    states = delivered() - d0
     callbacks = (loop.scheduled if isinstance(loop, _CountingLoop) else 0) - scheduled
     collections = len(recorder.pauses)
     result: dict[str, Any] = {
@@ -302,7 +305,7 @@ async def _agent_path(broker: BrokerProcess, *, agents: int, rate: float, second
                     # Round robin, a new volume each time (as the fleet's players process).
                     players[k % agents].apply(SetVolume(volume=(k // agents) % 100 + 1))
                     k += 1
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(PACING_S)
 
         driver = asyncio.create_task(drive(), name="amora-bench.garbage-driver")
         try:
