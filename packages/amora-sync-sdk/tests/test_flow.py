@@ -75,3 +75,17 @@ def test_one_default_connect_timeout_for_the_client_the_policy_and_the_cli():
     client_default = inspect.signature(AmoraClient).parameters["connect_timeout"].default
     cli_default = build_parser().parse_args(["devices"]).connect_timeout
     assert client_default == ReconnectPolicy().connect_timeout == cli_default == DEFAULT_CONNECT_TIMEOUT
+
+
+async def test_consumers_that_give_up_waiting_leave_nothing_behind_and_others_still_get_items():
+    queue: LatestPerKeyQueue[str, int] = LatestPerKeyQueue(max_keys=2)
+    for _ in range(50):  # an app polling with a timeout while nothing arrives
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(queue.get(), 0.001)
+    assert len(queue._waiters) <= 1
+    first, second = asyncio.create_task(queue.get()), asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put("x", 1)
+    queue.put("y", 2)
+    assert sorted(await asyncio.wait_for(asyncio.gather(first, second), 5)) == [1, 2]
+    assert queue._waiters == []

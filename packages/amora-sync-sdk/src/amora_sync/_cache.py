@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Self
 
 from amora_protocol import ConnectionStatus, DeviceState
-from amora_sync._flow import LatestPerKeyQueue, QueueClosedError
+from amora_sync._flow import LatestPerKeyQueue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -96,13 +96,15 @@ class Watch:
 
     async def __anext__(self) -> WatchEvent:
         """Return the next event."""
-        event = self._queue.get_nowait()  # one waiting: no wait, and no coroutine for it
-        if event is not None:
-            return event
-        try:
-            return await self._queue.get()
-        except QueueClosedError:
-            raise StopAsyncIteration from None
+        # `LatestPerKeyQueue.get` inlined: its coroutine would wait with every consumer.
+        queue = self._queue
+        while True:
+            event = queue.get_nowait()
+            if event is not None:
+                return event
+            if queue.closed:
+                raise StopAsyncIteration
+            await queue.arrival()
 
 
 class DeviceCache:

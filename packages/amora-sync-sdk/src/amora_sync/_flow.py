@@ -85,9 +85,9 @@ class LatestPerKeyQueue(Generic[K, V]):
             raise ValueError("max_keys must be >= 1")
         self._items: OrderedDict[K, V] = OrderedDict()
         self._max_keys = max_keys
-        # The consumers waiting in `get`, each on a future of its own (a cancelled one leaves
-        # the others waiting). Awaited directly, not through an `asyncio.Event`: its ``wait``
-        # would add a coroutine per wait, on the path of every state a watch hands out.
+        # The consumers waiting, each on a future of its own (a cancelled one leaves the others
+        # waiting). Awaited directly, not through an `asyncio.Event` or a coroutine of ours:
+        # each would add a coroutine per wait, on the path of every state a watch hands out.
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.superseded = 0
@@ -125,6 +125,18 @@ class LatestPerKeyQueue(Generic[K, V]):
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self._waiters.clear()
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done at the next `put` or `close` (then `get_nowait` again): ``await queue.arrival()``."""
+        waiters = self._waiters
+        for waiter in waiters:
+            if waiter.done():  # its consumer was cancelled while waiting (a timeout around anext)
+                waiters[:] = [w for w in waiters if not w.done()]
+                break
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        return waiter
 
     def get_nowait(self) -> V | None:
         """Return the oldest waiting item, or None when empty."""
@@ -145,12 +157,7 @@ class LatestPerKeyQueue(Generic[K, V]):
                 return item
             if self._closed:
                 raise QueueClosedError
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
+            await self.arrival()
 
 
 class QueueClosedError(Exception):
