@@ -498,8 +498,9 @@ class Agent(CommandHandling, ManagementHandling):
             now = now_ms()
             try:
                 snap = await self._player.snapshot()
-                fields: dict[str, Any] = msgspec.structs.asdict(snap)
-                state = DeviceState(device_id=self.device_id, version=0, **fields)
+                # The fields' dict is not kept in a local: it would stay alive, a GC-tracked
+                # object (it holds enum members), while this loop waits for the next change.
+                state = DeviceState(device_id=self.device_id, version=0, **msgspec.structs.asdict(snap))
             except PlayerUnavailable:
                 if self._state is not None and self._state.error == _PLAYER_UNAVAILABLE:
                     continue
