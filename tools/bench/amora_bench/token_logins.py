@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["first_login_token", "main", "summary_rows"]
 
 SESSIONS_PER_DEVICE = 100
+STORM_TARGET_APPS, STORM_TARGET_S = 5000, 30.0  # issue #15: 5,000 apps restarting at once, within 30 s
 SETUP_CONCURRENCY = 16  # concurrent POST /v1/sessions while the live sessions are made
 PUBLISHER = "bench-publisher"  # a dynsec account (not a session) that publishes the devices' retained state
 PUBLISHER_PASSWORD = "bench-publisher-password"  # noqa: S105 - a throwaway account on a throwaway broker
@@ -139,8 +141,12 @@ async def _scenario(  # noqa: PLR0913 - the scenario's sizes, keyword-only
         try:
             figures["restart_storm"] = await storm(broker, apps[:connected], hold=held)
             figures["connected_sessions"] = len(held)
+            # The held connections are this load generator's, not the product's: freeze them
+            # out of its collector's walks (as the fleet's load generators do after set-up).
+            gc.freeze()
             figures["first_login"] = await install_window(http, tokens, installers, seconds)
         finally:
+            gc.unfreeze()
             for link in held:
                 link.close()
     return figures
@@ -211,7 +217,7 @@ def summary_rows(token: dict[str, Any], dynsec: dict[str, Any] | None) -> list[s
         (
             f"| first logins, token mode, {token['live_sessions']:,} live sessions "
             f"({token['connected_sessions']:,} connected), {token['clients']} at once | {rate}/s "
-            f"(p50 {token['latency_ms']['p50_ms']} ms) | dynsec mode, {dynsec['live_sessions'] if dynsec else '-'} "
+            f"(p50 {token['latency_ms']['p50_ms']} ms) | dynsec mode, {dynsec['live_sessions'] if dynsec else 0:,} "
             f"accounts: {base}/s | {ratio} | >= 100/s: {'met' if rate >= token['target_per_s'] else 'MISSED'} |"
         ),
         (
@@ -222,10 +228,23 @@ def summary_rows(token: dict[str, Any], dynsec: dict[str, Any] | None) -> list[s
         (
             f"| restart storm, token mode: {token['connected_sessions']:,} apps connect at once with their tokens, "
             f"all holding their state | {storm_figures['all_received_s']} s, {storm_figures['failures']} failed "
-            f"(p50 {storm_figures['per_app_ms']['p50_ms']} ms) | | | <= 30 s for 5,000: "
-            f"{'met' if storm_figures['all_received_s'] <= 30 and not storm_figures['failures'] else 'MISSED'} |"
+            f"(p50 {storm_figures['per_app_ms']['p50_ms']} ms) | | | {_storm_verdict(token)} |"
         ),
     ]
+
+
+def _storm_verdict(token: dict[str, Any]) -> str:
+    """Issue #15's storm target is 5,000 apps within 30 s; with more, the 5,000th's time counts."""
+    storm_figures, apps = token["restart_storm"], token["connected_sessions"]
+    if storm_figures["failures"] or apps < STORM_TARGET_APPS:
+        return f"5,000 within 30 s: {'MISSED' if storm_figures['failures'] else 'not judged (fewer apps)'}"
+    # Of N >= 10,000 apps the median is when 5,000 had their state (all N storming meanwhile).
+    at = (
+        storm_figures["all_received_s"]
+        if apps < 2 * STORM_TARGET_APPS
+        else storm_figures["per_app_ms"]["p50_ms"] / 1000
+    )
+    return f"5,000 within 30 s: {'met' if at <= STORM_TARGET_S else 'MISSED'} (the 5,000th at {at:.1f} s)"
 
 
 def main(argv: list[str] | None = None) -> int:
