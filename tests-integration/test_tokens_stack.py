@@ -20,11 +20,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from amora_devtools.broker import dynsec
+from amora_devtools.broker import amora_auth, dynsec
 from amora_devtools.broker_tokens import b64url, load_token_key, sign_token, token_parts
 from amora_devtools.stack import Stack
 from amora_protocol import PlaybackStatus, commands_topic, state_topic
-from amora_sync import DeviceState, Pause, Play
+from amora_sync import ConnectionState, DeviceState, Pause, Play
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -183,3 +183,28 @@ async def test_unlink_revokes_the_sessions_and_the_sdk_comes_back_without_the_de
                 assert _connect_rc(token_stack, mqtt_probe, old.username, old.password, old.client_id) in REFUSED
             finally:
                 assert admin.put("/v1/admin/users/alice/devices/player-2").status_code in {200, 201, 204}
+
+
+async def test_a_refresh_brings_a_new_token_and_a_kicked_client_comes_back_to_the_same_session(token_stack, sdk_client):
+    # 3600 s sessions refreshed at 99.95 % of their life left: within about 2 s.
+    async with sdk_client(token_stack, "alice", refresh_margin=0.9995) as client:
+        sessions = client.session_changes()
+        first = await anext(sessions)
+        async with asyncio.timeout(WAIT_S):
+            refreshed = await anext(sessions)
+        assert refreshed.session_id == first.session_id
+        assert refreshed.broker.password != first.broker.password  # a new token
+        assert token_parts(refreshed.broker.password)[1]["exp"] >= token_parts(first.broker.password)[1]["exp"]
+        assert client.stats.connects == 1  # the broker checked the token at CONNECT: the link stays
+        changes = client.connection_changes()
+        assert (await anext(changes)).state is ConnectionState.CONNECTED
+        # The plugin kicks the session's connections (an `until` already past lists nothing).
+        kick = {"username": first.broker.username, "until": int(time.time()) - 1}
+        await asyncio.to_thread(amora_auth, token_stack.brokers[0], [{"command": "revokeSessions", "sessions": [kick]}])
+        async with asyncio.timeout(WAIT_S):
+            while (await anext(changes)).state is not ConnectionState.CONNECTED:
+                pass
+        # Back with the newest token on the same session, not through a new exchange.
+        assert client.session_id == first.session_id
+        assert client.stats.session_exchanges == 1
+        assert client.stats.connects >= 2
