@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from amora_authz import ConfigError, RateLimitSettings, load_settings
-from amora_authz._limits import RateLimit
-from amora_authz.testing import dev_settings, serve, session_body
+from amora_authz._errors import RateLimitedError
+from amora_authz._limits import DYNSEC_SESSIONS_GLOBAL, TOKEN_SESSIONS_GLOBAL, RateLimit, RateLimiter
+from amora_authz.testing import dev_settings, serve, session_body, token_mode
 from amora_protocol import EncryptionKey, SigningKey
 
 # Small-order Ed25519 encodings ("Taming the many EdDSAs", Brendel et al.): the
@@ -195,6 +196,38 @@ async def test_user_ids_are_validated_like_device_ids(tmp_path: Path) -> None:
             for method in ("PUT", "DELETE"):
                 response = await svc.http.request(method, f"/v1/admin/users/{user}/devices/p1", headers=admin)
                 assert (response.status_code, response.json()["code"]) == (422, code), (method, user)
+
+
+def _admitted(limiter: RateLimiter, prefix: str) -> tuple[int, str]:
+    """Session requests admitted back to back, each from another user, and the limit refusing."""
+    for count in range(5000):
+        try:
+            limiter.check("sessions", f"{prefix}-{count}")
+        except RateLimitedError as exc:
+            return count, exc.limit
+    return 5000, ""
+
+
+@pytest.mark.parametrize(("credentials", "burst", "per_s"), [("dynsec", 100, 20), ("token", 1000, 200)])
+async def test_the_global_session_limit_defaults_by_mode(
+    tmp_path: Path, credentials: str, burst: int, per_s: int
+) -> None:
+    # Token mode writes nothing to the brokers at login, so its default admits the 100/s
+    # target of issue #15 (dynsec mode's 20/s, burst 100, would not); the limit still exists.
+    broker = token_mode(tmp_path) if credentials == "token" else dev_settings(tmp_path).broker
+    async with serve(dev_settings(tmp_path, broker=broker)) as svc:
+        assert svc.runtime.limits.sessions_global == (
+            TOKEN_SESSIONS_GLOBAL if credentials == "token" else DYNSEC_SESSIONS_GLOBAL
+        )
+        now = 0.0
+        settings = svc.runtime.settings
+        limiter = RateLimiter(settings.rate_limits, token_mode=settings.broker.tokens, clock=lambda: now)
+        assert _admitted(limiter, "burst") == (burst, "sessions_global")
+        now = 1.0
+        assert _admitted(limiter, "later") == (per_s, "sessions_global")
+    # An explicit value wins in either mode.
+    explicit = RateLimitSettings(sessions_global=RateLimit(rate_per_s=5.0, burst=7))
+    assert RateLimiter(explicit, token_mode=True).sessions_global == RateLimit(rate_per_s=5.0, burst=7)
 
 
 def test_limits_and_the_ops_listener_are_configurable(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ class AuthzRuntime:
         self._own_telemetry = telemetry is None
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.metrics: Metrics = self.telemetry.metrics
-        self.limits = RateLimiter(settings.rate_limits)
+        self.limits = RateLimiter(settings.rate_limits, token_mode=settings.broker.tokens)
         self._on_crl_written = on_crl_written
         self._background = background
         self._stack = contextlib.AsyncExitStack()
