@@ -115,12 +115,18 @@ class TokenPlugin:
         issuer: The ``iss`` every token must carry (authz ``token_issuer``).
         audience: The ``aud`` every token must carry (authz ``token_audience``).
         username_prefix: Usernames the plugin decides (and never lets dynsec decide).
+        synced: Start with an empty deny list the authz service has already confirmed
+            (``{"version": 1, "synced": true, "sessions": []}``), like a broker that has
+            run before, so tokens are accepted at once. False: a brand-new broker without
+            the file, which refuses every session login until the ``synced`` command
+            (the authz service sends it on connecting; `amora_auth` here).
     """
 
     public_keys: Path
     issuer: str = "amora-authz"
     audience: str = "amora-broker"
     username_prefix: str = "sess."
+    synced: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +547,9 @@ def _token_plugin_config(template: str, settings: TokenPlugin, plugin: Path, sta
         raise ServiceStartError("mosquitto", f"token public keys {settings.public_keys} not readable: {exc}") from exc
     shutil.copyfile(plugin, state_dir / "amora_auth.so")
     write_private(state_dir / "tls" / "broker-token-keys.pem", keys)
+    revocations = state_dir / "amora-revocations.json"
+    if settings.synced and not revocations.exists():
+        write_private(revocations, json.dumps({"version": 1, "synced": True, "sessions": []}))
     return render_template(
         template,
         {

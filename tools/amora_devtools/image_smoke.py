@@ -382,6 +382,11 @@ def _token_broker(run: SmokeRun, image: str, secrets_dir: Path, crl_dir: Path, c
     _owned(token_dir / "broker-token-keys.pem", mode=0o400)
     _owned(token_dir, mode=0o500)
     device_port, app_port, ws_port = free_port(), free_port(), free_port()
+    state = run.state_dir("broker-token")
+    # A deny list the authz service has confirmed (no authz here): a broker without one
+    # refuses every session login until the service sends `synced` (fail closed).
+    write_private(state / "amora-revocations.json", '{"version": 1, "synced": true, "sessions": []}')
+    _owned(state / "amora-revocations.json", mode=0o600)
     broker = run.container("broker-token", image)
     broker.start(
         env={
@@ -396,7 +401,7 @@ def _token_broker(run: SmokeRun, image: str, secrets_dir: Path, crl_dir: Path, c
             f"{secrets_dir}:/run/secrets/amora:ro",
             f"{crl_dir}:/run/amora/crl:ro",
             f"{token_dir}:/run/amora/broker-token:ro",
-            f"{run.state_dir('broker-token')}:/var/lib/amora-broker",
+            f"{state}:/var/lib/amora-broker",
         ],
     )
     broker.wait_healthy()

@@ -510,7 +510,7 @@ def test_revocation_kicks_refuses_and_survives_a_restart(fresh_broker, signer):
     assert wait_log(fresh_broker, f"amora_auth: refused {username}: revoked")
     # persisted (0600) before the answer
     saved = json.loads(fresh_broker.revocations_file.read_text())
-    assert saved == {"version": 1, "sessions": [{"username": username, "until": until}]}
+    assert saved == {"version": 1, "synced": True, "sessions": [{"username": username, "until": until}]}
     assert stat.S_IMODE(fresh_broker.revocations_file.stat().st_mode) == 0o600
 
     fresh_broker.restart()

@@ -132,7 +132,7 @@ static void file_roundtrip(const uint8_t *data, size_t size)
 	}
 	if(amora_revocations_save(&first, FUZZ_NOW, err, sizeof(err)) != 0) abort();
 	if(amora_revocations_load(&second, g_path, FUZZ_NOW, err, sizeof(err)) != 0) abort();
-	if(second.count != first.count) abort();
+	if(second.count != first.count || second.synced != first.synced || first.synced_on_disk != first.synced) abort();
 	amora_revocations_free(&first);
 	amora_revocations_free(&second);
 	remove_files();

@@ -1,5 +1,5 @@
 /*
- * `$CONTROL/amora-auth/v1`: revokeSessions and listRevocations (TOKEN_SPEC "Revocation").
+ * `$CONTROL/amora-auth/v1`: revokeSessions, listRevocations and synced (TOKEN_SPEC "Revocation").
  *
  * Who may publish here is decided by the ACL check that mosquitto runs before this
  * handler (dynsec grants the authz admin account publishClientSend on
@@ -134,6 +134,26 @@ static void list_revocations(struct amora_plugin *p, cJSON *responses, const cha
 	}
 }
 
+/* The authz service has compared the deny list with its database and sent what was
+ * missing: session logins are allowed from now on (and after a restart from this file). */
+static void confirm_synced(struct amora_plugin *p, cJSON *responses, const char *correlation)
+{
+	struct amora_revocations *r = &p->revocations;
+	char buf[600], err[512];
+	bool was = r->synced;
+
+	r->synced = true;
+	if(!r->synced_on_disk && amora_revocations_save(r, time(NULL), err, sizeof(err)) != 0){
+		/* Open in memory (the list is complete); the marker is written with the next save. */
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: deny list confirmation not persisted: %s", err);
+		snprintf(buf, sizeof(buf), "applied but not persisted (%s): send the command again", err);
+		reply(responses, "synced", correlation, buf);
+		return;
+	}
+	if(!was) mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: deny list confirmed by the authz service (%zu revocation(s)): session logins allowed", r->count);
+	reply(responses, "synced", correlation, NULL);
+}
+
 static void handle_command(struct amora_plugin *p, const cJSON *cmd, cJSON *responses)
 {
 	const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "command");
@@ -148,8 +168,10 @@ static void handle_command(struct amora_plugin *p, const cJSON *cmd, cJSON *resp
 		revoke_sessions(p, cmd, responses, correlation);
 	}else if(strcmp(name->valuestring, "listRevocations") == 0){
 		list_revocations(p, responses, correlation);
+	}else if(strcmp(name->valuestring, "synced") == 0){
+		confirm_synced(p, responses, correlation);
 	}else{
-		reply(responses, name->valuestring, correlation, "Unknown command (known: revokeSessions, listRevocations)");
+		reply(responses, name->valuestring, correlation, "Unknown command (known: revokeSessions, listRevocations, synced)");
 	}
 }
 

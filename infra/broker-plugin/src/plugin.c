@@ -24,6 +24,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <openssl/evp.h>
 
 /* Expired revocations and tokens of departed clients are dropped this often (a build
  * for checks may set it lower). */
@@ -37,6 +38,7 @@ struct client_entry {
 	const struct mosquitto *client; /* the connection that presented the token */
 	struct amora_acl acl;
 	long long exp;
+	unsigned char password_hash[32]; /* SHA-256 of the token verified for `client` */
 	bool offline;
 };
 
@@ -81,6 +83,34 @@ static struct client_entry *find_client(const char *clientid)
 	return found == NULL ? NULL : *found;
 }
 
+/* SHA-256 of the password: a reload pass compares it instead of verifying again. */
+static int hash_password(const char *password, size_t len, unsigned char out[32])
+{
+	unsigned int n = 0;
+
+	return EVP_Digest(password == NULL ? "" : password, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32 ? 0 : -1;
+}
+
+/* A reload (SIGHUP) makes mosquitto run basic auth again for every context, live and
+ * offline persistent ones, with the password given at CONNECT. A context whose entry
+ * holds that very token was verified at CONNECT: answer from the entry, without a
+ * signature check and without replacing it (its `offline` flag stays, so a departed
+ * session is still pruned). Only a revocation refuses it; `exp` is not re-checked on a
+ * live connection (the SDK refreshes its token without reconnecting). Returns
+ * MOSQ_ERR_PLUGIN_DEFER when the entry does not match (then the full check runs). */
+static int reauth_from_entry(struct amora_plugin *p, const struct mosquitto_evt_basic_auth *ed, const char *clientid,
+		const unsigned char hash[32], const char *who)
+{
+	struct client_entry *e = find_client(clientid);
+
+	if(e == NULL || e->client != ed->client || memcmp(e->password_hash, hash, 32) != 0) return MOSQ_ERR_PLUGIN_DEFER;
+	if(amora_revocations_active(&p->revocations, ed->username, time(NULL))){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: refused %s: revoked (checked again on reload)", who);
+		return MOSQ_ERR_AUTH;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
@@ -91,17 +121,31 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	struct amora_verifier v;
 	struct client_entry *e, **slot;
 	size_t len;
+	unsigned char hash[32];
+	int rc;
 
 	(void)event;
 	if(!amora_is_session(p, ed->username)) return MOSQ_ERR_PLUGIN_DEFER;
 	amora_printable(ed->username, who, sizeof(who));
 	clientid = mosquitto_client_id(ed->client);
+	/* strnlen: a password longer than the limit is refused without reading all of it. */
+	len = ed->password == NULL ? 0 : strnlen(ed->password, AMORA_TOKEN_MAX_BYTES + 1);
+	if(hash_password(ed->password, len, hash) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: refused %s: out of memory", who);
+		return MOSQ_ERR_AUTH;
+	}
+	/* Only inside a reload pass: at a new CONNECT a freed context's address may come
+	 * back for the same client id, and a new CONNECT must have its `exp` checked. */
+	if(p->reloading && (rc = reauth_from_entry(p, ed, clientid, hash, who)) != MOSQ_ERR_PLUGIN_DEFER) return rc;
+	if(!p->revocations.synced){
+		/* Fail closed: without a confirmed deny list a revoked token would get in. */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: refused %s: deny list not confirmed by the authz service yet (new or lost revocations file)", who);
+		return MOSQ_ERR_AUTH;
+	}
 	v = (struct amora_verifier){
 		.keys = &p->keys, .issuer = p->issuer, .audience = p->audience,
 		.revoked = is_revoked, .revoked_ctx = &p->revocations,
 	};
-	/* strnlen: a password longer than the limit is refused without reading all of it. */
-	len = ed->password == NULL ? 0 : strnlen(ed->password, AMORA_TOKEN_MAX_BYTES + 1);
 	e = calloc(1, sizeof(*e));
 	if(e == NULL || (e->clientid = strdup(clientid == NULL ? "" : clientid)) == NULL){
 		free(e);
@@ -114,6 +158,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	e->client = ed->client;
+	memcpy(e->password_hash, hash, sizeof(hash));
 	slot = tsearch(e, &p->clients, by_clientid);
 	if(slot == NULL){
 		free_client(e);
@@ -189,6 +234,9 @@ static int on_tick(int event, void *event_data, void *userdata)
 
 	(void)event;
 	(void)event_data;
+	/* mosquitto ticks after the reload's re-authentication pass, in the same loop
+	 * iteration, before it reads any new packet: the pass is over. */
+	p->reloading = false;
 	if(now < p->next_prune) return MOSQ_ERR_SUCCESS;
 	p->next_prune = now + PRUNE_INTERVAL_S;
 	amora_revocations_prune(&p->revocations, now);
@@ -205,12 +253,15 @@ static int on_tick(int event, void *event_data, void *userdata)
 	}
 	p->client_count -= w.count;
 	free(w.found);
+	if(w.count > 0) mosquitto_log_printf(MOSQ_LOG_INFO, "amora_auth: dropped %zu departed session(s) whose token expired", w.count);
 	return MOSQ_ERR_SUCCESS;
 }
 
 /* SIGHUP: read the public keys again (rotation without a restart). A file that does not
  * load keeps the keys in use: a typo must not lock every session out. Always DEFER, so
- * plugins after this one get the event too. */
+ * plugins after this one get the event too. mosquitto sends this event just before it
+ * runs basic auth again for every context (mosquitto_security_apply): `reloading` lets
+ * on_basic_auth answer those from the entries (reauth_from_entry). */
 static int on_reload(int event, void *event_data, void *userdata)
 {
 	struct amora_plugin *p = userdata;
@@ -219,6 +270,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 
 	(void)event;
 	(void)event_data;
+	p->reloading = true;
 	if(amora_keyring_load_file(&fresh, p->public_keys, err, sizeof(err)) != 0){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: reload: keeping the %zu key(s) in use: %s", p->keys.count, err);
 		return MOSQ_ERR_PLUGIN_DEFER;
@@ -331,6 +383,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	*userdata = p;
 	mosquitto_log_printf(MOSQ_LOG_INFO, "amora_auth: %zu public key(s) from %s, issuer %s, audience %s, %zu revocation(s) from %s, usernames %s*",
 			p->keys.count, p->public_keys, p->issuer, p->audience, p->revocations.count, p->revocations_file, p->prefix);
+	if(!p->revocations.synced){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "amora_auth: revocations file %s %s: session logins (%s*) are refused until the authz service confirms the deny list (it does on connecting to this broker)",
+				p->revocations_file, p->revocations.missing ? "is missing (first start, lost volume or a restore without it)" : "was never confirmed by the authz service", p->prefix);
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 

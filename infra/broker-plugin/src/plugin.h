@@ -30,6 +30,7 @@ struct amora_plugin {
 	void *clients; /* tsearch tree of per-client ACLs, keyed by client id */
 	size_t client_count;
 	time_t next_prune;
+	bool reloading; /* between MOSQ_EVT_RELOAD and the next tick: mosquitto's re-auth pass */
 };
 
 /* Is `username` one of the plugin's (starts with the prefix)? */

@@ -211,9 +211,14 @@ static int load_entries(struct amora_revocations *r, const cJSON *root, time_t n
 {
 	const cJSON *version = cJSON_GetObjectItemCaseSensitive(root, "version");
 	const cJSON *sessions = cJSON_GetObjectItemCaseSensitive(root, "sessions");
+	const cJSON *synced = cJSON_GetObjectItemCaseSensitive(root, "synced");
 	const cJSON *item;
 
 	if(!cJSON_IsNumber(version) || version->valuedouble != 1 || !cJSON_IsArray(sessions)) return -1;
+	if(synced != NULL && !cJSON_IsBool(synced)) return -1;
+	/* No member: a file from before the marker, kept by a running broker: confirmed. */
+	r->synced = synced == NULL || cJSON_IsTrue(synced);
+	r->synced_on_disk = r->synced;
 	cJSON_ArrayForEach(item, sessions){
 		const cJSON *username = cJSON_GetObjectItemCaseSensitive(item, "username");
 		const cJSON *until = cJSON_GetObjectItemCaseSensitive(item, "until");
@@ -245,7 +250,11 @@ int amora_revocations_load(struct amora_revocations *r, const char *path, time_t
 	}
 	text = read_private_file(path, &len, err, errlen, &missing);
 	if(text == NULL){
-		if(missing) return 0; /* first start: nothing revoked yet */
+		if(missing){
+			/* First start, or the file was lost: empty and unconfirmed (closed). */
+			r->missing = true;
+			return 0;
+		}
 		amora_revocations_free(r);
 		return -1;
 	}
@@ -255,7 +264,7 @@ int amora_revocations_load(struct amora_revocations *r, const char *path, time_t
 	cJSON_Delete(root);
 	if(rc != 0){
 		snprintf(err, errlen, rc == -2 ? "out of memory loading %s"
-				: "revocations file %s is not a deny list ({\"version\":1,\"sessions\":[{\"username\":...,\"until\":...}]}): restore it from a backup or remove it and let the authz service's reconcile send the revocations again", path);
+				: "revocations file %s is not a deny list ({\"version\":1,\"synced\":true|false,\"sessions\":[{\"username\":...,\"until\":...}]}): restore it from a backup or remove it and let the authz service's reconcile send the revocations again", path);
 		amora_revocations_free(r);
 		return -1;
 	}
@@ -307,6 +316,7 @@ int amora_revocations_save(struct amora_revocations *r, time_t now, char *err, s
 	amora_revocations_prune(r, now);
 	sessions = amora_revocations_to_json(r, now);
 	if(root == NULL || sessions == NULL || cJSON_AddNumberToObject(root, "version", 1) == NULL
+			|| cJSON_AddBoolToObject(root, "synced", r->synced) == NULL
 			|| !cJSON_AddItemToObject(root, "sessions", sessions)){
 		cJSON_Delete(sessions);
 		snprintf(err, errlen, "out of memory");
@@ -339,6 +349,7 @@ int amora_revocations_save(struct amora_revocations *r, time_t now, char *err, s
 		goto done;
 	}
 	sync_parent(r->path);
+	r->synced_on_disk = r->synced;
 	rc = 0;
 done:
 	if(fd >= 0) close(fd);

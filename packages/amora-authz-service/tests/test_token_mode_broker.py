@@ -22,6 +22,7 @@ from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, list_re
 from amora_authz.testing import broker_endpoint, broker_token_key, dev_settings, serve, session_body, token_mode
 from amora_devtools import MqttClient, MqttRefused, client_ssl_context, start_broker
 from amora_devtools._authz_process import make_broker_token_key, start_authz
+from amora_devtools._proc import wait_until
 from amora_devtools.broker import TokenPlugin
 
 if TYPE_CHECKING:
@@ -210,6 +211,38 @@ async def test_a_broker_down_during_a_logout_gets_the_revocation_and_the_service
             assert session["session_id"] in _revoked_on(standby)
             # The other session was never revoked anywhere.
             (await Harness(svc, standby, dev_pki, tmp_path).app(other)).disconnect()
+
+
+async def test_a_broker_that_lost_its_deny_list_is_closed_until_the_service_syncs_it_at_once(
+    token_broker: BrokerProcess, dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    """Security review F1: a broker restarted without its deny list (a new volume) must not
+    let a logged-out token in, and the service syncs it as soon as its admin connection is
+    new, not at the next periodic check (an hour away in these settings)."""
+    async with _service(tmp_path, dev_pki, token_broker) as harness:
+        svc = harness.svc
+        await harness.register("player-1", "alice")
+        ended, live = await harness.session("alice"), await harness.session("alice")
+        alice = await svc.auth("alice")
+        assert (await svc.http.delete(f"/v1/sessions/{ended['session_id']}", headers=alice)).status_code == 204
+        checks = svc.runtime.service.fleet.full_passes
+
+        await asyncio.to_thread(token_broker.stop)
+        token_broker.revocations_file.unlink()
+        await asyncio.to_thread(token_broker.restart)
+        # Closed until the service has synced it, then the revocation is back.
+        await _refused(harness, ended, token_broker)
+
+        confirmed = "amora_auth: deny list confirmed by the authz service (1 revocation(s))"
+        seen = await asyncio.to_thread(
+            wait_until, lambda: True if confirmed in token_broker.log_text() else None, timeout=30.0
+        )
+        assert seen, token_broker.log_text()[-2000:]
+        (await harness.app(live)).disconnect()
+        await _refused(harness, ended, token_broker)
+        assert ended["session_id"] in _revoked_on(token_broker)
+        assert json.loads(token_broker.revocations_file.read_text())["synced"] is True
+        assert svc.runtime.service.fleet.full_passes == checks  # no periodic check ran meanwhile
 
 
 async def test_switching_to_token_mode_removes_the_session_objects_dynsec_mode_made(

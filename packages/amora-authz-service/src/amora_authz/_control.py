@@ -21,7 +21,7 @@ from amora_authz._errors import BrokerError
 from amora_authz._gmqtt import new_client
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     import gmqtt
     import structlog
@@ -124,6 +124,9 @@ class DynsecClient:
         self._prefix = uuid.uuid4().hex[:8]
         self.connections = 0
         """Connections made so far: a new one may mean the broker restarted (with an older file)."""
+        self.on_connection_lost: Callable[[], None] | None = None
+        """Called when a live connection drops (not when this client closes it): the broker
+        may be restarting, and whoever set it may want to check it again at once."""
 
     def _ssl(self) -> ssl.SSLContext | bool:
         return client_tls(self.endpoint)
@@ -181,6 +184,7 @@ class DynsecClient:
         self._subscribed.set()
 
     def _on_disconnect(self, *_args: object, **_kwargs: object) -> None:
+        was_connected = self._connected.is_set()  # `_drop` clears it first: not a loss
         self._connected.clear()
         error = BrokerError(
             f"lost the connection to broker {self.endpoint.name}",
@@ -190,6 +194,8 @@ class DynsecClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+        if was_connected and self.on_connection_lost is not None:
+            self.on_connection_lost()
 
     def _on_message(self, _client: object, topic: str, payload: bytes, _qos: int, _properties: object) -> int:
         if topic != self._response_topic:

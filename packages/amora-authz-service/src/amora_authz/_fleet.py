@@ -21,6 +21,7 @@ revocation in force that it lacks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -46,6 +47,7 @@ from amora_authz._fleet_check import CheckReport, PeriodicCheck
 from amora_authz._revocations import (
     AUTH_CONTROL_TOPIC,
     NO_PLUGIN_HINT,
+    confirm_synced,
     list_revocations,
     missing_revocations,
     send_revocations,
@@ -193,6 +195,8 @@ class BrokerFleet(PeriodicCheck):
             for e in endpoints
             if tokens
         }
+        for name, auth in self.auth_clients.items():
+            auth.on_connection_lost = functools.partial(self._auth_connection_lost, name)
         self.status = {e.name: BrokerStatus(name=e.name) for e in endpoints}
         # Reconcile passes on one broker must not interleave: a scoped pass racing a
         # full pass could re-create what the other just deleted.
@@ -504,6 +508,18 @@ class BrokerFleet(PeriodicCheck):
                 await self._revocations(name, None if scope is None else scope.revoked)
             return len(commands), foreign
 
+    def _auth_connection_lost(self, name: str) -> None:
+        """Token mode: the plugin's admin connection dropped: the broker may be restarting.
+
+        A restarted broker may have lost its deny list (then it refuses every session login
+        until told ``synced``) or loaded an older one (then it accepts tokens revoked since):
+        a full pass is owed now, so the retry loop runs it as soon as the broker answers,
+        not at the next periodic check.
+        """
+        self._full_owed[name] = True
+        self._update_status(name)
+        self._log.info("broker.auth_connection_lost", broker=name, next="full pass as soon as it answers")
+
     async def _revocations(self, name: str, usernames: frozenset[str] | None) -> None:
         """Token mode: give the broker the revocations of ``usernames`` (None: all it lacks).
 
@@ -525,6 +541,12 @@ class BrokerFleet(PeriodicCheck):
         status.revocations_sent += sent
         if sent:
             self._log.info("broker.revoked", broker=name, sessions=sent, full=usernames is None)
+        if usernames is None and not await confirm_synced(client):
+            self._log.warning(
+                "broker.plugin_without_synced",
+                broker=name,
+                fix="update the broker's amora_auth plugin: this one accepts revoked tokens after losing its deny list",
+            )
 
     @staticmethod
     def _mtime(endpoint: BrokerEndpoint) -> int | None:

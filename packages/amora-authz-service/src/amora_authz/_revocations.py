@@ -6,7 +6,10 @@ or expires (the sweep: its connection may still be up), every broker is told
 ``revokeSessions``: it refuses the username at CONNECT until ``until`` and kicks its live
 connections, persisting its deny list before it answers. The database keeps each revocation
 until ``until`` (`Store.end_sessions`); a full pass compares a broker's ``listRevocations``
-with it and sends what the broker lacks (it was down, or restarted from an older file).
+with it and sends what the broker lacks (it was down, or restarted from an older file), then
+``synced``: a plugin whose deny list file was missing (a new broker, a lost volume) refuses
+every session login until then (fail closed). A full pass runs at start-up and as soon as the
+plugin's admin connection to a broker drops (`amora_authz._fleet.BrokerFleet`).
 
 The wire format (the plugin's README): ``{"commands": [{"command": "revokeSessions",
 "sessions": [{"username", "until"}...]}, {"command": "listRevocations"}]}`` on
@@ -30,6 +33,7 @@ __all__ = [
     "MAX_SESSIONS_PER_COMMAND",
     "NO_PLUGIN_HINT",
     "REVOCATION_MARGIN_S",
+    "confirm_synced",
     "list_revocations",
     "missing_revocations",
     "parse_revocations",
@@ -115,3 +119,26 @@ async def list_revocations(client: DynsecClient) -> dict[str, int]:
     """
     (response,) = await client.execute_checked([{"command": "listRevocations"}])
     return parse_revocations(response, broker=client.endpoint.name)
+
+
+async def confirm_synced(client: DynsecClient) -> bool:
+    """Tell one broker its deny list holds every revocation in force (after a full pass).
+
+    Returns:
+        False when the plugin predates the command (it answers "Unknown command"; such a
+        plugin never refuses logins for a missing deny list), else True.
+
+    Raises:
+        BrokerError: the broker is unreachable, did not answer, or refused otherwise.
+    """
+    (response,) = await client.execute([{"command": "synced"}])
+    error = response.get("error")
+    if error is None:
+        return True
+    if str(error).startswith("Unknown command"):
+        return False
+    raise BrokerError(
+        f"broker {client.endpoint.name} refused synced: {str(error)[:200]}",
+        broker=client.endpoint.name,
+        code="control_command_failed",
+    )
