@@ -290,18 +290,27 @@ def test_mounted_token_keys_put_the_plugin_first_tokens_log_in_and_the_admin_rev
         rules = [{"permission": "allow", "action": "subscribe", "topic": "amora/devices/player-1/state"}]
         token = session_token(load_token_key(private), username="sess.t1", acl=rules)
         ca = client_ssl_context(layout.secrets / "device-ca.pem")
+
+        def control(command: dict[str, object]) -> None:
+            # The admin account the entrypoint created may send the plugin its commands.
+            with layout.admin() as admin:
+                admin.subscribe("$CONTROL/amora-auth/v1/response")
+                admin.publish("$CONTROL/amora-auth/v1", json.dumps({"commands": [command]}).encode(), qos=1)
+                answer = admin.receive(timeout=5)
+            assert answer is not None
+            assert "error" not in json.loads(answer.payload)["responses"][0]
+
+        # A new broker (no deny list yet) refuses sessions until the authz service confirms it.
+        with pytest.raises(MqttError):
+            MqttClient.connect(
+                "127.0.0.1", layout.app_port, ssl_context=ca, client_id="sess.t1", username="sess.t1", password=token
+            )
+        control({"command": "synced"})
         with MqttClient.connect(
             "127.0.0.1", layout.app_port, ssl_context=ca, client_id="sess.t1", username="sess.t1", password=token
         ):
             pass
-        # The admin account the entrypoint created may send the plugin its revocations.
-        with layout.admin() as admin:
-            admin.subscribe("$CONTROL/amora-auth/v1/response")
-            command = {"command": "revokeSessions", "sessions": [{"username": "sess.t1", "until": now + 300}]}
-            admin.publish("$CONTROL/amora-auth/v1", json.dumps({"commands": [command]}).encode(), qos=1)
-            answer = admin.receive(timeout=5)
-        assert answer is not None
-        assert "error" not in json.loads(answer.payload)["responses"][0]
+        control({"command": "revokeSessions", "sessions": [{"username": "sess.t1", "until": now + 300}]})
         with pytest.raises(MqttError):
             MqttClient.connect(
                 "127.0.0.1", layout.app_port, ssl_context=ca, client_id="sess.t1", username="sess.t1", password=token
