@@ -18,7 +18,7 @@ from authz_broker_harness import NOT_AUTHORISED, WAIT, Harness, receive, subscri
 
 from amora_authz._control import DynsecClient
 from amora_authz._errors import BrokerError
-from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, list_revocations
+from amora_authz._revocations import AUTH_CONTROL_TOPIC, NO_PLUGIN_HINT, REVOCATION_MARGIN_S, list_revocations
 from amora_authz.testing import broker_endpoint, broker_token_key, dev_settings, serve, session_body, token_mode
 from amora_devtools import MqttClient, MqttRefused, client_ssl_context, start_broker
 from amora_devtools._authz_process import make_broker_token_key, start_authz
@@ -158,6 +158,25 @@ async def test_unlink_and_the_expiry_sweep_cut_live_connections(
         assert await service.expire_sessions() == [again["session_id"]]
         assert await asyncio.to_thread(app.closed_by_broker, timeout=WAIT)
         await _refused(harness, again, token_broker)
+
+
+async def test_a_session_ended_after_its_revocation_margin_is_still_kicked(
+    token_broker: BrokerProcess, dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    """Security review F4: the sweep ran (or reached the broker) more than the 60 s margin after
+    the session expired, so its revocation's `until` is past: the live connection, which the
+    plugin never re-checks, must still be cut, and nothing is left listed for it."""
+    async with _service(tmp_path, dev_pki, token_broker) as harness:
+        await harness.register("player-1", "alice")
+        session = await harness.session("alice")
+        app = await harness.app(session)
+        service = harness.svc.runtime.service
+        later = session["expires_at"] + (REVOCATION_MARGIN_S + 60) * 1000
+        service._clock_ms = lambda: later
+        service.fleet._clock_ms = lambda: later
+        assert await service.expire_sessions() == [session["session_id"]]
+        assert await asyncio.to_thread(app.closed_by_broker, timeout=WAIT)
+        assert not service.fleet.status[token_broker.name].behind
 
 
 async def test_a_broker_down_during_a_logout_gets_the_revocation_and_the_service_answers_change_pending(

@@ -528,7 +528,15 @@ class BrokerFleet(PeriodicCheck):
         """
         client = self.auth_clients[name]
         status = self.status[name]
-        wanted = await self._store.live_revocations(usernames, now_s=self._clock_ms() // 1000)
+        now_s = self._clock_ms() // 1000
+        wanted = await self._store.live_revocations(usernames, now_s=now_s)
+        if usernames is not None:
+            # Ended sessions whose revocation is already past `until` (the broker was out of
+            # reach, or the sweep ran late, for longer than the token's margin) still have
+            # their live connections kicked: `until` = now lists nothing on the broker (the
+            # token is expired there anyway) but kicks, and the pending names are cleared
+            # only once the broker acknowledged that.
+            wanted.update({username: now_s for username in usernames if username not in wanted})
         if usernames is None:
             # A full pass: what the broker lacks (down during a change, or restarted from an
             # older deny list). Entries it holds beyond the database's stay: never taken back.
