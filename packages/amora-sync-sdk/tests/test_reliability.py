@@ -96,10 +96,12 @@ async def test_a_command_whose_answer_was_lost_is_resent_after_failover_and_runs
                 await task
             response = caught.value.response
             assert caught.value.reason == "version-mismatch"
-        # The same id came twice; it ran once; the answer is the original outcome.
+        # The same id came again after the failover; it ran once; the answer is the original
+        # outcome. More than one resend is allowed: on a loaded machine the duplicate's answer can
+        # take longer than the resend interval, and what must hold is that the command ran once.
         assert response.duplicate
         command_id = response.command_id
-        assert device.seen_ids.count(command_id) == 2
+        assert device.seen_ids.count(command_id) >= 2
         assert [c.id for c in device.commands] == [command_id]
         assert client.connection.endpoint.port == standby.app_port
 
