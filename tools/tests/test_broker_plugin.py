@@ -663,6 +663,22 @@ def test_broker_does_not_start_without_a_usable_key(dev_pki, tmp_path):
     assert 'is "PRIVATE KEY", not "PUBLIC KEY"' in str(excinfo.value)
 
 
+def test_a_key_file_others_may_write_is_refused_at_start_and_on_reload(fresh_broker, signer):
+    # Whoever can write the public keys can mint tokens (security review F6).
+    keys = fresh_broker.token_public_keys_file
+    keys.chmod(0o666)
+    fresh_broker.reload()
+    kept = f"amora_auth: reload: keeping the 2 key(s) in use: public_keys file {keys} is writable"
+    assert wait_log(fresh_broker, kept)
+    username, clientid = new_session()
+    connect(fresh_broker, username, clientid, signer.sign(_header(signer), claims_for(username, clientid))).disconnect()
+    fresh_broker.stop()
+    keys.chmod(0o620)
+    with pytest.raises(ServiceStartError) as excinfo:
+        fresh_broker.restart(timeout=5.0)
+    assert "is writable by group or others (mode 620): chmod 644 it" in str(excinfo.value)
+
+
 @pytest.mark.parametrize(
     ("content", "mode", "expected"),
     [

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 #include <openssl/bn.h>
@@ -175,14 +177,44 @@ fail:
 	return -1;
 }
 
+/* The key file is a trust anchor: whoever can write it can mint tokens. */
+static int check_key_file(FILE *fp, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if(fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)){
+		snprintf(err, errlen, "public_keys file %s is not a regular file", path);
+		return -1;
+	}
+	if(st.st_mode & (S_IWGRP | S_IWOTH)){
+		snprintf(err, errlen, "public_keys file %s is writable by group or others (mode %03o): chmod 644 it (anyone who can write it can mint tokens)", path, (unsigned)(st.st_mode & 0777));
+		return -1;
+	}
+	if(st.st_uid != 0 && st.st_uid != geteuid()){
+		snprintf(err, errlen, "public_keys file %s is owned by uid %u: only root or the broker's user may own it (its owner can mint tokens)", path, (unsigned)st.st_uid);
+		return -1;
+	}
+	return 0;
+}
+
 int amora_keyring_load_file(struct amora_keyring *ring, const char *path, char *err, size_t errlen)
 {
-	BIO *bio = BIO_new_file(path, "r");
+	FILE *fp = fopen(path, "re");
+	BIO *bio;
 	int rc;
 
-	if(bio == NULL){
-		ERR_clear_error();
+	if(fp == NULL){
 		snprintf(err, errlen, "public_keys file %s cannot be read: check the path and that the broker's user can read it", path);
+		return -1;
+	}
+	if(check_key_file(fp, path, err, errlen) != 0){
+		fclose(fp);
+		return -1;
+	}
+	bio = BIO_new_fp(fp, BIO_CLOSE);
+	if(bio == NULL){
+		fclose(fp);
+		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
 	rc = keyring_load_bio(ring, bio, path, err, errlen);
