@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -262,6 +263,56 @@ async def test_a_broker_that_lost_its_deny_list_is_closed_until_the_service_sync
         assert ended["session_id"] in _revoked_on(token_broker)
         assert json.loads(token_broker.revocations_file.read_text())["synced"] is True
         assert svc.runtime.service.fleet.full_passes == checks  # no periodic check ran meanwhile
+
+
+async def test_a_session_that_expires_while_a_broker_is_unreachable_is_kicked_there_even_after_a_service_restart(
+    dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    """Security review F4: the plugin never re-checks exp on a live connection, so the kick
+    must reach every broker even after the revocation's `until`, and even when the service
+    restarted meanwhile (what it owed a broker was only in memory): the revocation stays in
+    the database until every broker acknowledged it."""
+    with (
+        _token_broker(tmp_path, tmp_path, dev_pki, "primary") as primary,
+        _token_broker(tmp_path, tmp_path, dev_pki, "standby") as standby,
+    ):
+        async with _service(tmp_path, dev_pki, primary, standby, background=False) as harness:
+            svc, service = harness.svc, harness.svc.runtime.service
+            await harness.register("player-1", "alice")
+            session = await harness.session("alice")
+            app = await Harness(svc, standby, dev_pki, tmp_path).app(session)
+            expired = session["expires_at"] + 1
+            late = session["expires_at"] + (REVOCATION_MARGIN_S + 30) * 1000
+            # Frozen: the service's exchanges with it time out, the app's connection stays open.
+            standby.signal(signal.SIGSTOP)
+            try:
+                service._clock_ms = service.fleet._clock_ms = lambda: expired
+                assert await service.expire_sessions() == [session["session_id"]]
+                assert service.fleet.status[standby.name].behind
+                # Past the revocation's `until` (expiry + margin): kept, and still owed.
+                service._clock_ms = service.fleet._clock_ms = lambda: late
+                assert await service.expire_sessions() == []
+                assert session["session_id"] in await svc.runtime.store.revocations_of()
+                assert (await svc.http.get("/readyz")).json()["code"] == "brokers_behind"
+            except BaseException:
+                standby.signal(signal.SIGCONT)
+                raise
+        # The service restarts while the standby is still out of reach, then it comes back.
+        try:
+            async with _service(tmp_path, dev_pki, primary, standby, background=False) as harness:
+                svc, service = harness.svc, harness.svc.runtime.service
+                service._clock_ms = service.fleet._clock_ms = lambda: late
+                assert service.fleet.status[standby.name].behind
+                standby.signal(signal.SIGCONT)
+                await service.fleet.retry_pending()
+                assert not service.fleet.status[standby.name].behind
+                assert await asyncio.to_thread(app.closed_by_broker, timeout=WAIT)
+                # Every broker acknowledged it: the past revocation goes at the next sweep.
+                await service.expire_sessions()
+                assert await svc.runtime.store.revocations_of() == {}
+                assert (await svc.http.get("/readyz")).status_code == 200
+        finally:
+            standby.signal(signal.SIGCONT)
 
 
 async def test_switching_to_token_mode_removes_the_session_objects_dynsec_mode_made(

@@ -136,6 +136,18 @@ def _minus(scope: Scope, done: Scope) -> Scope:
     )
 
 
+def _kicks(recorded: dict[str, int], usernames: frozenset[str] | None, *, now_s: int) -> dict[str, int]:
+    """What to send for ended sessions: their revocations, whatever their ``until``.
+
+    A revocation whose ``until`` passed still kicks the live connection (security review
+    F4: the plugin never re-checks ``exp`` on one); a name whose row another replica
+    already purged is sent with ``until`` now (a kick alone).
+    """
+    if usernames is not None:
+        recorded = {name: recorded.get(name, now_s) for name in usernames}
+    return recorded
+
+
 def _foreign_scope(foreign: ForeignNames) -> Scope:
     return Scope(roles=foreign.roles, groups=foreign.groups, clients=foreign.clients)
 
@@ -342,6 +354,14 @@ class BrokerFleet(PeriodicCheck):
             taken.update(f"client:{n}" for n, c in actual.clients.items() if c.textname != MANAGED)
         return sorted(taken)
 
+    def revocations_owed(self) -> bool:
+        """Token mode: whether some broker may not have acknowledged every recorded revocation.
+
+        While it may, revocations past their ``until`` stay in the database (not purged): the
+        broker's live connections under the ended sessions still need their kick.
+        """
+        return any(self._full_owed[n] or self._pending[n].revoked for n in self._pending)
+
     def behind(self) -> list[str]:
         """The brokers that miss any change the database holds."""
         return [s.name for s in self.status.values() if s.behind]
@@ -528,19 +548,16 @@ class BrokerFleet(PeriodicCheck):
         """
         client = self.auth_clients[name]
         status = self.status[name]
-        now_s = self._clock_ms() // 1000
-        wanted = await self._store.live_revocations(usernames, now_s=now_s)
-        if usernames is not None:
-            # Ended sessions whose revocation is already past `until` (the broker was out of
-            # reach, or the sweep ran late, for longer than the token's margin) still have
-            # their live connections kicked: `until` = now lists nothing on the broker (the
-            # token is expired there anyway) but kicks, and the pending names are cleared
-            # only once the broker acknowledged that.
-            wanted.update({username: now_s for username in usernames if username not in wanted})
+        wanted = _kicks(await self._store.revocations_of(usernames), usernames, now_s=self._clock_ms() // 1000)
         if usernames is None:
             # A full pass: what the broker lacks (down during a change, or restarted from an
             # older deny list). Entries it holds beyond the database's stay: never taken back.
-            wanted = missing_revocations(wanted, await list_revocations(client))
+            # Rows past `until` are still in the database only while some broker may have
+            # missed their kick: sent again (the plugin then kicks and lists nothing).
+            now_s = self._clock_ms() // 1000
+            past = {u: t for u, t in wanted.items() if t <= now_s}
+            live = {u: t for u, t in wanted.items() if t > now_s}
+            wanted = missing_revocations(live, await list_revocations(client)) | past
         try:
             sent = await send_revocations(client, wanted)
         except AuthzError:

@@ -408,7 +408,10 @@ class AuthzService:
         """
         now = self._clock_ms()
         if self.tokens is not None:
-            await self.store.purge_revocations(now_s=now // 1000)
+            # A revocation past its `until` is dropped only once every broker acknowledged
+            # it: one that missed it still holds the ended session's live connection (F4).
+            if not self.fleet.revocations_owed():
+                await self.store.purge_revocations(now_s=now // 1000)
             users = await self.store.end_sessions(expired_at_ms=now, margin_s=REVOCATION_MARGIN_S, at_ms=now)
             expired, scope = users, Scope(revoked=frozenset(users))
         else:

@@ -377,6 +377,20 @@ class Store(StatementRunner):
             statement = statement.where(revocations.c.username.in_(sorted(usernames)))
         return {r.username: int(r.until_s) for r in await self._rows(statement)}
 
+    async def revocations_of(self, usernames: Collection[str] | None = None) -> dict[str, int]:
+        """Every recorded revocation (username -> until_s), of ``usernames`` or all, past or not.
+
+        A revocation past its ``until_s`` is kept until every broker acknowledged it (see
+        `amora_authz._fleet.BrokerFleet.revocations_owed`): the kick must still reach a broker
+        that missed it, whose connection with the expired token is still up.
+        """
+        statement = sa.select(revocations.c.username, revocations.c.until_s)
+        if usernames is not None:
+            if not usernames:
+                return {}
+            statement = statement.where(revocations.c.username.in_(sorted(usernames)))
+        return {r.username: int(r.until_s) for r in await self._rows(statement)}
+
     async def purge_revocations(self, *, now_s: int) -> int:
         """Delete the revocations past their ``until_s`` (their tokens expired); return how many."""
         statement = sa.delete(revocations).where(revocations.c.until_s <= now_s).returning(revocations.c.username)
