@@ -6,6 +6,7 @@
 - A reload (SIGHUP: CRL changes, key rotation) re-authenticates every context with the token
   it connected with: a connection outliving that token stays, a revoked session is refused,
   and a departed persistent session is still pruned once its token expired (F2, F3).
+- Revocations arriving together share one save of the deny list, each answered after it (F5).
 
 Tokens are signed here (`amora_devtools.broker_tokens`, the plugin's contract); each test runs
 its own broker through the harness (TLS, dynamic security after the plugin).
@@ -14,6 +15,7 @@ its own broker through the harness (TLS, dynamic security after the plugin).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from amora_devtools import MqttClient, MqttRefused, start_broker
 from amora_devtools._broker_config import plugin_source_dir
 from amora_devtools._proc import wait_until
-from amora_devtools.broker import TokenPlugin, amora_auth
+from amora_devtools.broker import AMORA_AUTH_TOPIC, TokenPlugin, amora_auth
 from amora_devtools.broker_tokens import session_token
 
 if TYPE_CHECKING:
@@ -225,3 +227,34 @@ def test_a_reload_leaves_a_departed_session_offline_so_it_is_pruned(quick_prune_
         message = client.receive(timeout=5.0)
         assert message is not None
         assert message.payload == b"marker"
+
+
+# ---- F5: revocations saved together ---------------------------------------------------------
+
+
+def test_a_flood_of_revocations_is_saved_together_and_each_answered_after_its_save(broker):
+    # Each save rewrites and fsyncs the whole deny list on the broker's only thread: commands
+    # arriving meanwhile share the next save (security review F5), answered only once saved.
+    names = [username() for _ in range(40)]
+    with broker.admin_client() as admin:
+        assert admin.subscribe(AMORA_AUTH_TOPIC + "/response") < 0x80
+        for i, name in enumerate(names):
+            command = {
+                "command": "revokeSessions",
+                "sessions": [{"username": name, "until": 2**40}],
+                "correlationData": str(i),
+            }
+            admin.publish(AMORA_AUTH_TOPIC, json.dumps({"commands": [command]}).encode())  # QoS 0: no wait
+        answered: dict[str, dict[str, Any]] = {}
+        while len(answered) < len(names) and (message := admin.receive(timeout=10.0)) is not None:
+            for response in json.loads(message.payload)["responses"]:
+                answered[response["correlationData"]] = response
+    assert sorted(answered, key=int) == [str(i) for i in range(len(names))]
+    assert not [r for r in answered.values() if "error" in r]
+    # Every answer followed its save: the file holds every revocation.
+    assert {entry["username"] for entry in saved(broker)["sessions"]} == set(names)
+    saves = [
+        int(n) for n in re.findall(r"amora_auth: revoked \d+ session\(s\) in (\d+) command\(s\)", broker.log_text())
+    ]
+    assert sum(saves) == len(names)
+    assert len(saves) <= len(names) // 2, saves

@@ -113,6 +113,8 @@ static void control(const uint8_t *data, size_t size)
 	ed.payload = data;
 	ed.payloadlen = (uint32_t)size;
 	if(amora_on_control(MOSQ_EVT_CONTROL, &ed, &g_plugin) != MOSQ_ERR_SUCCESS) abort();
+	amora_control_flush(&g_plugin, true, true); /* the answers that waited for the save */
+	if(g_plugin.replies != NULL || g_plugin.dirty) abort();
 	amora_revocations_free(&g_plugin.revocations);
 	remove_files();
 }

@@ -237,6 +237,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	/* mosquitto ticks after the reload's re-authentication pass, in the same loop
 	 * iteration, before it reads any new packet: the pass is over. */
 	p->reloading = false;
+	amora_control_flush(p, false, true);
 	if(now < p->next_prune) return MOSQ_ERR_SUCCESS;
 	p->next_prune = now + PRUNE_INTERVAL_S;
 	amora_revocations_prune(&p->revocations, now);
@@ -403,6 +404,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_TICK, on_tick, NULL);
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	mosquitto_callback_unregister(p->id, MOSQ_EVT_CONTROL, amora_on_control, AMORA_CONTROL_TOPIC);
+	amora_control_flush(p, true, false); /* revocations applied but not saved yet */
 	free_plugin(p);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -31,6 +31,13 @@ struct amora_plugin {
 	size_t client_count;
 	time_t next_prune;
 	bool reloading; /* between MOSQ_EVT_RELOAD and the next tick: mosquitto's re-auth pass */
+	/* Group commit of the deny list (control.c): revocations are applied at once, saved
+	 * together, and answered once saved. */
+	struct amora_reply *replies; /* answers waiting for the save, oldest first */
+	bool dirty;                  /* revocations applied but not saved yet */
+	bool message_awaits;         /* the message being handled waits for a save */
+	size_t unsaved_sessions, unsaved_commands;
+	long long next_save_ms;      /* CLOCK_MONOTONIC: no save before this */
 };
 
 /* Is `username` one of the plugin's (starts with the prefix)? */
@@ -42,5 +49,8 @@ static inline bool amora_is_session(const struct amora_plugin *p, const char *us
 void amora_printable(const char *in, char *out, size_t outlen);
 /* MOSQ_EVT_CONTROL on AMORA_CONTROL_TOPIC. */
 int amora_on_control(int event, void *event_data, void *userdata);
+/* Save the deny list when revocations wait and a save is due (or `force`), then send (if
+ * `publish`) and free the answers that waited for it. Called on every tick. */
+void amora_control_flush(struct amora_plugin *p, bool force, bool publish);
 
 #endif
