@@ -682,7 +682,7 @@ def test_a_key_file_others_may_write_is_refused_at_start_and_on_reload(fresh_bro
 @pytest.mark.parametrize(
     ("content", "mode", "expected"),
     [
-        ('{"version":1,"sessions":[]}', 0o640, "accessible by group or others (mode 640): chmod 600 it"),
+        ('{"version":1,"sessions":[]}', 0o604, "accessible by others or by a group other than the broker's (mode 604"),
         ("{not json", 0o600, "is not a deny list"),
         ('{"version":1,"sessions":[{"username":"sess.a"}]}', 0o600, "is not a deny list"),
     ],

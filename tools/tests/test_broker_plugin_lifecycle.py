@@ -163,6 +163,17 @@ def test_a_deny_list_from_before_the_marker_counts_as_confirmed(broker, key):
     assert f"{NOT_CONFIRMED}" not in broker.log_text()
 
 
+def test_a_deny_list_its_own_group_may_access_is_accepted(broker, key):
+    # Kubernetes' fsGroup (the broker's own group, infra/k8s) adds group rw to the volume's
+    # files when it relabels them: that must not stop the broker (security review I6).
+    broker.stop()
+    broker.revocations_file.chmod(0o660)
+    assert broker.revocations_file.stat().st_gid == broker.state_dir.stat().st_gid  # the broker's group
+    broker.restart()
+    name = username()
+    assert accepted(broker, name, session_token(key, username=name, acl=ACL))
+
+
 # ---- F2, F3: a reload re-authenticates from the entry -------------------------------------
 
 

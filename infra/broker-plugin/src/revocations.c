@@ -175,8 +175,10 @@ static char *read_private_file(const char *path, size_t *len, char *err, size_t 
 		snprintf(err, errlen, "revocations file %s is not a regular file", path);
 		goto fail;
 	}
-	if(st.st_mode & (S_IRWXG | S_IRWXO)){
-		snprintf(err, errlen, "revocations file %s is accessible by group or others (mode %03o): chmod 600 it", path, (unsigned)(st.st_mode & 0777));
+	/* Group bits are fine when the group is the broker's own: Kubernetes' fsGroup (the
+	 * broker's group in infra/k8s) adds group rw to every file of a volume it relabels. */
+	if((st.st_mode & S_IRWXO) || ((st.st_mode & S_IRWXG) && st.st_gid != getegid())){
+		snprintf(err, errlen, "revocations file %s is accessible by others or by a group other than the broker's (mode %03o, group %u): chmod 600 it", path, (unsigned)(st.st_mode & 0777), (unsigned)st.st_gid);
 		goto fail;
 	}
 	if(st.st_size > MAX_FILE_BYTES){
