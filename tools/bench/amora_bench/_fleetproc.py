@@ -166,7 +166,7 @@ class _Records:
 async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C901, PLR0915 - one process's life
     import httpx  # noqa: PLC0415
 
-    from amora_sync import AmoraClient, DeviceState, ReconnectPolicy  # noqa: PLC0415
+    from amora_sync import AmoraClient, AuthzUnavailableError, DeviceState, ReconnectPolicy  # noqa: PLC0415
 
     authz, users = spec["authz_url"], spec["users"]
     records = _Records()
@@ -179,6 +179,7 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
         initial_delay=0.2, max_delay=5.0, connect_timeout=60.0, liveness_interval=5.0, liveness_timeout=10.0
     )
     opened: list[tuple[Any, Any]] = []
+    exchange_retries: list[int] = []
 
     # Idle pooled connections expire before the service's keep-alive timeout (5 s): otherwise
     # a request races the server closing its connection and fails with a ReadError.
@@ -203,19 +204,31 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
 
             return token
 
+        async def open_client(stack: contextlib.AsyncExitStack, user: str) -> Any:  # noqa: ANN401
+            # The exchange shares this process's connection pool; a pooled connection the
+            # service closed while this process stalled fails the request (ReadError, as
+            # AuthzUnavailableError). An app would try again; so does the harness, counted.
+            for attempt in range(3):
+                client = AmoraClient(
+                    authz,
+                    provider(user),
+                    ca_file=spec["ca_file"],
+                    reconnect=policy,
+                    http_client=http,
+                    connect_timeout=SETUP_CONNECT_TIMEOUT_S,
+                )
+                try:
+                    return await stack.enter_async_context(client)
+                except AuthzUnavailableError:
+                    if attempt == 2:  # the third try's failure is final
+                        raise
+                    exchange_retries.append(1)
+            raise AssertionError  # pragma: no cover - the loop returns or raises
+
         async def session(index: int, user: str) -> None:
             async with contextlib.AsyncExitStack() as stack:
                 async with gate:
-                    client = await stack.enter_async_context(
-                        AmoraClient(
-                            authz,
-                            provider(user),
-                            ca_file=spec["ca_file"],
-                            reconnect=policy,
-                            http_client=http,
-                            connect_timeout=SETUP_CONNECT_TIMEOUT_S,
-                        )
-                    )
+                    client = await open_client(stack, user)
                     events = await stack.enter_async_context(client.watch(include_connection=False))
                 opened.append((client, events))
                 ready.append(index)
@@ -233,7 +246,7 @@ async def _sessions(conn: Connection, spec: dict[str, Any]) -> None:  # noqa: C9
         recorder = GcRecorder()
         window_policy(spec["gc"], collect=False)  # no collection now: it would stall every session
         recorder.start()
-        conn.send(("ready", len(ready), rss_mb()))
+        conn.send(("ready", len(ready), rss_mb(), len(exchange_retries)))
         cpu0, since = cpu_seconds(), time.perf_counter_ns()
         while await asyncio.to_thread(conn.recv) == "mark":
             done, records = records, _Records()

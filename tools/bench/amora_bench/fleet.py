@@ -387,6 +387,7 @@ def run(  # noqa: C901, PLR0913, PLR0915 - one orchestration, step by step
                 ready = [_expect(c, "ready", SETUP_TIMEOUT_S) for c in session_conns]
                 figures["setup_sessions_s"] = round(time.perf_counter() - t, 1)
                 figures["sessions_per_sdk_process"] = [r[0] for r in ready]
+                figures["setup_exchange_retries"] = sum(r[2] for r in ready)
                 figures["broker_rss_mb_idle"] = rss_mb(broker.pid)
 
                 monitor = Monitor(pids, authz_url=url)
