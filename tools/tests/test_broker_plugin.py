@@ -705,6 +705,7 @@ def test_broker_does_not_start_with_a_bad_revocations_file(fresh_broker, content
         (lambda c: _drop_line(c, "plugin_opt_issuer "), "plugin_opt_issuer is missing"),
         (lambda c: _drop_line(c, "plugin_opt_public_keys "), "plugin_opt_public_keys is missing"),
         (lambda c: _drop_line(c, "plugin_opt_revocations "), "plugin_opt_revocations is missing"),
+        (lambda c: _add_option(c, "plugin_opt_max_lifetime 1h"), "plugin_opt_max_lifetime must be a number of seconds"),
         (
             lambda c: _set_option(c, "plugin_opt_public_keys", "/nonexistent/keys.pem"),
             "public_keys file /nonexistent/keys.pem cannot be read",
@@ -718,6 +719,29 @@ def test_broker_does_not_start_with_bad_plugin_options(fresh_broker, edit, expec
     with pytest.raises(ServiceStartError) as excinfo:
         fresh_broker.restart(timeout=5.0)
     assert f"amora_auth: {expected}" in str(excinfo.value)
+
+
+def _add_option(config: str, line: str) -> str:
+    """Add an amora_auth option (right after its issuer line, before dynsec's plugin line)."""
+    issuer = next(x for x in config.splitlines(keepends=True) if x.startswith("plugin_opt_issuer "))
+    return config.replace(issuer, issuer + line + "\n", 1)
+
+
+def test_max_lifetime_refuses_a_token_that_expires_later(fresh_broker, signer):
+    # Defence in depth (security review I4): authz signs exp = the session's expiry.
+    fresh_broker.stop()
+    fresh_broker.config_file.write_text(
+        _add_option(fresh_broker.config_file.read_text(), "plugin_opt_max_lifetime 600")
+    )
+    fresh_broker.restart()
+    username, clientid = new_session()
+    now = int(time.time())
+    too_long = signer.sign(_header(signer), claims_for(username, clientid, exp=now + 3600))
+    assert refused(fresh_broker, username, clientid, too_long) == NOT_AUTHORIZED
+    assert wait_log(fresh_broker, f"amora_auth: refused {username}: expires later than plugin_opt_max_lifetime")
+    connect(
+        fresh_broker, username, clientid, signer.sign(_header(signer), claims_for(username, clientid, exp=now + 300))
+    ).disconnect()
 
 
 def _drop_line(config: str, prefix: str) -> str:

@@ -157,6 +157,12 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: refused %s: %s", who, reason);
 		return MOSQ_ERR_AUTH;
 	}
+	if(p->max_lifetime_s > 0 && e->exp - (long long)time(NULL) > p->max_lifetime_s){
+		/* Defence in depth: authz never signs one (exp = the session's expiry). */
+		free_client(e);
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "amora_auth: refused %s: expires later than plugin_opt_max_lifetime", who);
+		return MOSQ_ERR_AUTH;
+	}
 	e->client = ed->client;
 	memcpy(e->password_hash, hash, sizeof(hash));
 	slot = tsearch(e, &p->clients, by_clientid);
@@ -293,9 +299,10 @@ static int set_option(struct amora_plugin *p, const char *key, const char *value
 	else if(strcmp(key, "audience") == 0) slot = &p->audience;
 	else if(strcmp(key, "revocations") == 0) slot = &p->revocations_file;
 	else if(strcmp(key, "username_prefix") == 0) slot = &p->prefix;
+	else if(strcmp(key, "max_lifetime") == 0) slot = &p->max_lifetime;
 	if(slot == NULL){
 		/* A misspelt option (say "audiance") must not silently fall back to a default. */
-		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: unknown option plugin_opt_%s (known: public_keys, issuer, audience, revocations, username_prefix)", key);
+		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: unknown option plugin_opt_%s (known: public_keys, issuer, audience, revocations, username_prefix, max_lifetime)", key);
 		return -1;
 	}
 	free(*slot);
@@ -313,6 +320,7 @@ static void free_plugin(struct amora_plugin *p)
 	free(p->audience);
 	free(p->revocations_file);
 	free(p->prefix);
+	free(p->max_lifetime);
 	memset(p, 0, sizeof(*p));
 }
 
@@ -334,6 +342,14 @@ static int configure(struct amora_plugin *p, struct mosquitto_opt *opts, int cou
 		return -1;
 	}
 	p->prefix_len = strlen(p->prefix);
+	if(p->max_lifetime != NULL){
+		char *end = NULL;
+		p->max_lifetime_s = strtoll(p->max_lifetime, &end, 10);
+		if(end == p->max_lifetime || *end != '\0' || p->max_lifetime_s <= 0){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_max_lifetime must be a number of seconds above 0 (the longest session the authz service makes: session_ttl_s)");
+			return -1;
+		}
+	}
 	if(p->public_keys == NULL){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "amora_auth: plugin_opt_public_keys is missing: name the PEM file with the broker-token public key(s) (amora-authz broker-token-key public)");
 		return -1;

@@ -24,6 +24,8 @@ struct amora_plugin {
 	char *audience;
 	char *revocations_file;
 	char *prefix;
+	char *max_lifetime; /* option text; max_lifetime_s once parsed (0: no bound) */
+	long long max_lifetime_s;
 	size_t prefix_len;
 	struct amora_keyring keys;
 	struct amora_revocations revocations;
