@@ -315,6 +315,39 @@ async def test_a_session_that_expires_while_a_broker_is_unreachable_is_kicked_th
             standby.signal(signal.SIGCONT)
 
 
+async def test_a_primary_that_refuses_the_service_s_tokens_is_not_ready_and_no_session_is_handed_out(
+    dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    """Security review F7: the primary's plugin loads another public key (a wrong secret
+    mounted, the broker rotated first). The full pass's probe token is refused: readiness and
+    logins fail closed, naming the fix, until the right key is loaded."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with _token_broker(tmp_path, foreign, dev_pki, "primary") as primary:
+        async with _service(tmp_path, dev_pki, primary, background=False) as harness:
+            svc, fleet = harness.svc, harness.svc.runtime.service.fleet
+            await harness.register("player-1", "alice")
+            assert fleet.status[primary.name].token_refused
+            for path in ("/readyz/serving", "/readyz"):
+                answer = await svc.http.get(path)
+                assert (answer.status_code, answer.json()["code"]) == (503, "token_refused"), path
+                assert "broker-token-key public" in answer.json()["message"]
+            metrics = (await svc.http.get("/metrics")).text
+            assert f'amora_authz_broker_token_refused{{broker="{primary.name}"}} 1.0' in metrics
+            refused = await svc.http.post("/v1/sessions", json=session_body(), headers=await svc.auth("alice"))
+            assert (refused.status_code, refused.json()["code"]) == (503, "token_refused")
+
+            # The service's public key on the broker: the retried full pass's probe passes.
+            _, public = broker_token_key(tmp_path)
+            primary.token_public_keys_file.write_bytes(public.read_bytes())
+            await asyncio.to_thread(primary.reload)
+            await fleet.retry_pending()
+            assert not fleet.status[primary.name].token_refused
+            assert (await svc.http.get("/readyz/serving")).status_code == 200
+            assert (await svc.http.get("/readyz")).status_code == 200
+            (await harness.app(await harness.session("alice"))).disconnect()
+
+
 async def test_switching_to_token_mode_removes_the_session_objects_dynsec_mode_made(
     token_broker: BrokerProcess, dev_pki: DevPKI, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ from amora_authz._revocations import (
     send_revocations,
 )
 from amora_authz._store import Link
+from amora_authz._tokenprobe import probe_token
 from amora_protocol import now_ms, user_group
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
     import structlog
 
+    from amora_authz._brokertoken import BrokerTokenKey
     from amora_authz._store import Store
 
 __all__ = ["ApplyOutcome", "BrokerFleet", "BrokerStatus", "CheckReport"]
@@ -83,6 +85,8 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
         pending_names: how many role, group and client names wait for a retry.
         foreign: names the database wants that the broker holds as objects this
             service does not own (``client:amora-admin``); never adopted.
+        token_refused: token mode: the broker refused the last full pass's probe token
+            (`amora_authz._tokenprobe`): it would refuse every session's token too.
     """
 
     name: str
@@ -96,6 +100,7 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
     behind: bool = True
     pending_names: int = 0
     foreign: list[str] = msgspec.field(default_factory=list)
+    token_refused: bool = False
 
 
 class ApplyOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,6 +174,7 @@ class BrokerFleet(PeriodicCheck):
         settle_s: float = 2.0,
         extra_desired: Callable[[Scope | None], Awaitable[DynsecState]] | None = None,
         tokens: bool = False,
+        token_key: BrokerTokenKey | None = None,
     ) -> None:
         """Create the fleet (no connection is made until the first reconcile).
 
@@ -190,6 +196,8 @@ class BrokerFleet(PeriodicCheck):
                 the ones computed here.
             tokens: token mode: no session clients, user groups or ``user-device:`` roles;
                 revocations go to each broker's ``amora_auth`` plugin.
+            token_key: token mode: the key signing session tokens; each full pass then
+                checks with a probe token that the broker accepts them.
         """
         self._store = store
         self._extra_desired = extra_desired
@@ -199,6 +207,9 @@ class BrokerFleet(PeriodicCheck):
         self._on_pass = on_pass
         self.clients = [DynsecClient(e, logger=logger, timeout_s=timeout_s) for e in endpoints]
         self._tokens = tokens
+        self._token_key = token_key
+        self._token_refusals: dict[str, str] = {}  # broker -> what its probe's refusal said, and the fix
+        self._timeout_s = timeout_s
         # Token mode: a second admin connection per broker, to the amora_auth plugin.
         self.auth_clients = {
             e.name: DynsecClient(
@@ -447,7 +458,7 @@ class BrokerFleet(PeriodicCheck):
         except AuthzError as exc:
             if self._on_pass is not None:
                 self._on_pass(name, full=scope is None, ok=False)
-            status.reachable = False
+            status.reachable = exc.code == "token_refused"  # it answered: it refuses our tokens
             status.last_error = exc.message
             if scope is None:
                 self._full_owed[name] = True
@@ -526,6 +537,8 @@ class BrokerFleet(PeriodicCheck):
                 self._check_modified(client.endpoint, before)
             if self._tokens and (scope is None or scope.revoked):
                 await self._revocations(name, None if scope is None else scope.revoked)
+            if scope is None and self._token_key is not None:
+                await self._probe(client.endpoint, self._token_key)
             return len(commands), foreign
 
     def _auth_connection_lost(self, name: str) -> None:
@@ -572,6 +585,33 @@ class BrokerFleet(PeriodicCheck):
                 broker=name,
                 fix="update the broker's amora_auth plugin: this one accepts revoked tokens after losing its deny list",
             )
+
+    async def _probe(self, endpoint: BrokerEndpoint, key: BrokerTokenKey) -> None:
+        """Token mode: connect once with a probe token; a refusal fails the full pass.
+
+        Raises:
+            BrokerError: code ``token_refused`` (the pass is retried; readiness fails), or
+                ``broker_unreachable``.
+        """
+        status = self.status[endpoint.name]
+        # The broker checks iat/exp against its own wall clock: the real time, not `_clock_ms`.
+        refusal = await probe_token(endpoint, key, now_s=int(time.time()), timeout_s=self._timeout_s)
+        status.token_refused = refusal is not None
+        if refusal is None:
+            self._token_refusals.pop(endpoint.name, None)
+            return
+        fix = (
+            f"load the public key of the service's token_key_file (amora-authz broker-token-key public, key id "
+            f"{key.kid}) into the broker's plugin_opt_public_keys and send it SIGHUP, and check that its "
+            f"plugin_opt_issuer is {key.issuer!r} and plugin_opt_audience {key.audience!r}"
+        )
+        self._log.error("broker.token_refused", broker=endpoint.name, refusal=refusal, fix=fix)
+        self._token_refusals[endpoint.name] = f"{refusal}: {fix}"
+        raise BrokerError(
+            f"broker {endpoint.name} refuses the service's session tokens ({refusal}): {fix}",
+            broker=endpoint.name,
+            code="token_refused",
+        )
 
     @staticmethod
     def _mtime(endpoint: BrokerEndpoint) -> int | None:
@@ -658,6 +698,22 @@ class BrokerFleet(PeriodicCheck):
             raise BrokerError(
                 f"the primary broker {primary.name} is unreachable", broker=primary.name, code="primary_unreachable"
             )
+        self.raise_if_primary_refuses_tokens()
+
+    def raise_if_primary_refuses_tokens(self) -> None:
+        """Token mode: raise when the primary refused the last probe token (logins would be useless).
+
+        Raises:
+            BrokerError: code ``token_refused``, naming the broker and the fix.
+        """
+        primary = next(iter(self.status.values()), None)
+        if primary is not None and primary.token_refused:
+            raise BrokerError(
+                f"the primary broker {primary.name} refuses the service's session tokens "
+                f"({self._token_refusals.get(primary.name, 'probe refused')})",
+                broker=primary.name,
+                code="token_refused",
+            )
 
     def raise_if_behind(self) -> None:
         """Raise when any broker misses a change the database holds (readiness).
@@ -666,6 +722,14 @@ class BrokerFleet(PeriodicCheck):
             BrokerError: code ``brokers_behind``, naming the brokers.
         """
         self.raise_if_unreachable()
+        refusing = [s.name for s in self.status.values() if s.token_refused]
+        if refusing:
+            raise BrokerError(
+                f"brokers refusing the service's session tokens: {', '.join(refusing)} "
+                f"({self._token_refusals.get(refusing[0], 'probe refused')})",
+                broker=refusing[0],
+                code="token_refused",
+            )
         behind = self.behind()
         if behind:
             raise BrokerError(

@@ -249,6 +249,7 @@ class AuthzRuntime:
             full_interval_s=settings.full_reconcile_interval_s,
             extra_desired=self.backends.desired,
             tokens=tokens is not None,
+            token_key=tokens,
         )
         self._stack.push_async_callback(fleet.close)
         self.telemetry.watch_fleet(fleet.status.values)

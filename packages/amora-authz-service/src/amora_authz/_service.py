@@ -298,6 +298,8 @@ class AuthzService:
         )
         outcome = None
         if self.tokens is not None:
+            # Fail closed: a token the primary refuses (review F7) is a useless credential.
+            self.fleet.raise_if_primary_refuses_tokens()
             # Nothing to create on the brokers: only the sessions beyond the cap end, each with
             # its revocation (until its own expiry: `_end_sessions`), so no eviction inside
             # `open_session`.

@@ -86,6 +86,12 @@ _BROKER_GAUGES: Final = (
         "{name}",
         "Role, group and client names waiting to be re-applied on the broker.",
     ),
+    (
+        "amora_authz_broker_token_refused",
+        "token_refused",
+        "1",
+        "Token mode: 1 while the broker refuses the service's probe token (every session token too).",
+    ),
 )
 
 
