@@ -298,10 +298,12 @@ class ConnectionLoop:
             silent = loop.time() - link.last_inbound
             if silent < interval:
                 # Strategy: sleep until the silence would reach the interval (a timer, not
-                # a poll): traffic in between proves the broker alive and resets it.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval - silent):
-                        await link.lost.wait()
+                # a poll): traffic in between proves the broker alive and resets it. A plain
+                # sleep, not a timeout around `link.lost.wait()`: `_serve` cancels this task when
+                # the link is lost, and a sleep leaves the collector a future and a timer per
+                # wake instead of a timeout, a coroutine and an event waiter (a process holding
+                # thousands of clients wakes thousands of these a second).
+                await asyncio.sleep(interval - silent)
                 continue
             if await link.probe(limit=limit) or not link.connected:
                 continue
