@@ -105,17 +105,24 @@ static void control(const uint8_t *data, size_t size)
 {
 	struct mosquitto_evt_control ed;
 	char err[512];
+	char *payload;
 
 	unlink(g_path);
 	if(amora_revocations_load(&g_plugin.revocations, g_path, FUZZ_NOW, err, sizeof(err)) != 0) abort();
+	/* mosquitto hands a payload with a NUL after it (handle_publish.c). */
+	payload = malloc(size + 1);
+	if(payload == NULL) abort();
+	memcpy(payload, data, size);
+	payload[size] = '\0';
 	memset(&ed, 0, sizeof(ed));
 	ed.topic = AMORA_CONTROL_TOPIC;
-	ed.payload = data;
+	ed.payload = payload;
 	ed.payloadlen = (uint32_t)size;
 	if(amora_on_control(MOSQ_EVT_CONTROL, &ed, &g_plugin) != MOSQ_ERR_SUCCESS) abort();
 	amora_control_flush(&g_plugin, true, true); /* the answers that waited for the save */
 	if(g_plugin.replies != NULL || g_plugin.dirty) abort();
 	amora_revocations_free(&g_plugin.revocations);
+	free(payload);
 	remove_files();
 }
 

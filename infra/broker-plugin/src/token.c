@@ -315,8 +315,11 @@ static cJSON *decode_json_part(const char *part, size_t len)
 	cJSON *json = NULL;
 
 	if(buf == NULL) return NULL;
-	n = amora_b64url_decode(part, len, buf, len / 4 * 3 + 3);
-	if(n > 0) json = amora_json_parse_exact((const char *)buf, (size_t)n);
+	n = amora_b64url_decode(part, len, buf, len / 4 * 3 + 2);
+	if(n > 0){ /* NUL-terminated: a cJSON without the CVE-2023-53154 fix reads one byte past */
+		buf[n] = '\0';
+		json = amora_json_parse_exact((const char *)buf, (size_t)n);
+	}
 	free(buf);
 	if(json != NULL && !cJSON_IsObject(json)){
 		cJSON_Delete(json);
