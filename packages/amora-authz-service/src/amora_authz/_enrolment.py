@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from litestar.datastructures import CacheControlHeader
     from litestar.di import Provide
 
-    from amora_authz._service import AuthzService, DeviceRegistered
+    from amora_authz._service import AuthzService
+    from amora_authz._service_devices import DeviceRegistered
     from amora_authz._store import Store
 
 __all__ = [

@@ -15,17 +15,17 @@ Names held on a broker by objects this service does not own (see
 Token mode (``tokens=True``): sessions are no dynsec clients; a scope's ``revoked`` usernames
 are sent to each broker's ``amora_auth`` plugin (`amora_authz._revocations`) under the same
 locks, with the same fail-closed bookkeeping, and a full pass also gives a broker every
-revocation in force that it lacks.
+revocation in force that it lacks and checks that it accepts the service's tokens
+(`amora_authz._fleet_tokens`). Whether a broker persists what it is told is checked after
+each pass (`amora_authz._fleet_persist`); the periodic check deciding when a full pass runs is
+`amora_authz._fleet_check`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import random
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -44,16 +44,9 @@ from amora_authz._dynsec import (
 )
 from amora_authz._errors import AuthzError, BrokerError
 from amora_authz._fleet_check import CheckReport, PeriodicCheck
-from amora_authz._revocations import (
-    AUTH_CONTROL_TOPIC,
-    NO_PLUGIN_HINT,
-    confirm_synced,
-    list_revocations,
-    missing_revocations,
-    send_revocations,
-)
+from amora_authz._fleet_persist import PersistenceCheck
+from amora_authz._fleet_tokens import TokenRevocations
 from amora_authz._store import Link
-from amora_authz._tokenprobe import probe_token
 from amora_protocol import now_ms, user_group
 
 if TYPE_CHECKING:
@@ -141,23 +134,11 @@ def _minus(scope: Scope, done: Scope) -> Scope:
     )
 
 
-def _kicks(recorded: dict[str, int], usernames: frozenset[str] | None, *, now_s: int) -> dict[str, int]:
-    """What to send for ended sessions: their revocations, whatever their ``until``.
-
-    A revocation whose ``until`` passed still kicks the live connection (security review
-    F4: the plugin never re-checks ``exp`` on one); a name whose row another replica
-    already purged is sent with ``until`` now (a kick alone).
-    """
-    if usernames is not None:
-        recorded = {name: recorded.get(name, now_s) for name in usernames}
-    return recorded
-
-
 def _foreign_scope(foreign: ForeignNames) -> Scope:
     return Scope(roles=foreign.roles, groups=foreign.groups, clients=foreign.clients)
 
 
-class BrokerFleet(PeriodicCheck):
+class BrokerFleet(PeriodicCheck, TokenRevocations, PersistenceCheck):
     """Every configured broker, reconciled with the store."""
 
     def __init__(  # noqa: PLR0913 - collaborators, all optional ones keyword-only
@@ -207,19 +188,8 @@ class BrokerFleet(PeriodicCheck):
         self._on_pass = on_pass
         self.clients = [DynsecClient(e, logger=logger, timeout_s=timeout_s) for e in endpoints]
         self._tokens = tokens
-        self._token_key = token_key
-        self._token_refusals: dict[str, str] = {}  # broker -> what its probe's refusal said, and the fix
         self._timeout_s = timeout_s
-        # Token mode: a second admin connection per broker, to the amora_auth plugin.
-        self.auth_clients = {
-            e.name: DynsecClient(
-                e, logger=logger, timeout_s=timeout_s, control_topic=AUTH_CONTROL_TOPIC, unanswered_hint=NO_PLUGIN_HINT
-            )
-            for e in endpoints
-            if tokens
-        }
-        for name, auth in self.auth_clients.items():
-            auth.on_connection_lost = functools.partial(self._auth_connection_lost, name)
+        self._init_token_mode(endpoints, logger=logger, timeout_s=timeout_s, tokens=tokens, token_key=token_key)
         self.status = {e.name: BrokerStatus(name=e.name) for e in endpoints}
         # Reconcile passes on one broker must not interleave: a scoped pass racing a
         # full pass could re-create what the other just deleted.
@@ -364,14 +334,6 @@ class BrokerFleet(PeriodicCheck):
             taken.update(f"group:{n}" for n, g in actual.groups.items() if g.textname != MANAGED)
             taken.update(f"client:{n}" for n, c in actual.clients.items() if c.textname != MANAGED)
         return sorted(taken)
-
-    def revocations_owed(self) -> bool:
-        """Token mode: whether some broker may not have acknowledged every recorded revocation.
-
-        While it may, revocations past their ``until`` stay in the database (not purged): the
-        broker's live connections under the ended sessions still need their kick.
-        """
-        return any(self._full_owed[n] or self._pending[n].revoked for n in self._pending)
 
     def behind(self) -> list[str]:
         """The brokers that miss any change the database holds."""
@@ -541,135 +503,6 @@ class BrokerFleet(PeriodicCheck):
                 await self._probe(client.endpoint, self._token_key)
             return len(commands), foreign
 
-    def _auth_connection_lost(self, name: str) -> None:
-        """Token mode: the plugin's admin connection dropped: the broker may be restarting.
-
-        A restarted broker may have lost its deny list (then it refuses every session login
-        until told ``synced``) or loaded an older one (then it accepts tokens revoked since):
-        a full pass is owed now, so the retry loop runs it as soon as the broker answers,
-        not at the next periodic check.
-        """
-        self._full_owed[name] = True
-        self._update_status(name)
-        self._log.info("broker.auth_connection_lost", broker=name, next="full pass as soon as it answers")
-
-    async def _revocations(self, name: str, usernames: frozenset[str] | None) -> None:
-        """Token mode: give the broker the revocations of ``usernames`` (None: all it lacks).
-
-        Raises:
-            BrokerError: the broker's plugin is unreachable, did not answer, or refused.
-        """
-        client = self.auth_clients[name]
-        status = self.status[name]
-        wanted = _kicks(await self._store.revocations_of(usernames), usernames, now_s=self._clock_ms() // 1000)
-        if usernames is None:
-            # A full pass: what the broker lacks (down during a change, or restarted from an
-            # older deny list). Entries it holds beyond the database's stay: never taken back.
-            # Rows past `until` are still in the database only while some broker may have
-            # missed their kick: sent again (the plugin then kicks and lists nothing).
-            now_s = self._clock_ms() // 1000
-            past = {u: t for u, t in wanted.items() if t <= now_s}
-            live = {u: t for u, t in wanted.items() if t > now_s}
-            wanted = missing_revocations(live, await list_revocations(client)) | past
-        try:
-            sent = await send_revocations(client, wanted)
-        except AuthzError:
-            status.revocations_failed += len(wanted)
-            raise
-        status.revocations_sent += sent
-        if sent:
-            self._log.info("broker.revoked", broker=name, sessions=sent, full=usernames is None)
-        if usernames is None and not await confirm_synced(client):
-            self._log.warning(
-                "broker.plugin_without_synced",
-                broker=name,
-                fix="update the broker's amora_auth plugin: this one accepts revoked tokens after losing its deny list",
-            )
-
-    async def _probe(self, endpoint: BrokerEndpoint, key: BrokerTokenKey) -> None:
-        """Token mode: connect once with a probe token; a refusal fails the full pass.
-
-        Raises:
-            BrokerError: code ``token_refused`` (the pass is retried; readiness fails), or
-                ``broker_unreachable``.
-        """
-        status = self.status[endpoint.name]
-        # The broker checks iat/exp against its own wall clock: the real time, not `_clock_ms`.
-        refusal = await probe_token(endpoint, key, now_s=int(time.time()), timeout_s=self._timeout_s)
-        status.token_refused = refusal is not None
-        if refusal is None:
-            self._token_refusals.pop(endpoint.name, None)
-            return
-        fix = (
-            f"load the public key of the service's token_key_file (amora-authz broker-token-key public, key id "
-            f"{key.kid}) into the broker's plugin_opt_public_keys and send it SIGHUP, and check that its "
-            f"plugin_opt_issuer is {key.issuer!r} and plugin_opt_audience {key.audience!r}"
-        )
-        self._log.error("broker.token_refused", broker=endpoint.name, refusal=refusal, fix=fix)
-        self._token_refusals[endpoint.name] = f"{refusal}: {fix}"
-        raise BrokerError(
-            f"broker {endpoint.name} refuses the service's session tokens ({refusal}): {fix}",
-            broker=endpoint.name,
-            code="token_refused",
-        )
-
-    @staticmethod
-    def _mtime(endpoint: BrokerEndpoint) -> int | None:
-        if endpoint.dynsec_file is None:
-            return None
-        try:
-            return Path(endpoint.dynsec_file).stat().st_mtime_ns
-        except OSError:
-            return None
-
-    def _check_modified(self, endpoint: BrokerEndpoint, before: int | None) -> None:
-        """After a change: the broker must have rewritten its dynsec file (cheap check)."""
-        after = self._mtime(endpoint)
-        if before is None or after is None:
-            return
-        self._set_persisting(endpoint, persisting=after != before, missing=[], stale=[])
-
-    def _check_persisted(self, endpoint: BrokerEndpoint, desired: DynsecState) -> None:
-        """After a full pass: the broker's dynsec file must hold exactly the desired clients.
-
-        mosquitto answers success even when it cannot write its file (docs/decisions/0004), so
-        the answer alone proves nothing: a broker restart would lose the change.
-        """
-        if endpoint.dynsec_file is None:
-            return
-        status = self.status[endpoint.name]
-        try:
-            document = json.loads(Path(endpoint.dynsec_file).read_bytes())
-            on_disk = {
-                c["username"]
-                for c in document.get("clients", ())
-                if c.get("textname") == MANAGED or c["username"] in desired.clients
-            }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            status.persisting = None
-            self._log.warning("broker.persistence_unknown", broker=endpoint.name, error=str(exc))
-            return
-        wanted = set(desired.clients)
-        self._set_persisting(
-            endpoint,
-            persisting=on_disk == wanted,
-            missing=sorted(wanted - on_disk)[:10],
-            stale=sorted(on_disk - wanted)[:10],
-        )
-
-    def _set_persisting(
-        self, endpoint: BrokerEndpoint, *, persisting: bool, missing: list[str], stale: list[str]
-    ) -> None:
-        if not persisting:
-            self._log.error(
-                "broker.not_persisting",
-                broker=endpoint.name,
-                dynsec_file=endpoint.dynsec_file,
-                missing=missing,
-                stale=stale,
-            )
-        self.status[endpoint.name].persisting = persisting
-
     async def close(self) -> None:
         """Disconnect from every broker."""
         for client in [*self.clients, *self.auth_clients.values()]:
@@ -699,21 +532,6 @@ class BrokerFleet(PeriodicCheck):
                 f"the primary broker {primary.name} is unreachable", broker=primary.name, code="primary_unreachable"
             )
         self.raise_if_primary_refuses_tokens()
-
-    def raise_if_primary_refuses_tokens(self) -> None:
-        """Token mode: raise when the primary refused the last probe token (logins would be useless).
-
-        Raises:
-            BrokerError: code ``token_refused``, naming the broker and the fix.
-        """
-        primary = next(iter(self.status.values()), None)
-        if primary is not None and primary.token_refused:
-            raise BrokerError(
-                f"the primary broker {primary.name} refuses the service's session tokens "
-                f"({self._token_refusals.get(primary.name, 'probe refused')})",
-                broker=primary.name,
-                code="token_refused",
-            )
 
     def raise_if_behind(self) -> None:
         """Raise when any broker misses a change the database holds (readiness).

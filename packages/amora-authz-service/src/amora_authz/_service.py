@@ -16,13 +16,14 @@ sessions early (logout, eviction, link, unlink, device revocation) or by expiry 
 with a revocation each (`Store.end_sessions`) that every broker must hold, fail closed as a
 deletion is in dynsec mode. Link and unlink end the user's sessions because their tokens
 carry the old device list; apps log in again when the broker refuses the old token.
+
+Registering and revoking devices (their certificates and the CRL) is
+`amora_authz._service_devices`, a mixin of :class:`AuthzService`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -31,13 +32,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from amora_authz._desired import scope_for_device, scope_for_link, scope_for_session
+from amora_authz._desired import scope_for_link, scope_for_session
 from amora_authz._dynsec import Scope
 from amora_authz._errors import (
     AuthzError,
     BrokerError,
     ConfigError,
-    ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -45,9 +45,9 @@ from amora_authz._errors import (
 from amora_authz._inputs import device_id_of, session_keys, user_id_of
 from amora_authz._pending import PendingChanges
 from amora_authz._revocations import REVOCATION_MARGIN_S
+from amora_authz._service_devices import DeviceDecisions
 from amora_authz._store import Certificate, Device, Session
 from amora_protocol import (
-    SERVICE_ACCOUNT_PREFIX,
     SESSION_ID_PREFIX,
     AuthzPublicKey,
     DevicePublicKeys,
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthzService",
-    "DeviceRegistered",
     "SessionIssued",
     "b64",
     "session_password",
@@ -102,15 +101,7 @@ class SessionIssued(msgspec.Struct, frozen=True, kw_only=True):
     devices: tuple[Device, ...]
 
 
-class DeviceRegistered(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered device and its certificate (when a CSR was sent)."""
-
-    device: Device
-    certificate_pem: bytes | None
-    serial: int | None
-
-
-class AuthzService:
+class AuthzService(DeviceDecisions):
     """Sessions, grants, devices and links, with broker reconciliation after each change."""
 
     def __init__(  # noqa: PLR0913 - the service's collaborators, all keyword-only
@@ -429,128 +420,7 @@ class AuthzService:
                 self._on_sessions_expired(len(expired))
         return sorted(expired)
 
-    # -- devices -------------------------------------------------------------------
-
-    async def register_device(
-        self,
-        claims: Claims,
-        *,
-        device_id: str,
-        signing_key: str,
-        encryption_key: str,
-        csr_pem: str | None = None,
-    ) -> DeviceRegistered:
-        """Register a device, answering its CSR with a client certificate.
-
-        Raises:
-            PermissionDeniedError: the caller is not an admin.
-            InvalidInputError: bad id, key or CSR, or a CSR without a configured CA.
-            ConflictError: the device id is taken (``device_exists``, ``device_revoked``),
-                or a broker holds an account of that name (``name_taken_on_broker``).
-        """
-        self.require_admin(claims)
-        device_id = device_id_of(device_id)
-        raw_sign, raw_enc = session_keys(signing_key, encryption_key)
-        taken = await self.fleet.taken_names(scope_for_device(device_id))
-        if taken:
-            # The device's certificate CN becomes its broker username: a device named
-            # after an existing account would log in as that account.
-            raise ConflictError(
-                f"device id {device_id!r} is taken on a broker by objects this service does not own "
-                f"({', '.join(taken)}); choose another id (service accounts belong under "
-                f"{SERVICE_ACCOUNT_PREFIX!r})",
-                code="name_taken_on_broker",
-            )
-        now = self._clock_ms()
-        issued = None
-        if csr_pem is not None:
-            if self.ca is None:
-                raise InvalidInputError("this service has no device CA configured", code="no_device_ca")
-            issued = self.ca.sign_csr(
-                csr_pem.encode(),
-                device_id=device_id,
-                now=dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC),
-            )
-        device = Device(
-            device_id=device_id,
-            signing_key=raw_sign,
-            encryption_key=raw_enc,
-            created_at_ms=now,
-        )
-        await self.store.add_device(device)
-        if issued is not None:
-            await self.store.add_certificate(
-                Certificate(
-                    serial=issued.serial,
-                    device_id=device_id,
-                    issued_at_ms=now,
-                    not_after_ms=issued.not_after_ms,
-                )
-            )
-        await self.fleet.apply(scope_for_device(device_id))
-        await self._sessions_changed(devices=[device_id])
-        self._log.info("device.registered", device_id=device_id, by=claims.subject)
-        return DeviceRegistered(
-            device=device,
-            certificate_pem=None if issued is None else issued.pem,
-            serial=None if issued is None else issued.serial,
-        )
-
-    async def revoke_device(self, claims: Claims, device_id: str) -> list[int]:
-        """Revoke a device: CRL, broker client deleted (kicked), links dropped.
-
-        Returns:
-            The serials of the certificates revoked.
-
-        Raises:
-            PermissionDeniedError: the caller is not an admin.
-            NotFoundError: no such device.
-            ConflictError: already revoked.
-            InvalidInputError: the device id is invalid or reserved.
-            ChangePendingError: a broker still holds the device's access (retrying).
-        """
-        self.require_admin(claims)
-        device_id = device_id_of(device_id)
-        key = f"revoke:{device_id}"
-        existing = await self.store.get_device(device_id)
-        if existing is not None and existing.revoked:
-            repeated = self._pending.repeat(key)
-            if repeated is not None:
-                return repeated
-        users = await self.store.users_of_device(device_id)
-        serials = await self.store.revoke_device(device_id, at_ms=self._clock_ms())
-        # An empty list while the device is still connected: it refuses every grant even if
-        # a broker keeps it online (a standby behind, a CRL not yet reloaded).
-        await self._sessions_changed(devices=[device_id])
-        # CRL first: once the client is deleted the device reconnects at once, and the
-        # new handshake must already meet the CRL.
-        await self.write_crl()
-        scope = scope_for_device(device_id, users)
-        if self.tokens is not None:
-            # Their tokens name the device's topics until they expire.
-            scope |= await self._end_sessions(users=users)
-            await self._sessions_changed(users=users)
-        outcome = await self.fleet.apply(scope)
-        self._log.warning(
-            "device.revoked", device_id=device_id, by=claims.subject, serials=len(serials), behind=outcome.behind
-        )
-        self._pending.settle(key, scope, outcome, serials)
-        return serials
-
-    async def write_crl(self) -> None:
-        """Rewrite the device CRL from the database and ask brokers to reload it."""
-        if self.ca is None:
-            return
-        revoked = await self.store.revoked_certificates()
-        now = dt.datetime.fromtimestamp(self._clock_ms() / 1000, tz=dt.UTC)
-        self.ca.write_crl(revoked, now=now)
-        if self._crl_reload_command:
-            process = await asyncio.create_subprocess_exec(*self._crl_reload_command)
-            code = await process.wait()
-            if code != 0:
-                self._log.error("crl.reload_failed", exit_code=code)
-        if self._on_crl_written is not None:
-            self._on_crl_written(revoked)
+    # -- device keys ---------------------------------------------------------------
 
     async def device_keys(self, claims: Claims, device_id: str) -> DevicePublicKeys:
         """A device's public keys, for its users and admins.
