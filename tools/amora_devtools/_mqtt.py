@@ -20,6 +20,7 @@ reads its latest answers).
 from __future__ import annotations
 
 import collections
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class MqttClient(ClosedOnExit):
             client.connect(host, port, keepalive=keepalive, clean_start=clean_start, properties=properties)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; WebsocketConnectionError a ValueError
             self.drop()
+            _close_sockets_left_in(exc)
             raise MqttError(f"cannot connect to {host}:{port}: {exc!r}") from exc
         try:
             self._drive(lambda: events.connack is not None, deadline, waiting_for="CONNACK")
@@ -336,6 +338,22 @@ class MqttClient(ClosedOnExit):
 
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self._timeout if timeout is None else timeout)
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """Close the sockets a failed ``paho.Client.connect`` left in its frames.
+
+    paho keeps the socket of a failed TLS handshake in a local of its ``reconnect()`` and never
+    closes it; the exception's traceback keeps it alive until some later collection, whose
+    ``ResourceWarning`` then lands in whatever test runs at that moment (seen in CI: a probe that
+    connected to itself, an ephemeral port equal to a not-yet-listening broker's).
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
 
 
 def _bind(client: paho.Client, events: _Events) -> None:
