@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from amora_devtools._mqtt import MqttClient, MqttError
+from amora_devtools import MqttClient, MqttError
 
 
 def test_a_failed_tls_handshake_leaves_no_socket_open() -> None:
