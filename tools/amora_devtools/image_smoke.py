@@ -18,8 +18,10 @@ the development PKI mounted where the images expect their secrets:
    authz API (CRL written to the volume shared with the broker), the broker container gets
    SIGHUP, and the same certificate is refused;
 6. token mode: one more broker container with broker-token public keys mounted loads the
-   image's ``amora_auth.so`` (it would not start otherwise), a token signed by the mounted
-   key logs in, one signed by another key is refused.
+   image's ``amora_auth.so`` (it would not start otherwise) and, with no authz service to
+   confirm its new deny list, fails closed: a token signed by the mounted key and one signed
+   by another key are both refused (0x87), the first for the unconfirmed deny list (the
+   accepted path is tested on the host: ``tools/tests/test_broker_image.py``).
 
 Every step is timed; the summary goes to stdout. Everything started is stopped by PID and
 every working container is removed, also on failure.
@@ -368,7 +370,7 @@ def _smoke(run: SmokeRun, images: Mapping[str, str]) -> None:  # noqa: C901, PLR
             )
         sys.stdout.write(f"smoke: revoked certificate {why}\n")
 
-    with run.step("token mode: broker with amora_auth.so, a signed token in, another key's refused"):
+    with run.step("token mode: broker with amora_auth.so, closed until its deny list is confirmed"):
         _token_broker(run, images["amora-broker"], secrets_dir, crl_dir, pki.ca_file)
 
 
@@ -383,10 +385,6 @@ def _token_broker(run: SmokeRun, image: str, secrets_dir: Path, crl_dir: Path, c
     _owned(token_dir, mode=0o500)
     device_port, app_port, ws_port = free_port(), free_port(), free_port()
     state = run.state_dir("broker-token")
-    # A deny list the authz service has confirmed (no authz here): a broker without one
-    # refuses every session login until the service sends `synced` (fail closed).
-    write_private(state / "amora-revocations.json", '{"version": 1, "synced": true, "sessions": []}')
-    _owned(state / "amora-revocations.json", mode=0o600)
     broker = run.container("broker-token", image)
     broker.start(
         env={
@@ -409,11 +407,14 @@ def _token_broker(run: SmokeRun, image: str, secrets_dir: Path, crl_dir: Path, c
     good = session_token(key, username="sess.smoke", acl=acl)
     forged = session_token(ec.generate_private_key(ec.SECP256R1()), username="sess.smoke", acl=acl)
     answers = [_session_connack("127.0.0.1", app_port, ca_file, "sess.smoke", token) for token in (good, forged)]
-    if answers != [0, 0x87]:
+    log = tail(broker.log_file)
+    closed = "deny list not confirmed" in log or "until the authz service confirms the deny list" in log
+    if answers != [0x87, 0x87] or not closed:
         raise DevtoolsError(
-            f"token mode: CONNACK {answers} for (signed, another key's) token, not [0, 0x87]:\n" + tail(broker.log_file)
+            f"token mode: CONNACK {answers} for (signed, another key's) token, not [0x87, 0x87] with the "
+            f"unconfirmed deny list named:\n{log}"
         )
-    sys.stdout.write("smoke: token mode: the mounted key's token accepted, another key's refused (0x87)\n")
+    sys.stdout.write("smoke: token mode: plugin loaded; a new broker refuses sessions until authz confirms (0x87)\n")
 
 
 def _session_connack(host: str, port: int, ca_file: Path, username: str, password: str) -> int | str:
