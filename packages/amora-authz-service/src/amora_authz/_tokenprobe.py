@@ -25,6 +25,7 @@ from gmqtt.mqtt.constants import MQTTv50
 from amora_authz._control import client_tls
 from amora_authz._errors import BrokerError
 from amora_authz._gmqtt import new_client
+from amora_protocol import SESSION_ID_PREFIX
 
 if TYPE_CHECKING:
     from amora_authz._brokertoken import BrokerTokenKey
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROBE_LIFETIME_S", "PROBE_SUBJECT", "PROBE_USERNAME", "probe_token"]
 
-PROBE_USERNAME: Final = "sess.amora-probe"
+PROBE_USERNAME: Final = f"{SESSION_ID_PREFIX}amora-probe"
 """The probe's MQTT username and client id: under the plugin's prefix, never a session id."""
 PROBE_SUBJECT: Final = "amora-authz-probe"
 """The probe token's ``sub``: no user (user ids are device-id-like names, checked at login)."""
